@@ -1,0 +1,234 @@
+"""The model catalog: ``presets/models.toml`` read into frozen ``ModelSpec``s.
+
+A local models folder (``--models-dir``) may hold ``<model-id>/``; the engine
+then loads that folder instead of the hub repo, through the same
+``from_pretrained`` call, and a ``studio.toml`` inside it may override the
+model's defaults and limits (the tiny test models use this to stay tiny).
+"""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from studio.errors import InvalidRequest, UnknownModel
+from studio.schemas import MAX_SEED, GenerationRequest
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+OVERRIDE_FILE = "studio.toml"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    steps: int
+    guidance: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    size_multiple: int
+    min_side: int
+    max_side: int
+    max_pixels: int
+    max_steps: int
+    min_guidance: float
+    max_guidance: float
+    allowed_sizes: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Card:
+    tier: str
+    strengths: str
+    best_for: str
+    recommended: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    label: str
+    family: str
+    repo: str
+    pipeline: str
+    dtype: str
+    text_encoder: str
+    token_limit: int
+    negative_prompt: bool
+    cfg: bool
+    compel: bool
+    vram_gb: float
+    defaults: Defaults
+    limits: Limits
+    card: Card
+    aliases: tuple[str, ...] = ()
+    variant: str | None = None
+    revision: str | None = None
+    scheduler: str | None = None
+    prior_repo: str | None = None
+    decoder_steps: int | None = None
+    local_dir: Path | None = None  # set when the models folder holds this model
+
+    @property
+    def source(self) -> str:
+        """What ``from_pretrained`` gets: the local folder when there is one, else the hub repo."""
+        return str(self.local_dir) if self.local_dir else self.repo
+
+    def size_presets(self) -> list[tuple[int, int]]:
+        """Valid (width, height) choices for the UI: the allowed list, or common aspect ratios that fit."""
+        if self.limits.allowed_sizes:
+            return list(self.limits.allowed_sizes)
+        base = max(self.defaults.width, self.defaults.height)
+        sizes = []
+        for ratio_w, ratio_h in ((1, 1), (3, 4), (4, 3), (2, 3), (3, 2), (9, 16), (16, 9)):
+            scale = (base * base / (ratio_w * ratio_h)) ** 0.5
+            width, height = self._fit(ratio_w * scale), self._fit(ratio_h * scale)
+            if (width, height) not in sizes:
+                sizes.append((width, height))
+        for side in (2048, 4096):  # the big squares, for models that reach them (PixArt-Sigma, Sana)
+            if side > base and side <= self.limits.max_side and side * side <= self.limits.max_pixels:
+                sizes.append((side, side))
+        return sizes
+
+    def _fit(self, value: float) -> int:
+        multiple = self.limits.size_multiple
+        side = max(self.limits.min_side, min(self.limits.max_side, round(value / multiple) * multiple))
+        return side
+
+    def check(self, request: GenerationRequest) -> GenerationRequest:
+        """Validate against this model's limits and fill every unset field; draws the seed.
+
+        Returns the resolved request (``model`` is this spec's id). Raises ``InvalidRequest``
+        naming the field and the allowed values.
+        """
+        d, lim = self.defaults, self.limits
+        width = request.width if request.width is not None else d.width
+        height = request.height if request.height is not None else d.height
+        steps = request.steps if request.steps is not None else d.steps
+        guidance = request.guidance if request.guidance is not None else d.guidance
+
+        if lim.allowed_sizes:
+            if (width, height) not in lim.allowed_sizes:
+                allowed = ", ".join(f"{w}x{h}" for w, h in lim.allowed_sizes)
+                raise InvalidRequest(
+                    f"size: {width}x{height} is not supported by {self.id}; allowed sizes: {allowed}", field="size"
+                )
+        else:
+            for name, value in (("width", width), ("height", height)):
+                if value % lim.size_multiple:
+                    raise InvalidRequest(
+                        f"{name}: {value} must be a multiple of {lim.size_multiple} for {self.id}", field=name
+                    )
+                if not lim.min_side <= value <= lim.max_side:
+                    raise InvalidRequest(
+                        f"{name}: {value} is out of range for {self.id}; allowed {lim.min_side}..{lim.max_side}",
+                        field=name,
+                    )
+            if width * height > lim.max_pixels:
+                raise InvalidRequest(
+                    f"size: {width}x{height} is {width * height} pixels, over {self.id}'s budget of {lim.max_pixels}",
+                    field="size",
+                )
+        if not 1 <= steps <= lim.max_steps:
+            raise InvalidRequest(f"steps: {steps} is out of range for {self.id}; allowed 1..{lim.max_steps}", field="steps")
+        if not lim.min_guidance <= guidance <= lim.max_guidance:
+            if not self.cfg:
+                reason = f"{self.id} is guidance-distilled; guidance must be {lim.min_guidance:g}"
+            else:
+                reason = f"{guidance:g} is out of range for {self.id}; allowed {lim.min_guidance:g}..{lim.max_guidance:g}"
+            raise InvalidRequest(f"guidance: {reason}", field="guidance")
+        negative = request.negative_prompt or None
+        if negative and not self.negative_prompt:
+            raise InvalidRequest(f"negative_prompt: {self.id} does not support a negative prompt", field="negative_prompt")
+        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        return request.model_copy(
+            update=dict(
+                model=self.id, width=width, height=height, steps=steps, guidance=guidance,
+                negative_prompt=negative, seed=seed,
+            )
+        )
+
+
+@dataclass
+class Catalog:
+    models: dict[str, ModelSpec]
+    default: str
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str | None) -> ModelSpec:
+        """The spec for an id or alias (case-insensitive); ``None`` gives the default model."""
+        key = (name or self.default).strip().lower()
+        key = self.aliases.get(key, key)
+        if key not in self.models:
+            known = ", ".join(self.models)
+            raise UnknownModel(f"model: unknown model '{name}'; available: {known}", field="model")
+        return self.models[key]
+
+    def resolve(self, request: GenerationRequest) -> tuple[ModelSpec, GenerationRequest]:
+        """The one validation step of the data flow: find the model, check and fill the request."""
+        spec = self.get(request.model)
+        return spec, spec.check(request)
+
+    def __iter__(self):
+        return iter(self.models.values())
+
+    def __len__(self):
+        return len(self.models)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+def _spec_from_table(model_id: str, table: dict, local_dir: Path | None) -> ModelSpec:
+    table = dict(table)
+    limits = dict(table.pop("limits"))
+    limits["allowed_sizes"] = tuple(_parse_size(s) for s in limits.get("allowed_sizes", ()))
+    return ModelSpec(
+        id=model_id,
+        defaults=Defaults(**table.pop("defaults")),
+        limits=Limits(**limits),
+        card=Card(**table.pop("card")),
+        aliases=tuple(table.pop("aliases", ())),
+        local_dir=local_dir,
+        **table,
+    )
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_catalog(models_dir: str | Path | None = None, path: Path | None = None) -> Catalog:
+    """Read the catalog; a models folder adds local sources and their ``studio.toml`` overrides."""
+    data = tomllib.loads((path or PRESETS_DIR / "models.toml").read_text())
+    models, aliases = {}, {}
+    for model_id, table in data["models"].items():
+        local_dir = None
+        if models_dir is not None:
+            candidate = Path(models_dir) / model_id
+            if candidate.is_dir():
+                local_dir = candidate.resolve()
+                override = candidate / OVERRIDE_FILE
+                if override.is_file():
+                    table = _merge(table, tomllib.loads(override.read_text()))
+        spec = _spec_from_table(model_id, table, local_dir)
+        models[model_id] = spec
+        for alias in spec.aliases:
+            aliases[alias.lower()] = model_id
+    return Catalog(models=models, default=data["default"], aliases=aliases)
+
+
+def with_local_dir(spec: ModelSpec, local_dir: Path | None) -> ModelSpec:
+    return replace(spec, local_dir=local_dir)

@@ -1,0 +1,77 @@
+"""``Settings``: command-line flags, each with a ``STUDIO_*`` environment variable as its default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default=None):
+    return os.environ.get(f"STUDIO_{name}", default)
+
+
+def _csv(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+@dataclass
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 7860
+    devices: list[str] = field(default_factory=list)  # empty: every visible GPU, else one CPU slot
+    num_gpus: int | None = None
+    models_dir: Path | None = None
+    preload: list[str] = field(default_factory=list)
+    max_queue: int = 32
+    job_timeout_s: float = 600.0
+    api_key: str | None = None
+    outputs_dir: Path = Path("outputs")
+    ram_cache_gb: float = 0.0
+    compile: bool = False
+    step_cache: bool = False
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "Settings":
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return cls(
+            host=args.host,
+            port=args.port,
+            devices=_csv(args.devices),
+            num_gpus=args.num_gpus,
+            models_dir=Path(args.models_dir) if args.models_dir else None,
+            preload=_csv(args.preload),
+            max_queue=args.max_queue,
+            job_timeout_s=args.job_timeout,
+            api_key=args.api_key or None,
+            outputs_dir=Path(args.outputs_dir),
+            ram_cache_gb=args.ram_cache_gb,
+            compile=args.compile,
+            step_cache=args.step_cache,
+        )
+
+
+def _flag(text: str | None) -> bool:
+    return (text or "").lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Image Studio: text-to-image UI, Gradio API and OpenAI-compatible REST")
+    parser.add_argument("--host", default=_env("HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--port", type=int, default=int(_env("PORT", os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    )
+    parser.add_argument("--devices", default=_env("DEVICES"), help="comma list, e.g. cuda:0,cuda:1 or cpu,cpu")
+    parser.add_argument("--num-gpus", type=int, default=_env("NUM_GPUS") and int(_env("NUM_GPUS")))
+    parser.add_argument("--models-dir", default=_env("MODELS_DIR"), help="local folder of <model-id>/ pipelines")
+    parser.add_argument("--preload", default=_env("PRELOAD"), help="model ids to load and warm at start")
+    parser.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")))
+    parser.add_argument("--job-timeout", type=float, default=float(_env("JOB_TIMEOUT", "600")), help="seconds")
+    parser.add_argument("--api-key", default=_env("API_KEY"), help="require this bearer key on /v1 routes")
+    parser.add_argument("--outputs-dir", default=_env("OUTPUTS_DIR", "outputs"))
+    parser.add_argument("--ram-cache-gb", type=float, default=float(_env("RAM_CACHE_GB", "0")))
+    parser.add_argument("--compile", action="store_true", default=_flag(_env("COMPILE")), help="torch.compile (CUDA)")
+    parser.add_argument("--step-cache", action="store_true", default=_flag(_env("STEP_CACHE")), help="first-block cache")
+    return parser

@@ -1,0 +1,82 @@
+"""The StudioError family: every failure a caller can see, with its HTTP status.
+
+Errors cross the worker/parent process boundary, so each one pickles with its
+message, field and extra details intact (``__reduce__``).
+"""
+
+from __future__ import annotations
+
+
+class StudioError(Exception):
+    """Base error: ``status`` is the HTTP status, ``type``/``code`` the OpenAI error fields."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __reduce__(self):
+        return (self.__class__, (self.message, self.field))
+
+    def to_dict(self) -> dict:
+        """The OpenAI error object: ``{"message", "type", "param", "code"}``."""
+        return {"message": self.message, "type": self.type, "param": self.field, "code": self.code}
+
+
+class InvalidRequest(StudioError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class Unauthorized(StudioError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class UnknownModel(StudioError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class QueueFull(StudioError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class JobCancelled(StudioError):
+    # 499: nginx's "client closed request"; only seen by a caller that polls a cancelled job.
+    status = 499
+    type = "cancelled"
+    code = "cancelled"
+
+
+class JobTimeout(StudioError):
+    status = 504
+    type = "server_error"
+    code = "timeout"
+
+
+class OutOfMemory(StudioError):
+    status = 503
+    type = "server_error"
+    code = "out_of_memory"
+
+
+class WorkerFailed(StudioError):
+    status = 503
+    type = "server_error"
+    code = "worker_failed"
+
+
+class ModelLoadFailed(StudioError):
+    status = 503
+    type = "server_error"
+    code = "model_load_failed"

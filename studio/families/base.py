@@ -1,0 +1,46 @@
+"""What every family adapter shares: dtype choice, load arguments, seeded generators, progress."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from studio.catalog import ModelSpec
+from studio.schemas import GenerationRequest
+
+OnStep = Callable[[int, int], None]
+
+
+def torch_dtype(spec: ModelSpec, device: str) -> torch.dtype:
+    """The catalog's half-precision dtype on accelerators; float32 on CPU, where half is slow or missing."""
+    if torch.device(device).type == "cpu":
+        return torch.float32
+    return getattr(torch, spec.dtype)
+
+
+def load_kwargs(spec: ModelSpec, device: str) -> dict:
+    """Keyword arguments for ``from_pretrained``; variants and revisions apply to hub repos only."""
+    kwargs = {"torch_dtype": torch_dtype(spec, device), "use_safetensors": True}
+    if spec.local_dir is None:
+        if spec.variant:
+            kwargs["variant"] = spec.variant
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+    return kwargs
+
+
+def generators(request: GenerationRequest) -> list[torch.Generator]:
+    """One CPU generator per image (seed, seed+1, ...): image i equals an n=1 run with seed + i,
+    on any device, because diffusers draws the initial noise on the generator's device."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+
+
+def step_callback(on_step: OnStep, total: int):
+    """A ``callback_on_step_end`` that reports progress; ``on_step`` may raise to cancel."""
+
+    def callback(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        on_step(step + 1, total)
+        return {}
+
+    return callback

@@ -1,0 +1,84 @@
+"""The request and result shapes shared by every face of the studio.
+
+``GenerationRequest`` carries only the limits that hold for every model; the
+model-specific ones live in the catalog (``ModelSpec.check``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from studio.errors import InvalidRequest
+
+MAX_SEED = 2**32 - 1  # what A1111-style tools and most UIs accept
+MAX_IMAGES = 4
+
+
+class GenerationRequest(BaseModel):
+    """One text-to-image job. ``None`` means "the model's default"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    prompt: str = Field(min_length=1, max_length=10000, description="What to draw.")
+    negative_prompt: str | None = Field(None, max_length=10000, description="What to avoid (models that support it).")
+    model: str | None = Field(None, description="Model id or alias; the catalog's default when unset.")
+    width: int | None = Field(None, ge=16, le=4096, description="Image width in pixels.")
+    height: int | None = Field(None, ge=16, le=4096, description="Image height in pixels.")
+    steps: int | None = Field(None, ge=1, le=150, description="Denoising steps.")
+    guidance: float | None = Field(None, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i.")
+    num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="Images generated in one batched call.")
+
+    @property
+    def seeds(self) -> list[int]:
+        """One seed per image, so any image can be reproduced alone with n=1."""
+        if self.seed is None:
+            raise ValueError("seeds of an unresolved request")
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
+
+
+def parse_request(data: dict) -> GenerationRequest:
+    """Build a request from plain data; pydantic errors become one ``InvalidRequest`` naming the field."""
+    try:
+        return GenerationRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc) from None
+
+
+def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
+    """The first pydantic error as ``"<field>: <reason>"`` (pydantic's reasons already state the bound)."""
+    first = exc.errors()[0]
+    field_name = ".".join(str(part) for part in first["loc"]) or "body"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return InvalidRequest(f"{field_name}: {message}", field=field_name)
+
+
+@dataclass
+class JobResult:
+    """What a worker returns: PNG bytes (metadata inside) plus the resolved parameters."""
+
+    request: GenerationRequest
+    images: list[bytes]
+    slot: int = 0
+    duration_s: float = 0.0
+    loaded_model: bool = False  # this job paid for a model load
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.request.seeds
+
+
+@dataclass
+class Progress:
+    """A progress event: ``step`` of ``total`` on ``slot``; ``stage`` names what is happening."""
+
+    stage: str  # "queued" | "loading" | "step" | "encoding"
+    step: int = 0
+    total: int = 0
+    slot: int | None = None
+    queue_position: int | None = None
+    extra: dict = field(default_factory=dict)
