@@ -54,7 +54,22 @@ def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field"
+    allowed = allowed_range(field_name)
+    if allowed:
+        message = f"{message} (allowed {allowed})"
     return InvalidRequest(f"{field_name}: {message}", field=field_name)
+
+
+def allowed_range(field_name: str) -> str | None:
+    """``"1..4"`` for a field bounded by ``ge``/``le`` in ``GenerationRequest``, else None."""
+    info = GenerationRequest.model_fields.get(field_name)
+    if info is None:
+        return None
+    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+    if low is None or high is None:
+        return None
+    return f"{low:g}..{high:g}" if isinstance(low, float) else f"{low}..{high}"
 
 
 @dataclass
