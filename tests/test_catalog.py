@@ -1,0 +1,115 @@
+"""The catalog and the one validation step: every model, every kind of bad input."""
+
+import pytest
+
+from studio.catalog import load_catalog
+from studio.errors import InvalidRequest, UnknownModel
+from studio.schemas import GenerationRequest, parse_request
+
+EXPECTED_IDS = {
+    "flux-dev", "flux-schnell", "pixart-sigma", "playground-v2.5", "animagine-xl-4", "dreamshaper-xl",
+    "juggernaut-xl-9", "realvis-xl-4", "sdxl-base", "sdxl-turbo", "sana-1.5", "hunyuan-dit", "lumina-next",
+    "stable-cascade", "chroma",
+}
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def test_catalog_has_the_fifteen_models_with_real_repos(catalog):
+    assert {spec.id for spec in catalog} == EXPECTED_IDS
+    assert catalog.default == "flux-schnell"
+    for spec in catalog:
+        owner, _, name = spec.repo.partition("/")
+        assert owner and name, spec.id
+        assert spec.source == spec.repo  # no models folder: load from the hub
+        assert spec.card.tier and spec.card.best_for and spec.card.recommended
+        # the defaults themselves must pass the model's own limits
+        resolved = spec.check(GenerationRequest(prompt="a red fox"))
+        assert (resolved.width, resolved.height) == (spec.defaults.width, spec.defaults.height)
+
+
+def test_alias_and_case_resolve_to_the_id(catalog):
+    assert catalog.get("pixart").id == "pixart-sigma"
+    assert catalog.get("SDXL-Base").id == "sdxl-base"
+    assert catalog.get(None).id == "flux-schnell"
+
+
+def test_pixart_sigma_reaches_4096(catalog):
+    spec = catalog.get("pixart-sigma")
+    resolved = spec.check(GenerationRequest(prompt="x", width=4096, height=4096))
+    assert resolved.width == 4096
+    assert (4096, 4096) in spec.size_presets()
+
+
+def test_unset_fields_take_the_defaults_and_a_seed_is_drawn(catalog):
+    spec, resolved = catalog.resolve(GenerationRequest(prompt="x", model="sdxl-turbo"))
+    assert resolved.model == "sdxl-turbo"
+    assert (resolved.width, resolved.height, resolved.steps, resolved.guidance) == (512, 512, 1, 0.0)
+    assert 0 <= resolved.seed <= 2**32 - 1
+    assert GenerationRequest(prompt="x", seed=5, num_images=3).seeds == [5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    "fields, error, field, words",
+    [
+        (dict(model="nope"), UnknownModel, "model", ["unknown model 'nope'", "flux-schnell"]),
+        (dict(model="flux-dev", width=1000, height=1024), InvalidRequest, "width", ["multiple of 16"]),
+        (dict(model="flux-dev", width=1024, height=4096), InvalidRequest, "height", ["256..2048"]),
+        (dict(model="hunyuan-dit", width=1000, height=1000), InvalidRequest, "size", ["1000x1000", "1280x768"]),
+        (dict(model="flux-schnell", negative_prompt="blurry"), InvalidRequest, "negative_prompt", ["flux-schnell"]),
+        (dict(model="flux-schnell", guidance=3.5), InvalidRequest, "guidance", ["guidance-distilled"]),
+        (dict(model="sdxl-base", guidance=25.0), InvalidRequest, "guidance", ["1..20"]),
+        (dict(model="sdxl-turbo", steps=10), InvalidRequest, "steps", ["1..4"]),
+        (dict(model="sdxl-base", width=2048, height=2048 + 8), InvalidRequest, "height", ["512..2048"]),
+    ],
+)
+def test_model_limits_name_the_field_and_the_allowed_values(catalog, fields, error, field, words):
+    with pytest.raises(error) as caught:
+        catalog.resolve(GenerationRequest(prompt="a red fox", **fields))
+    assert caught.value.field == field
+    assert caught.value.message.startswith(f"{field}:")
+    for word in words:
+        assert word in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        (dict(prompt="x", num_images=5), "num_images", ["1..4"]),
+        (dict(prompt="x", steps=0), "steps", ["1..150"]),
+        (dict(prompt=""), "prompt", ["at least 1"]),
+        (dict(prompt="x", seed=-1), "seed", ["0..4294967295"]),
+        (dict(prompt="x", width="wide"), "width", ["integer"]),
+        (dict(prompt="x", colour="red"), "colour", ["unknown field"]),
+    ],
+)
+def test_general_limits_name_the_field(data, field, words):
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(data)
+    assert caught.value.field == field and caught.value.status == 400
+    for word in words:
+        assert word in caught.value.message
+
+
+def test_studio_errors_survive_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(InvalidRequest("steps: too many", field="steps")))
+    assert isinstance(error, InvalidRequest)
+    assert (error.message, error.field, error.status) == ("steps: too many", "steps", 400)
+    assert error.to_dict() == {"message": "steps: too many", "type": "invalid_request_error", "param": "steps",
+                               "code": "invalid_value"}
+
+
+def test_models_folder_overrides_only_the_models_it_holds(tmp_path):
+    (tmp_path / "sdxl-turbo").mkdir()
+    (tmp_path / "sdxl-turbo" / "studio.toml").write_text("[defaults]\nwidth = 64\nheight = 64\n"
+                                                          "[limits]\nmin_side = 32\n")
+    catalog = load_catalog(tmp_path)
+    turbo = catalog.get("sdxl-turbo")
+    assert turbo.source == str((tmp_path / "sdxl-turbo").resolve())
+    assert (turbo.defaults.width, turbo.limits.min_side, turbo.limits.max_side) == (64, 32, 1024)
+    assert catalog.get("sdxl-base").source == "stabilityai/stable-diffusion-xl-base-1.0"
