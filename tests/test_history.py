@@ -1,0 +1,71 @@
+"""studio.history: PNGs saved with their parameters come back newest first, across restarts."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from PIL import Image
+
+from studio import pngmeta
+from studio.history import History
+from studio.schemas import GenerationRequest
+
+
+def _png(prompt: str, seed: int, model: str = "sdxl-turbo") -> bytes:
+    request = GenerationRequest(
+        prompt=prompt, model=model, width=64, height=64, steps=2, guidance=0.0, seed=seed, num_images=1
+    )
+    return pngmeta.encode(Image.new("RGB", (64, 64), "teal"), request, seed, "SDXL Turbo")
+
+
+def test_saved_images_list_newest_first_with_their_parameters(tmp_path):
+    history = History(tmp_path / "outputs")
+    first = history.save(_png("a red fox", 1))
+    second = history.save(_png("a blue whale", 2))
+
+    entries = history.entries()
+
+    assert [entry.path for entry in entries] == [second, first]
+    assert entries[0].params["prompt"] == "a blue whale"
+    assert entries[0].params["seed"] == 2
+    assert "seed 2" in entries[0].caption and "sdxl-turbo" in entries[0].caption
+    assert first.read_bytes() == _png("a red fox", 1)  # stored byte for byte: the metadata survives
+
+
+def test_history_survives_a_restart(tmp_path):
+    folder = tmp_path / "outputs"
+    saved = [History(folder).save(_png(f"prompt {i}", i)) for i in range(3)]
+
+    reopened = History(folder)  # a new process would start exactly like this
+
+    assert [entry.path for entry in reopened.entries()] == saved[::-1]
+    assert [entry.params["prompt"] for entry in reopened.entries()] == ["prompt 2", "prompt 1", "prompt 0"]
+
+
+def test_listing_is_bounded_and_names_never_collide(tmp_path):
+    history = History(tmp_path, limit=5)
+    paths = [history.save(_png("same", 7)) for _ in range(8)]  # same model and seed, same microsecond likely
+
+    assert len(set(paths)) == 8
+    assert len(history.entries()) == 5
+    assert len(history.entries(limit=20)) == 8
+    assert [entry.path for entry in history.entries()] == paths[::-1][:5]
+
+
+def test_foreign_and_broken_files_do_not_break_the_listing(tmp_path):
+    history = History(tmp_path)
+    good = history.save(_png("kept", 3))
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    plain = tmp_path / "holiday.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    os.utime(plain, (time.time() + 60, time.time() + 60))  # copied in later than the studio image
+
+    entries = history.entries()
+
+    assert [entry.path for entry in entries] == [plain, good]
+    assert entries[0].params == {} and entries[0].caption == "holiday.png"
+
+
+def test_missing_folder_is_an_empty_history(tmp_path):
+    assert History(tmp_path / "never-created").entries() == []
