@@ -1,0 +1,681 @@
+"""The Gradio studio: ``build_ui(catalog, manager, settings) -> gr.Blocks``.
+
+Laid out as constants, then the ``Studio`` handlers (``on_<thing>_<event>``,
+plain functions of component values that return component updates), then the
+layout, then the wiring. Everything is built from the catalog, so each model
+shows only the controls it supports.
+
+The page has two faces on one queue: the browser UI (private events) and the
+Gradio API for ``gradio_client`` (``/generate``, ``/models``, ``/status``),
+whose inputs default to ``None`` so each model's own defaults apply.
+
+Never imports torch: this runs in the parent process.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio import pngmeta
+from studio.catalog import Catalog, ModelSpec
+from studio.config import Settings
+from studio.errors import InvalidRequest, JobCancelled, StudioError
+from studio.history import History
+from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, Progress, parse_request
+
+# ---------------------------------------------------------------- constants
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = ROOT / "assets"
+STYLES_FILE = ROOT / "presets" / "styles.toml"
+
+NO_STYLE = "none"
+RANDOM_SEED = -1  # the UI's "draw a new seed each run"
+CONCURRENCY_ID = "generate"  # UI and API generations share one limit: the number of slots
+SESSION_RESULTS = 24  # images kept in a browser session's results gallery
+HISTORY_SHOWN = 60
+STATUS_EVERY_S = 2.0
+CACHE_CLEANUP = (3600, 6 * 3600)  # Gradio's served copies; the outputs folder keeps the originals
+
+TIERS = {
+    "S": "S · best quality",
+    "A": "A · excellent specialists",
+    "B": "B · solid all-rounders",
+    "C": "C · fast and experimental",
+}
+# Named aspect ratios for the size buttons; anything else shows its pixels only.
+RATIOS = [(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (5, 4), (4, 5), (5, 3), (3, 5), (21, 9), (9, 21)]
+
+
+@dataclass(frozen=True)
+class Style:
+    id: str
+    label: str
+    prompt: str
+    negative: str = ""
+
+    def apply(self, prompt: str, negative: str, supports_negative: bool) -> tuple[str, str]:
+        """The prompt inside this style's template; its negative joins the user's where the model takes one."""
+        styled = self.prompt.replace("{prompt}", prompt) if self.prompt else prompt
+        if supports_negative and self.negative:
+            negative = f"{negative}, {self.negative}" if negative else self.negative
+        return styled, negative
+
+
+def load_styles(path: Path = STYLES_FILE) -> dict[str, Style]:
+    """``presets/styles.toml`` with "no style" first."""
+    data = tomllib.loads(path.read_text())
+    styles = {NO_STYLE: Style(NO_STYLE, "No style", "{prompt}")}
+    for style_id, table in data.get("styles", {}).items():
+        styles[style_id] = Style(id=style_id, **table)
+    return styles
+
+
+def mount_options(settings: Settings) -> dict:
+    """Keyword arguments for ``gr.mount_gradio_app``: the styling and the outputs folder it may serve.
+
+    Gradio 6 takes css/js/theme at mount time, not in ``gr.Blocks``, so the server passes these on.
+    """
+    return dict(
+        css_paths=[ASSETS_DIR / "studio.css"],
+        js=(ASSETS_DIR / "studio.js").read_text(),
+        allowed_paths=[str(Path(settings.outputs_dir).resolve())],
+        favicon_path=str(ASSETS_DIR / "logo.svg"),
+        show_error=True,
+    )
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def ratio_name(width: int, height: int) -> str | None:
+    for w, h in RATIOS:
+        if abs(width / height - w / h) < 0.03:
+            return f"{w}:{h}"
+    return None
+
+
+def size_choices(spec: ModelSpec) -> list[tuple[str, str]]:
+    """The size buttons of a model: ``("1024×768 · 4:3", "1024x768")``; its default size first."""
+    sizes = spec.size_presets()
+    default = (spec.defaults.width, spec.defaults.height)
+    if default not in sizes:
+        sizes = [default, *sizes]
+    choices = []
+    for width, height in sizes:
+        ratio = ratio_name(width, height)
+        label = f"{width}×{height}" + (f" · {ratio}" if ratio else "")
+        choices.append((label, f"{width}x{height}"))
+    return choices
+
+
+def size_value(spec: ModelSpec, width: int | None, height: int | None) -> str | None:
+    """The size button matching ``width``×``height``, or None when it is a custom size."""
+    value = f"{width}x{height}"
+    return value if any(choice == value for _, choice in size_choices(spec)) else None
+
+
+def size_hint(spec: ModelSpec) -> str:
+    lim = spec.limits
+    if lim.allowed_sizes:
+        return f"{spec.label} only knows the sizes above."
+    return f"Multiple of {lim.size_multiple}, {lim.min_side}..{lim.max_side} px, up to {lim.max_pixels / 1e6:.1f} MP."
+
+
+def card_html(spec: ModelSpec, compact: bool = False) -> str:
+    """A model's card: tier, strengths, best use, recommended settings, VRAM and repo id."""
+    e = html.escape
+    card = spec.card
+    rows = [
+        ("Strengths", e(card.strengths)),
+        ("Best for", e(card.best_for)),
+        ("Recommended", e(card.recommended)),
+        ("VRAM", f"about {spec.vram_gb:g} GB"),
+    ]
+    if not compact:
+        rows += [
+            ("Text encoder", f"{e(spec.text_encoder)} ({spec.token_limit} tokens)"),
+            ("Negative prompt", "yes" if spec.negative_prompt else "no"),
+            ("Guidance", "adjustable" if spec.cfg else f"fixed at {spec.limits.min_guidance:g} (distilled)"),
+            ("Max size", f"{spec.limits.max_side} px side"),
+        ]
+    rows.append(("Repo", f'<a href="https://huggingface.co/{e(spec.repo)}" target="_blank"><code>{e(spec.repo)}</code></a>'))
+    items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
+    return (
+        f'<div class="model-card" data-model="{e(spec.id)}">'
+        f'<h3><span class="tier tier-{e(card.tier)}" title="tier {e(card.tier)}">{e(card.tier)}</span>'
+        f"{e(spec.label)}</h3><dl>{items}</dl></div>"
+    )
+
+
+def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
+    """The live status line, with a progress bar when ``fraction`` is known."""
+    css = "status-line status-error" if error else "status-line"
+    bar = ""
+    if fraction is not None:
+        bar = f'<div class="studio-progress"><div style="width: {max(0.0, min(1.0, fraction)) * 100:.0f}%"></div></div>'
+    return f'<div class="{css}">{html.escape(text)}</div>{bar}'
+
+
+def describe(event: Progress, spec: ModelSpec) -> tuple[str, float | None]:
+    """A progress event in words, and how far along it is."""
+    slot = f" on slot {event.slot}" if event.slot is not None else ""
+    if event.stage == "queued":
+        position = event.queue_position
+        return (f"Waiting for a free slot: position {position + 1} in the queue" if position is not None
+                else "Waiting for a free slot"), None
+    if event.stage == "loading":
+        return f"Loading {spec.label}{slot} (the first run of a model takes a while)", None
+    if event.stage == "step" and event.total:
+        return f"Step {event.step} / {event.total}{slot}", event.step / event.total
+    if event.stage == "encoding":
+        return "Saving the images", 1.0
+    return f"{event.stage.capitalize()}{slot}", None
+
+
+def result_params(request: GenerationRequest, result: JobResult, style: str, files: list[Path]) -> dict:
+    """The parameters shown next to the images and returned by the API: enough to reproduce each one."""
+    params = request.model_dump()
+    params.update(
+        seeds=request.seeds,
+        style=style,
+        slot=result.slot,
+        duration_s=round(result.duration_s, 3),
+        files=[path.name for path in files],
+    )
+    return params
+
+
+def _int(value: Any, name: str) -> int | None:
+    """A whole number from a UI or API value (``None`` stays ``None``: the model's default)."""
+    if value is None or value == "":
+        return None
+    number = float(value)
+    if not math.isfinite(number) or number != int(number):
+        raise InvalidRequest(f"{name}: {value} must be a whole number", field=name)
+    return int(number)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
+def _slot_count(status: dict) -> int:
+    slots = status.get("slots")
+    return len(slots) if isinstance(slots, (list, tuple)) else int(slots or 1)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+class Studio:
+    """The handlers behind every event of the page, bound to one catalog, slot manager and outputs folder."""
+
+    def __init__(self, catalog: Catalog, manager, settings: Settings, styles: dict[str, Style] | None = None):
+        self.catalog = catalog
+        self.manager = manager
+        self.settings = settings
+        self.styles = styles or load_styles()
+        self.history = History(settings.outputs_dir, limit=HISTORY_SHOWN)
+        self._jobs: dict[str, set] = {}  # browser session -> its running jobs, for the Cancel button
+
+    # -- building a request ---------------------------------------------------
+
+    def style(self, style_id: str | None) -> Style:
+        key = (style_id or NO_STYLE).strip().lower()
+        if key not in self.styles:
+            raise InvalidRequest(f"style: unknown style '{style_id}'; available: {', '.join(self.styles)}", field="style")
+        return self.styles[key]
+
+    def resolve(self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style):
+        """Validate the inputs once (pydantic limits, then the model's own) into a resolved request."""
+        spec = self.catalog.get(model)
+        seed = _int(seed, "seed")
+        prompt, negative = self.style(style).apply((prompt or "").strip(), (negative_prompt or "").strip(),
+                                                   spec.negative_prompt)
+        request = parse_request(
+            dict(
+                prompt=prompt if (prompt or "").strip() else "",
+                negative_prompt=negative or None,
+                model=spec.id,
+                width=_int(width, "width"),
+                height=_int(height, "height"),
+                steps=_int(steps, "steps"),
+                guidance=_float(guidance),
+                seed=None if seed == RANDOM_SEED else seed,
+                num_images=_int(num_images, "num_images") or 1,
+            )
+        )
+        return self.catalog.resolve(request)
+
+    # -- running a job ---------------------------------------------------------
+
+    async def run(self, spec: ModelSpec, request: GenerationRequest, session: str | None):
+        """Submit and follow one job: yields ``Progress`` events, then ``(files, result)``.
+
+        Leaving early (Gradio cancelled the event, the browser went away) cancels the job in its worker.
+        """
+        job = self.manager.submit(spec, request)
+        self._jobs.setdefault(session, set()).add(job)
+        try:
+            async for event in job.events():
+                yield event
+            result = await job.result()
+        finally:
+            self._jobs.get(session, set()).discard(job)
+            if not job.done():
+                job.cancel()
+        files = [self.history.save(png, pngmeta.metadata(request, seed))
+                 for png, seed in zip(result.images, request.seeds)]
+        yield files, result
+
+    async def on_generate_click(
+        self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
+        session_images, request: gr.Request, progress=gr.Progress(),
+    ):
+        """The Generate button: live status while it runs, then the images and their parameters."""
+        spec = self._spec_or_error(model)
+        if not spec.negative_prompt:
+            negative_prompt = ""  # the box is hidden for this model; a leftover value must not fail the job
+        spec, resolved = self._resolve_or_error(
+            prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
+        )
+        session_images = list(session_images or [])
+        yield status_html("Starting", 0.0), gr.skip(), gr.skip(), gr.skip()
+        try:
+            async for item in self.run(spec, resolved, request.session_hash if request else None):
+                if isinstance(item, Progress):
+                    text, fraction = describe(item, spec)
+                    progress(fraction if fraction is not None else None, desc=text)
+                    yield status_html(text, fraction), gr.skip(), gr.skip(), gr.skip()
+                else:
+                    files, result = item
+        except JobCancelled:
+            yield status_html("Cancelled."), gr.skip(), gr.skip(), gr.skip()
+            return
+        except StudioError as exc:
+            yield status_html(exc.message, error=True), gr.skip(), gr.skip(), gr.skip()
+            raise gr.Error(exc.message) from None
+        params = result_params(resolved, result, style or NO_STYLE, files)
+        fresh = [(str(path), self._caption(resolved, seed)) for path, seed in zip(files, resolved.seeds)]
+        session_images = (fresh + session_images)[:SESSION_RESULTS]
+        count = len(files)
+        done = (f"Done: {count} image{'s' if count > 1 else ''} in {result.duration_s:.1f} s"
+                f" · seed{'s' if count > 1 else ''} {', '.join(map(str, resolved.seeds))}"
+                + (f" · slot {result.slot}" if result.slot is not None else ""))
+        yield status_html(done, 1.0), session_images, params, session_images
+
+    async def on_api_generate(
+        self,
+        prompt: str,
+        model: str | None = None,
+        negative_prompt: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        num_images: int = 1,
+        style: str = NO_STYLE,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        """Generate images. Unset values take the model's defaults; returns the PNG files and their parameters."""
+        spec, resolved = self._resolve_or_error(
+            prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
+        )
+        try:
+            async for item in self.run(spec, resolved, request.session_hash if request else None):
+                if isinstance(item, Progress):
+                    text, fraction = describe(item, spec)
+                    progress(fraction, desc=text)
+                else:
+                    files, result = item
+        except StudioError as exc:
+            raise gr.Error(exc.message) from None
+        return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
+
+    def on_cancel_click(self, request: gr.Request):
+        """Stop this browser's jobs in their workers (queued ones leave the queue at once)."""
+        jobs = list(self._jobs.get(request.session_hash if request else None, ()))
+        for job in jobs:
+            job.cancel()
+        return status_html("Cancelled." if jobs else "Nothing to cancel.")
+
+    # -- model and size controls ---------------------------------------------
+
+    def model_controls(self, spec: ModelSpec, values: dict | None = None) -> tuple:
+        """Updates for every control that depends on the model, with its defaults or ``values``."""
+        values = values or {}
+        d, lim = spec.defaults, spec.limits
+        width, height = values.get("width", d.width), values.get("height", d.height)
+        guidance = values.get("guidance", d.guidance)
+        fixed = lim.min_guidance == lim.max_guidance
+        return (
+            card_html(spec, compact=True),
+            gr.update(visible=spec.negative_prompt, **({"value": values.get("negative_prompt") or ""}
+                                                        if "negative_prompt" in values else {})),
+            gr.update(choices=size_choices(spec), value=size_value(spec, width, height)),
+            gr.update(value=width, interactive=not lim.allowed_sizes, info=size_hint(spec)),
+            gr.update(value=height, interactive=not lim.allowed_sizes),
+            gr.update(minimum=1, maximum=lim.max_steps, value=values.get("steps", d.steps)),
+            gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance, value=guidance,
+                      visible=spec.cfg and not fixed),
+            gr.update(visible=not spec.cfg or fixed,
+                      value=f"Guidance is fixed at **{lim.min_guidance:g}** for {spec.label} (guidance-distilled)."),
+        )
+
+    def on_model_change(self, model_id: str) -> tuple:
+        return self.model_controls(self.catalog.get(model_id))
+
+    def on_card_use(self, model_id: str) -> tuple:
+        """A "Use this model" button on the Models tab: pick it and go to the studio."""
+        spec = self.catalog.get(model_id)
+        return (spec.id, *self.model_controls(spec), gr.Tabs(selected="create"))
+
+    def on_size_pick(self, size: str | None):
+        if not size:
+            return gr.skip(), gr.skip()
+        width, height = (int(part) for part in size.split("x"))
+        return width, height
+
+    def on_size_edit(self, model_id: str, width, height):
+        return size_value(self.catalog.get(model_id), _int_or_none(width), _int_or_none(height))
+
+    def on_seed_randomise(self) -> int:
+        return RANDOM_SEED
+
+    # -- results, history and reuse -------------------------------------------
+
+    def on_gallery_select(self, images: list, evt: gr.SelectData):
+        """Show the parameters stored in the selected image's PNG; remember its path for "reuse"."""
+        if not images or evt.index is None or evt.index >= len(images):
+            return {}, None
+        path = _path_of(images[evt.index])
+        try:
+            params = pngmeta.read(path)
+        except OSError:
+            params = {}
+        params.pop(pngmeta.A1111_KEY, None)
+        return params, path
+
+    def on_history_refresh(self):
+        entries = self.history.entries()
+        items = [(str(entry.path), entry.caption) for entry in entries]
+        return items, items
+
+    def on_reuse_click(self, path: str | None):
+        """Fill every control from the selected image's metadata, ready to generate it again."""
+        if not path:
+            raise gr.Error("Select an image in the gallery first.")
+        params = pngmeta.read(path)
+        if not params.get("model") or not params.get("prompt"):
+            raise gr.Error("That image has no Image Studio parameters to reuse.")
+        spec = self._spec_or_error(params["model"])
+        seed = params.get("seed")
+        return (
+            spec.id,
+            *self.model_controls(spec, params),
+            params["prompt"],
+            NO_STYLE,  # the stored prompt already has the style in it
+            seed if seed is not None else RANDOM_SEED,
+            1,
+            gr.Tabs(selected="create"),
+        )
+
+    # -- server status and the JSON API ---------------------------------------
+
+    def on_status_tick(self) -> str:
+        try:
+            status = self.manager.status()
+        except Exception as exc:  # status is a nicety; never break the page over it
+            return f'<span title="{html.escape(str(exc))}">status unavailable</span>'
+        return slots_html(status)
+
+    def api_models(self) -> list[dict]:
+        """The catalog: each model's id, label, tier, card, capabilities, defaults and limits."""
+        return [model_summary(spec) for spec in self.catalog]
+
+    def api_status(self) -> dict:
+        """The slots (device, model, busy) and how many jobs wait in the queue."""
+        return self.manager.status()
+
+    # -- small helpers ---------------------------------------------------------
+
+    def _spec_or_error(self, model: str | None) -> ModelSpec:
+        try:
+            return self.catalog.get(model)
+        except StudioError as exc:
+            raise gr.Error(exc.message) from None
+
+    def _resolve_or_error(self, *values):
+        try:
+            return self.resolve(*values)
+        except StudioError as exc:
+            raise gr.Error(exc.message) from None
+
+    @staticmethod
+    def _caption(request: GenerationRequest, seed: int) -> str:
+        return f"{request.model} · {request.width}×{request.height} · {request.steps} steps · seed {seed}"
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return _int(value, "size")
+    except (InvalidRequest, TypeError, ValueError):
+        return None
+
+
+def _path_of(item) -> str:
+    """A gallery item (path, or ``(path, caption)``, or Gradio's dict) as a file path."""
+    if isinstance(item, (list, tuple)):
+        item = item[0]
+    if isinstance(item, dict):
+        item = (item.get("image") or {}).get("path") if "image" in item else item.get("path")
+    return str(item)
+
+
+def model_summary(spec: ModelSpec) -> dict:
+    lim, d = spec.limits, spec.defaults
+    return dict(
+        id=spec.id, label=spec.label, family=spec.family, repo=spec.repo, tier=spec.card.tier,
+        strengths=spec.card.strengths, best_for=spec.card.best_for, recommended=spec.card.recommended,
+        vram_gb=spec.vram_gb, negative_prompt=spec.negative_prompt, cfg=spec.cfg, aliases=list(spec.aliases),
+        defaults=dict(steps=d.steps, guidance=d.guidance, width=d.width, height=d.height),
+        limits=dict(size_multiple=lim.size_multiple, min_side=lim.min_side, max_side=lim.max_side,
+                    max_pixels=lim.max_pixels, max_steps=lim.max_steps, min_guidance=lim.min_guidance,
+                    max_guidance=lim.max_guidance, allowed_sizes=[f"{w}x{h}" for w, h in lim.allowed_sizes]),
+        sizes=[f"{w}x{h}" for w, h in spec.size_presets()],
+    )
+
+
+def slots_html(status: dict) -> str:
+    """"slot 0 · sdxl-turbo · busy" pills and the queue depth, from ``manager.status()``."""
+    pills = []
+    for index, slot in enumerate(status.get("slots") or []):
+        slot = slot if isinstance(slot, dict) else {}
+        busy = bool(slot.get("busy") or slot.get("job"))
+        model = slot.get("model") or "empty"
+        device = slot.get("device") or f"slot {index}"
+        pills.append(f'<span class="slot {"busy" if busy else "idle"}">{html.escape(str(device))} · '
+                     f'{html.escape(str(model))} · {"busy" if busy else "idle"}</span>')
+    queued = status.get("queue_depth", status.get("queued", 0)) or 0
+    return f"{''.join(pills)} <span class=\"queue\">{queued} queued</span>"
+
+
+# ---------------------------------------------------------------- layout and wiring
+
+
+def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
+    studio = Studio(catalog, manager, settings)
+    default = catalog.get(None)
+    slots = max(1, _slot_count(_safe_status(manager)))
+    private = dict(api_visibility="private", queue=False)
+    model_choices = [(f"{spec.label} · {spec.card.tier}", spec.id) for spec in catalog]
+    style_choices = [(style.label, style.id) for style in studio.styles.values()]
+
+    with gr.Blocks(title="Image Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
+        with gr.Row(equal_height=True):
+            gr.HTML(
+                f'<div id="studio-header">{(ASSETS_DIR / "logo.svg").read_text()}'
+                '<div><div class="studio-title">Image Studio</div>'
+                f'<div class="studio-tagline">{len(catalog)} text-to-image models, one prompt box.</div></div></div>',
+                scale=3,
+            )
+            slot_status = gr.HTML(studio.on_status_tick(), elem_id="slot-status", scale=2)
+
+        with gr.Tabs(elem_id="studio-tabs") as tabs:
+            with gr.Tab("Create", id="create"):
+                with gr.Row():
+                    with gr.Column(scale=5, elem_id="controls"):
+                        model = gr.Dropdown(model_choices, value=default.id, label="Model", elem_id="model",
+                                            info="Compare them all on the Models tab.")
+                        card = gr.HTML(card_html(default, compact=True), elem_id="model-card")
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                            placeholder="A lighthouse on a cliff at dusk, warm light in the windows")
+                        negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative-prompt",
+                                              placeholder="What to avoid: blurry, text, watermark",
+                                              visible=default.negative_prompt)
+                        with gr.Row(elem_id="generate-row"):
+                            generate = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=3)
+                            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button", scale=1)
+                        style = gr.Dropdown(style_choices, value=NO_STYLE, label="Style", elem_id="style")
+                        size = gr.Radio(size_choices(default), value=size_value(default, default.defaults.width,
+                                                                                 default.defaults.height),
+                                        label="Size", elem_id="size-presets")
+                        with gr.Row():
+                            width = gr.Number(default.defaults.width, label="Width", precision=0, elem_id="width",
+                                              info=size_hint(default), interactive=not default.limits.allowed_sizes)
+                            height = gr.Number(default.defaults.height, label="Height", precision=0, elem_id="height",
+                                               interactive=not default.limits.allowed_sizes)
+                        with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+                            steps = gr.Slider(1, default.limits.max_steps, value=default.defaults.steps, step=1,
+                                              label="Steps", elem_id="steps")
+                            fixed = default.limits.min_guidance == default.limits.max_guidance
+                            guidance = gr.Slider(default.limits.min_guidance, max(default.limits.max_guidance,
+                                                                                   default.limits.min_guidance + 1),
+                                                 value=default.defaults.guidance, step=0.1, label="Guidance",
+                                                 elem_id="guidance", visible=default.cfg and not fixed)
+                            guidance_note = gr.Markdown(studio.model_controls(default)[-1]["value"],
+                                                        visible=not default.cfg or fixed)
+                            with gr.Row(elem_id="seed-row"):
+                                seed = gr.Number(RANDOM_SEED, label="Seed", precision=0, elem_id="seed", scale=4,
+                                                 info=f"{RANDOM_SEED} draws a new seed each run; 0..{MAX_SEED} repeats one")
+                                randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90)
+                            num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
+                    with gr.Column(scale=7, elem_id="results"):
+                        job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
+                        results = gr.Gallery(label="Results", elem_id="results-gallery", columns=2, height=560,
+                                             format="png", type="filepath", interactive=False, object_fit="contain",
+                                             buttons=["download", "fullscreen"])
+                        params = gr.JSON(label="Parameters of the selected image", elem_id="params")
+                        reuse = gr.Button("Reuse these settings", elem_id="reuse-button", size="sm")
+
+            with gr.Tab("Models", id="models"):
+                gr.Markdown("Every model, ranked. Pick one to load its recommended settings into the studio.")
+                with gr.Tabs():
+                    for tier, title in TIERS.items():
+                        specs = [spec for spec in catalog if spec.card.tier == tier]
+                        if not specs:
+                            continue
+                        with gr.Tab(title, id=f"tier-{tier}"):
+                            with gr.Row(elem_classes="model-grid"):
+                                for spec in specs:
+                                    with gr.Column(elem_classes="model-tile", min_width=260):
+                                        gr.HTML(card_html(spec))
+                                        use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
+                                        model_id = gr.State(spec.id)
+                                        use.click(studio.on_card_use, model_id,
+                                                  [model, card, negative, size, width, height, steps, guidance,
+                                                   guidance_note, tabs], **private)
+
+            with gr.Tab("History", id="history") as history_tab:
+                with gr.Row():
+                    with gr.Column(scale=7):
+                        history = gr.Gallery(label="History (newest first)", elem_id="history-gallery", columns=4,
+                                             height=620, format="png", type="filepath", interactive=False,
+                                             buttons=["download", "fullscreen"])
+                    with gr.Column(scale=3):
+                        refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
+                        history_params = gr.JSON(label="Parameters of the selected image")
+                        history_reuse = gr.Button("Reuse these settings", elem_id="history-reuse", size="sm")
+
+        # The Gradio API: inputs default to None so each model's defaults apply (the UI always sends values).
+        with gr.Group(visible=False):
+            api_inputs = [
+                gr.Textbox(label="prompt"),
+                gr.Textbox(label="model", value=None),
+                gr.Textbox(label="negative_prompt", value=None),
+                gr.Number(label="width", value=None, precision=0),
+                gr.Number(label="height", value=None, precision=0),
+                gr.Number(label="steps", value=None, precision=0),
+                gr.Number(label="guidance", value=None),
+                gr.Number(label="seed", value=None, precision=0),
+                gr.Number(label="num_images", value=1, precision=0),
+                gr.Dropdown([style.id for style in studio.styles.values()], label="style", value=NO_STYLE),
+            ]
+            api_outputs = [gr.File(label="images", file_count="multiple"), gr.JSON(label="parameters")]
+            api_trigger = gr.Button(visible=False)
+
+        session_images = gr.State([])
+        selected = gr.State(None)
+        history_items = gr.State([])
+        history_selected = gr.State(None)
+        timer = gr.Timer(STATUS_EVERY_S)
+
+        # ---------------------------------------------------------------- wiring
+        model_outputs = [card, negative, size, width, height, steps, guidance, guidance_note]
+        generate_inputs = [prompt, model, negative, width, height, steps, guidance, seed, num_images, style]
+
+        model.input(studio.on_model_change, model, model_outputs, **private)
+        size.input(studio.on_size_pick, size, [width, height], **private)
+        width.input(studio.on_size_edit, [model, width, height], size, **private)
+        height.input(studio.on_size_edit, [model, width, height], size, **private)
+        randomise.click(studio.on_seed_randomise, None, seed, **private)
+
+        generation = gr.on(
+            [generate.click, prompt.submit],
+            studio.on_generate_click,
+            [*generate_inputs, session_images],
+            [job_status, results, params, session_images],
+            api_visibility="private",
+            concurrency_id=CONCURRENCY_ID,
+            concurrency_limit=slots,
+            show_progress="minimal",
+            show_progress_on=[results],
+        )
+        generation.then(studio.on_history_refresh, None, [history, history_items], **private)
+        cancel.click(studio.on_cancel_click, None, job_status, cancels=[generation], **private)
+
+        results.select(studio.on_gallery_select, session_images, [params, selected], **private)
+        history.select(studio.on_gallery_select, history_items, [history_params, history_selected], **private)
+        reuse_outputs = [model, *model_outputs, prompt, style, seed, num_images, tabs]
+        reuse.click(studio.on_reuse_click, selected, reuse_outputs, **private)
+        history_reuse.click(studio.on_reuse_click, history_selected, reuse_outputs, **private)
+        gr.on([refresh.click, history_tab.select, demo.load], studio.on_history_refresh, None,
+              [history, history_items], **private)
+        timer.tick(studio.on_status_tick, None, slot_status, **private)
+
+        api_trigger.click(
+            studio.on_api_generate, api_inputs, api_outputs, api_name="generate",
+            concurrency_id=CONCURRENCY_ID, concurrency_limit=slots,
+        )
+        gr.api(studio.api_models, api_name="models", queue=False)
+        gr.api(studio.api_status, api_name="status", queue=False)
+
+    demo.queue(max_size=settings.max_queue, default_concurrency_limit=slots)
+    return demo
+
+
+def _safe_status(manager) -> dict:
+    try:
+        return manager.status()
+    except Exception:  # an unstarted manager: one slot until it says otherwise
+        return {}
