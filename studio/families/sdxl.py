@@ -1,0 +1,57 @@
+"""SDXL and its fine-tunes (Turbo, Playground v2.5, Animagine, DreamShaper, Juggernaut, RealVis).
+
+All run ``StableDiffusionXLPipeline`` with the scheduler their repo ships. The family rules:
+guidance-distilled SDXL Turbo runs at guidance 0, so no classifier-free guidance and no
+negative (the catalog enforces both); a catalog ``scheduler`` (Playground v2.5's EDM DPM++)
+is the one the model must run with; prompts go through compel (``studio.prompts``) when the
+catalog says so, for weights, ``AND`` and prompts longer than 77 tokens.
+"""
+
+from __future__ import annotations
+
+import diffusers
+from diffusers import StableDiffusionXLPipeline
+
+from studio import prompts
+from studio.catalog import ModelSpec
+from studio.families import base
+from studio.schemas import GenerationRequest
+
+PIPELINES = {"StableDiffusionXLPipeline": StableDiffusionXLPipeline}
+
+
+def load(spec: ModelSpec, device: str) -> StableDiffusionXLPipeline:
+    if spec.pipeline not in PIPELINES:
+        raise ValueError(f"{spec.id}: the sdxl family runs {', '.join(PIPELINES)}, not {spec.pipeline}")
+    pipe = PIPELINES[spec.pipeline].from_pretrained(spec.source, **base.load_kwargs(spec, device))
+    _ensure_scheduler(pipe, spec)
+    pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not stderr
+    return pipe.to(device)
+
+
+def _ensure_scheduler(pipe, spec: ModelSpec) -> None:
+    """Swap in the catalog's scheduler when a copy of the repo lost it, keeping the repo's schedule settings."""
+    if spec.scheduler and type(pipe.scheduler).__name__ != spec.scheduler:
+        scheduler_class = getattr(diffusers, spec.scheduler)
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+
+
+def generate(pipe, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
+    # The pipeline's own rule for classifier-free guidance; below it the negative is never used.
+    guided = request.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+    if spec.compel:
+        text = prompts.sdxl_embeddings(pipe, request.prompt, request.negative_prompt, guided)
+    else:
+        text = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
+    result = pipe(
+        **text,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images,
+        generator=base.generators(request),
+        callback_on_step_end=base.step_callback(on_step, request.steps),
+        output_type="pil",
+    )
+    return result.images

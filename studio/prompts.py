@@ -1,0 +1,171 @@
+"""Prompt embeddings through compel for the CLIP-based family (SDXL): weights, AND, long prompts.
+
+People type A1111-style syntax; compel has its own. ``to_compel`` translates the A1111 forms
+and leaves compel's own syntax (``word+``, ``(words)1.3``, ``.blend()``, ``.and()``) alone:
+
+- ``(words:1.5)`` becomes ``(words)1.5``: a per-token weight (1 is neutral, 0 removes the words).
+- ``cat AND dog`` becomes ``("cat", "dog").and()``: each clause is encoded on its own and the
+  embeddings are concatenated, so the image gets both. ``a cat :1.2 AND a dog`` weights a clause.
+- ``(dark:-1)``, a negative weight, becomes a clause of its own with that weight: compel's
+  per-token weights stop at 0 (removal), while a clause weight w gives ``empty + w * (clause - empty)``,
+  which points away from the words.
+
+Prompts longer than CLIP's 77 tokens are encoded in 77-token chunks and concatenated, never
+truncated; the negative prompt is padded to the same length. A prompt compel cannot parse
+(e.g. ``(a, b).blend(1)``, one weight for two prompts) is encoded as literal text instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from compel import Compel, ReturnedEmbeddingsType
+from compel.prompt_parser import Blend, Conjunction, Fragment, PromptParser
+
+from studio.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+AND_SEPARATOR = re.compile(r"\s+AND\s+")  # A1111's keyword: upper case, between words
+NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+GROUP_WEIGHT = re.compile(rf":\s*({NUMBER})\s*$")  # the tail of "(words:1.5)"
+CLAUSE_WEIGHT = re.compile(rf"^(.*?)\s+:\s*({NUMBER})\s*$", re.DOTALL)  # "a cat :1.2" (a space before the colon)
+LITERAL_ESCAPES = str.maketrans({"(": r"\(", ")": r"\)", '"': r"\""})
+
+
+def to_compel(prompt: str) -> str:
+    """Translate A1111-style weights, ``AND`` and negative weights into compel syntax."""
+    parts = AND_SEPARATOR.split(prompt.strip())
+    clauses: list[tuple[str, float]] = []
+    for part in parts:
+        weight = 1.0
+        if len(parts) > 1 and (match := CLAUSE_WEIGHT.match(part)):
+            part, weight = match.group(1), float(match.group(2))
+        text, negatives = _translate_groups(part)
+        clauses.append((text, weight))
+        clauses += [(negative_text, negative_weight * weight) for negative_text, negative_weight in negatives]
+    if len(clauses) == 1 and clauses[0][1] == 1.0:
+        return clauses[0][0]
+    quoted = ", ".join('"' + text.replace('"', r"\"") + '"' for text, _ in clauses)
+    weights = ", ".join(_number(weight) for _, weight in clauses)
+    return f"({quoted}).and({weights})"
+
+
+def _translate_groups(text: str) -> tuple[str, list[tuple[str, float]]]:
+    """``(words:w)`` -> ``(words)w``; groups with w < 0 are cut out and returned as (text, w) clauses."""
+    edits: list[tuple[int, int, str]] = []  # (start, end, replacement), never overlapping
+    negatives: list[tuple[str, float]] = []
+    opened: list[int] = []
+    escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True  # "\(" is a literal parenthesis in both syntaxes
+        elif char == "(":
+            opened.append(index)
+        elif char == ")" and opened:
+            start = opened.pop()
+            inner = text[start + 1 : index]
+            match = GROUP_WEIGHT.search(inner)
+            if not match:
+                continue
+            weight = float(match.group(1))
+            colon = start + 1 + match.start()
+            if weight >= 0:
+                edits.append((colon, index + 1, ")" + _number(weight)))
+            else:
+                # The whole group leaves this clause; its inner groups are translated with it.
+                edits = [edit for edit in edits if not start <= edit[0] < index]
+                inner_text, inner_negatives = _translate_groups(inner[: match.start()])
+                negatives.append((inner_text.strip(), weight))
+                negatives += inner_negatives
+                edits.append((start, index + 1, ""))
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    if negatives:
+        text = re.sub(r"\s+", " ", text).strip(" ,")
+    return text, negatives
+
+
+def _number(value: float) -> str:
+    """Plain decimal notation: compel's parser reads neither exponents nor a bare trailing dot."""
+    return f"{value:.4f}".rstrip("0").rstrip(".") or "0"
+
+
+def parse(prompt: str, field: str = "prompt") -> tuple[str, Conjunction]:
+    """The compel text for ``prompt`` and its parse; unparseable syntax falls back to literal text."""
+    text = to_compel(prompt)
+    try:
+        return text, PromptParser().parse_conjunction(text)
+    except Exception as exc:  # pyparsing and compel raise several unrelated exception types
+        log.warning("%s: cannot parse weighting syntax (%s); encoding it as literal text", field, exc)
+    literal = prompt.translate(LITERAL_ESCAPES)
+    try:
+        return literal, PromptParser().parse_conjunction(literal)
+    except Exception as exc:
+        raise InvalidRequest(
+            f"{field}: cannot read the prompt syntax ({exc}); write weights as (words:1.2) and escape literal "
+            r"parentheses as \( and \)",
+            field=field,
+        ) from None
+
+
+def pooled_text(conjunction: Conjunction) -> str:
+    """The plain words of a parsed prompt, for the pooled embedding (which compel would take from the
+    raw syntax, brackets and numbers included); removed and negative parts are left out."""
+    words = []
+    for part, weight in zip(conjunction.prompts, conjunction.weights):
+        if weight <= 0:
+            continue
+        for flattened in part.prompts if isinstance(part, Blend) else [part]:
+            words += [f.text for f in flattened.children if isinstance(f, Fragment) and f.weight > 0 and f.text]
+    return " ".join(words)
+
+
+def _compel(tokenizer, text_encoder) -> Compel:
+    return Compel(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,  # what SDXL reads
+        truncate_long_prompts=False,
+    )
+
+
+def _pad(compel: Compel, embeds: torch.Tensor, length: int) -> torch.Tensor:
+    """Append empty-prompt chunks up to ``length`` tokens, as compel pads its own batches."""
+    empty = compel.conditioning_provider.empty_z.to(embeds).expand(embeds.shape[0], -1, -1)
+    while embeds.shape[1] < length:
+        embeds = torch.cat([embeds, empty], dim=1)
+    return embeds
+
+
+@torch.no_grad()
+def sdxl_embeddings(pipe, prompt: str, negative_prompt: str | None, classifier_free_guidance: bool) -> dict:
+    """The ``prompt_embeds``/``pooled_prompt_embeds`` (and negative) kwargs for a ``StableDiffusionXLPipeline``.
+
+    One prompt, batch size 1: the pipeline repeats them for ``num_images_per_prompt``. Without
+    guidance no negative is built. Without a negative prompt, a pipeline configured with
+    ``force_zeros_for_empty_prompt`` (SDXL base) zeroes the negative itself, so none is passed;
+    otherwise the empty prompt is encoded as the negative, padded to the prompt's length.
+    """
+    prompts = [parse(prompt, "prompt")]
+    with_negative = classifier_free_guidance and bool(negative_prompt or not pipe.config.force_zeros_for_empty_prompt)
+    if with_negative:
+        prompts.append(parse(negative_prompt or "", "negative_prompt"))
+    texts = [text for text, _ in prompts]
+
+    encoders = [_compel(pipe.tokenizer, pipe.text_encoder), _compel(pipe.tokenizer_2, pipe.text_encoder_2)]
+    hidden = [encoder(texts) for encoder in encoders]  # each (prompts, tokens, width), padded within the encoder
+    length = max(h.shape[1] for h in hidden)
+    embeds = torch.cat([_pad(encoder, h, length) for encoder, h in zip(encoders, hidden)], dim=-1)
+    pooled = encoders[1].conditioning_provider.get_pooled_embeddings(
+        [pooled_text(conjunction) for _, conjunction in prompts]
+    ).to(embeds.dtype)
+
+    kwargs = {"prompt_embeds": embeds[:1], "pooled_prompt_embeds": pooled[:1]}
+    if with_negative:
+        kwargs.update(negative_prompt_embeds=embeds[1:], negative_pooled_prompt_embeds=pooled[1:])
+    return kwargs
