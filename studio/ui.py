@@ -155,6 +155,11 @@ def card_html(spec: ModelSpec, compact: bool = False) -> str:
     )
 
 
+def guidance_max(spec: ModelSpec) -> float:
+    """The guidance slider's top; a fixed guidance still needs a range (the slider is hidden then)."""
+    return max(spec.limits.max_guidance, spec.limits.min_guidance + 1)
+
+
 def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
     """The live status line, with a progress bar when ``fraction`` is known."""
     css = "status-line status-error" if error else "status-line"
@@ -366,7 +371,7 @@ class Studio:
             gr.update(value=width, interactive=not lim.allowed_sizes, info=size_hint(spec)),
             gr.update(value=height, interactive=not lim.allowed_sizes),
             gr.update(minimum=1, maximum=lim.max_steps, value=values.get("steps", d.steps)),
-            gr.update(minimum=lim.min_guidance, maximum=lim.max_guidance, value=guidance,
+            gr.update(minimum=lim.min_guidance, maximum=guidance_max(spec), value=guidance,
                       visible=spec.cfg and not fixed),
             gr.update(visible=not spec.cfg or fixed,
                       value=f"Guidance is fixed at **{lim.min_guidance:g}** for {spec.label} (guidance-distilled)."),
@@ -559,9 +564,8 @@ def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
                             steps = gr.Slider(1, default.limits.max_steps, value=default.defaults.steps, step=1,
                                               label="Steps", elem_id="steps")
                             fixed = default.limits.min_guidance == default.limits.max_guidance
-                            guidance = gr.Slider(default.limits.min_guidance, max(default.limits.max_guidance,
-                                                                                   default.limits.min_guidance + 1),
-                                                 value=default.defaults.guidance, step=0.1, label="Guidance",
+                            guidance = gr.Slider(default.limits.min_guidance, guidance_max(default), step=0.1,
+                                                 value=default.defaults.guidance, label="Guidance",
                                                  elem_id="guidance", visible=default.cfg and not fixed)
                             guidance_note = gr.Markdown(studio.model_controls(default)[-1]["value"],
                                                         visible=not default.cfg or fixed)
