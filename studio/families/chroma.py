@@ -1,0 +1,26 @@
+"""Chroma1-HD: a FLUX.1 [schnell] derivative with T5 only and real classifier-free guidance.
+
+Unlike FLUX, Chroma was trained without guidance distillation, so it runs true CFG:
+two transformer passes per step (prompt and negative prompt) whenever guidance > 1,
+and the negative prompt matters.
+"""
+
+from __future__ import annotations
+
+from diffusers import ChromaPipeline
+
+from studio.catalog import ModelSpec
+from studio.families import base
+from studio.families.flux import flow_call_kwargs, load_as
+from studio.schemas import GenerationRequest
+
+
+def load(spec: ModelSpec, device: str) -> ChromaPipeline:
+    return load_as(ChromaPipeline, spec, device)
+
+
+def generate(pipe: ChromaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
+    kwargs = flow_call_kwargs(spec, request, on_step)
+    # None would leave the unconditional branch to the pipeline; "" is what it uses, said explicitly.
+    kwargs["negative_prompt"] = request.negative_prompt or ""
+    return pipe(**kwargs).images

@@ -1,0 +1,55 @@
+"""PixArt-Sigma: T5-XXL + a DiT with classifier-free guidance, up to 4096x4096.
+
+Sizes are honoured exactly (``use_resolution_binning=False``; the catalog already
+validated them) and above 2048 px on a side the VAE decodes in tiles, where a
+one-piece decode of a 4K image would need tens of GB. The pipeline predates
+``callback_on_step_end``: progress and cancellation go through its per-step ``callback``.
+Sana shares ``use_vae_tiling``.
+"""
+
+from __future__ import annotations
+
+from diffusers import PixArtSigmaPipeline
+
+from studio.catalog import ModelSpec
+from studio.families import base
+from studio.families.flux import load_as
+from studio.schemas import GenerationRequest
+
+TILED_DECODE_ABOVE = 2048  # px on the longer side
+
+
+def load(spec: ModelSpec, device: str) -> PixArtSigmaPipeline:
+    return load_as(PixArtSigmaPipeline, spec, device)
+
+
+def generate(pipe: PixArtSigmaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
+    use_vae_tiling(pipe, request)
+    report = base.step_callback(on_step, request.steps)
+    return pipe(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images,
+        generator=base.generators(request),
+        max_sequence_length=spec.token_limit,
+        use_resolution_binning=False,
+        clean_caption=False,  # the caption cleaner needs bs4 and ftfy, and lower-cases the prompt
+        callback=lambda step, timestep, latents: report(pipe, step, timestep, {}),
+        callback_steps=1,
+    ).images
+
+
+def use_vae_tiling(pipe, request: GenerationRequest) -> None:
+    """Tiled VAE decoding for images larger than ``TILED_DECODE_ABOVE`` on a side, one-piece otherwise.
+
+    Set on every call: the pipeline stays resident, and a small image after a large one
+    should not pay for tiling.
+    """
+    if max(request.width, request.height) > TILED_DECODE_ABOVE:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()

@@ -1,0 +1,38 @@
+"""Sana 1.5: Gemma-2 text encoder, linear-attention DiT, 32x DC-AE, classifier-free guidance.
+
+Sizes are honoured exactly (``use_resolution_binning=False``; the catalog already
+validated them, in multiples of 32). The pipeline's default "complex human
+instruction" (a prompt-enhancing preamble for Gemma) stays on, as Sana was trained
+with it. Large images decode in tiles, as for PixArt-Sigma.
+"""
+
+from __future__ import annotations
+
+from diffusers import SanaPipeline
+
+from studio.catalog import ModelSpec
+from studio.families import base
+from studio.families.flux import load_as
+from studio.families.pixart import use_vae_tiling
+from studio.schemas import GenerationRequest
+
+
+def load(spec: ModelSpec, device: str) -> SanaPipeline:
+    return load_as(SanaPipeline, spec, device)
+
+
+def generate(pipe: SanaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
+    use_vae_tiling(pipe, request)
+    return pipe(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images,
+        generator=base.generators(request),
+        max_sequence_length=spec.token_limit,
+        use_resolution_binning=False,
+        callback_on_step_end=base.step_callback(on_step, request.steps),
+    ).images
