@@ -1,0 +1,97 @@
+"""Prometheus metrics of one app: jobs by outcome, durations, queue depth, busy slots, model loads.
+
+Each app owns its ``CollectorRegistry`` (two apps in one process, as in the tests, must not
+share counters). Job counters are fed by a slot-manager observer, so UI, Gradio API and REST
+jobs all count; the gauges are read from ``manager.status()`` at scrape time, so they are
+never stale.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from studio.errors import StudioError
+
+# Seconds; tiny CPU jobs finish in well under a second, big GPU renders take minutes.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+OK = "ok"
+REJECTED = "rejected"  # refused at admission (queue full): never became a job
+
+
+def outcome_of(result_or_exception) -> str:
+    """``ok``, or the error's code (``cancelled``, ``timeout``, ``out_of_memory``, ...)."""
+    if isinstance(result_or_exception, StudioError):
+        return result_or_exception.code or result_or_exception.type
+    if isinstance(result_or_exception, BaseException):
+        return "error"
+    return OK
+
+
+class StudioMetrics:
+    """The registry and the instruments; ``render()`` gives the Prometheus text exposition."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, manager=None):
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "studio_jobs", "Generation jobs by model and outcome (ok, rejected, or the error code).",
+            ["model", "outcome"], registry=self.registry,
+        )
+        self.duration = Histogram(
+            "studio_job_duration_seconds", "Wall time of finished jobs, queueing included.",
+            ["model"], buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+        self.manager = manager
+        if manager is not None:
+            self.registry.register(_SlotCollector(manager))
+
+    def observe(self, job, result_or_exception, duration_s: float) -> None:
+        """A slot-manager observer: called once per finished job, from whichever thread finished it."""
+        model = getattr(getattr(job, "spec", None), "id", None) or "unknown"
+        outcome = outcome_of(result_or_exception)
+        self.jobs.labels(model=model, outcome=outcome).inc()
+        if outcome == OK:
+            self.duration.labels(model=model).observe(max(0.0, float(duration_s)))
+
+    def rejected(self, model: str) -> None:
+        self.jobs.labels(model=model, outcome=REJECTED).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _SlotCollector:
+    """Gauges and load counters read from the slot manager's snapshot at scrape time."""
+
+    def __init__(self, manager):
+        self.manager = manager
+
+    def describe(self):
+        return _families()
+
+    def collect(self):
+        queue, busy, alive, loads = _families()
+        try:
+            status = self.manager.status()
+        except Exception:  # a manager not started or shutting down: report nothing rather than fail the scrape
+            return []
+        queue.add_metric([], float(status.get("queue_depth", status.get("queued", 0)) or 0))
+        for slot in status.get("slots", []) or []:
+            labels = [str(slot.get("index", "")), str(slot.get("device", ""))]
+            busy.add_metric(labels, 1.0 if slot.get("busy") else 0.0)
+            alive.add_metric(labels, 1.0 if slot.get("alive") else 0.0)
+            loads.add_metric(labels, float(slot.get("loads", 0) or 0))
+        return [queue, busy, alive, loads]
+
+
+def _families():
+    return [
+        GaugeMetricFamily("studio_queue_depth", "Jobs admitted and waiting for a slot."),
+        GaugeMetricFamily("studio_slot_busy", "1 while the slot runs a job.", labels=["slot", "device"]),
+        GaugeMetricFamily("studio_slot_alive", "1 while the slot's worker process is up.", labels=["slot", "device"]),
+        CounterMetricFamily("studio_model_loads", "Pipelines loaded by the slot (preloads and swaps).",
+                            labels=["slot", "device"]),
+    ]

@@ -1,0 +1,487 @@
+"""The OpenAI-compatible REST API: Images API request/response models and the ``/v1`` routes.
+
+The request model mirrors ``POST /v1/images/generations`` of the OpenAI Images API field by
+field, then adds Image Studio's own fields in a marked block. Each request becomes ONE
+``GenerationRequest``, is resolved by the catalog (the one validation step), submitted to the
+slot manager and awaited. ``error_response`` is the one place where an exception becomes an
+OpenAI error object ``{"error": {"message", "type", "param", "code"}}`` with its HTTP status.
+
+The app keeps its services on ``app.state``: ``settings``, ``catalog``, ``manager``,
+``metrics`` and ``started_at`` (set by ``studio.server.create_app``).
+
+Runs in the parent process: never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import io
+import logging
+import re
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from studio.catalog import ModelSpec
+from studio.errors import InvalidRequest, JobTimeout, QueueFull, StudioError, Unauthorized
+from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, allowed_range, parse_request
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5  # what a 429 tells the client to wait; the OpenAI SDK honours it when it retries
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+TIMEOUT_GRACE_S = 5.0  # the slot manager times jobs out itself; this only backs it up
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but logs show what happened
+
+SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def _extra(name: str, description: str) -> Field:
+    """An extras field whose limits live in ``GenerationRequest`` (validated there, shown here in the docs)."""
+    bounds = allowed_range(name)
+    schema = {}
+    if bounds:
+        low, high = bounds.split("..")
+        schema = {"minimum": float(low) if "." in low else int(low), "maximum": float(high) if "." in high else int(high)}
+        description = f"{description} Allowed {bounds}; the model may allow less (see GET /v1/models)."
+    return Field(None, description=description, json_schema_extra=schema or None)
+
+
+# ---------------------------------------------------------------- request and response models
+
+
+class ImageGenerationRequest(BaseModel):
+    """``POST /v1/images/generations``: the OpenAI fields first, then Image Studio's extras."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={"examples": [{"model": "sdxl-turbo", "prompt": "a red fox in snow", "n": 1,
+                                         "size": "512x512", "response_format": "b64_json"}]},
+    )
+
+    # -- OpenAI Images API fields ------------------------------------------------------------
+    prompt: str = Field(description="A text description of the desired image(s).")
+    model: str | None = Field(
+        None, description="A model id or alias from GET /v1/models; the studio's default model when unset."
+    )
+    n: int | None = Field(None, ge=1, le=MAX_IMAGES, description=f"Number of images, 1..{MAX_IMAGES} (one batch).")
+    size: str | None = Field(
+        None,
+        description="'WIDTHxHEIGHT' (e.g. '1024x1024'), or 'auto' for the model's default size. "
+        "Each model has its own size limits (GET /v1/models).",
+    )
+    quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = Field(
+        None, description="Accepted for compatibility; no effect here. Use `steps` to trade speed for detail."
+    )
+    style: Literal["vivid", "natural"] | None = Field(
+        None, description="Accepted for compatibility; no effect here. Describe the style in the prompt."
+    )
+    response_format: Literal["url", "b64_json"] | None = Field(
+        None,
+        description="'b64_json' (default): base64 image data. 'url': a data URL ('data:image/png;base64,...'); "
+        "this server keeps no public file host, so no http URL is ever returned.",
+    )
+    output_format: Literal["png", "jpeg", "webp"] | None = Field(
+        None, description="'png' (default) keeps the generation parameters inside the file; jpeg and webp do not."
+    )
+    output_compression: int | None = Field(
+        None, ge=0, le=100, description="Quality 0..100 of jpeg and webp output (default 100); ignored for png."
+    )
+    background: Literal["auto", "opaque"] | None = Field(
+        None, description="Accepted; images are always opaque (no transparent backgrounds)."
+    )
+    moderation: Literal["auto", "low"] | None = Field(
+        None, description="Accepted for compatibility; this server does no content moderation."
+    )
+    stream: bool | None = Field(None, description="Streaming is not supported: leave it out or send false.")
+    user: str | None = Field(None, description="Accepted for compatibility; not stored.")
+    safety_identifier: str | None = Field(None, description="Accepted for compatibility; not stored.")
+
+    # -- Image Studio extras (not in the OpenAI API; the SDK sends them through extra_body) ----
+    width: int | None = _extra("width", "Image width in pixels; an alternative to `size`.")
+    height: int | None = _extra("height", "Image height in pixels; an alternative to `size`.")
+    steps: int | None = _extra("steps", "Denoising steps; the model's default when unset.")
+    guidance: float | None = _extra("guidance", "Classifier-free guidance scale; the model's default when unset.")
+    negative_prompt: str | None = Field(
+        None, description="What to avoid; only for models whose `negative_prompt` capability is true."
+    )
+    seed: int | None = _extra("seed", "Seed of the first image; image i uses seed + i. Random when unset.")
+    num_images: int | None = Field(None, ge=1, le=MAX_IMAGES, description="Alias of `n`.")
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() == "auto":
+            return None if value is None else "auto"
+        if not SIZE_PATTERN.match(value.strip().lower()):
+            raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
+        return value.strip().lower()
+
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("streaming is not supported; leave it out or send false")
+        return value
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = Field(None, description="The image, base64-encoded (response_format 'b64_json').")
+    url: str | None = Field(None, description="The image as a data URL (response_format 'url').")
+    revised_prompt: str | None = Field(None, description="The prompt the model received (never rewritten here).")
+    seed: int = Field(description="Image Studio extra: the seed of this image; with n=1 it reproduces it.")
+
+
+class ImagesResponse(BaseModel):
+    created: int = Field(description="Unix time (seconds) when the images were made.")
+    data: list[ImageData]
+    output_format: Literal["png", "jpeg", "webp"]
+    size: str = Field(description="'WIDTHxHEIGHT' of the images.")
+    background: Literal["opaque"] = "opaque"
+    model: str = Field(description="Image Studio extra: the id of the model that made the images.")
+
+
+class ModelObject(BaseModel):
+    """An OpenAI model object, with this model's capabilities as extras."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = Field(description="The owner of the model's Hugging Face repo.")
+    # -- Image Studio extras
+    label: str
+    family: str
+    repo: str
+    tier: str
+    aliases: list[str]
+    negative_prompt: bool = Field(description="Whether `negative_prompt` is supported.")
+    cfg: bool = Field(description="False for guidance-distilled models: `guidance` is fixed.")
+    max_n: int
+    defaults: dict = Field(description="steps, guidance, width, height used when a request leaves them unset.")
+    limits: dict = Field(description="size_multiple, min_side, max_side, max_pixels, max_steps, guidance range.")
+    sizes: list[str] = Field(description="Suggested sizes ('WxH'); the only ones allowed when limits.allowed_sizes.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def _error_doc(description: str) -> dict:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Declaring "default" also stops FastAPI from advertising 422: validation errors are 400 here.
+GENERATION_ERRORS = {
+    400: _error_doc("Invalid request: the message names the field and the allowed values."),
+    401: _error_doc("Missing or wrong API key (only when the server has one)."),
+    404: _error_doc("Unknown model."),
+    429: _error_doc("The queue is full; retry after the Retry-After header's seconds."),
+    500: _error_doc("Unexpected server error."),
+    503: _error_doc("A worker failed, ran out of memory, or could not load the model."),
+    504: _error_doc("The job took longer than the server's job timeout."),
+    "default": _error_doc("Any other error, in the same shape."),
+}
+READ_ERRORS = {401: GENERATION_ERRORS[401], 404: GENERATION_ERRORS[404], "default": GENERATION_ERRORS["default"]}
+
+
+# ---------------------------------------------------------------- errors
+
+
+def as_studio_error(exc: BaseException) -> StudioError:
+    """Every exception as a ``StudioError`` with the right status; unexpected ones are logged, not shown."""
+    if isinstance(exc, StudioError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return invalid_from_validation(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return http_error(exc.status_code, str(exc.detail))
+    log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
+    return StudioError("internal server error; the server log has the details")
+
+
+def http_error(status: int, message: str, code: str | None = None) -> StudioError:
+    """A ``StudioError`` for a plain HTTP status (unknown route, wrong method)."""
+    error = StudioError(message)
+    error.status = status
+    error.type = "invalid_request_error" if status < 500 else "server_error"
+    error.code = code
+    return error
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """The OpenAI error object for any exception, with its status and headers."""
+    error = as_studio_error(exc)
+    headers = {}
+    if isinstance(error, QueueFull):
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
+
+
+def invalid_from_validation(exc: RequestValidationError) -> InvalidRequest:
+    """FastAPI's 422 as our 400: ``"<field>: <reason> (allowed <range>)"`` for the first error."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequest("body: invalid request", field=None)
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    field_name = ".".join(loc) or None
+    kind = first.get("type", "")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        message = "unknown field"
+    elif kind == "json_invalid":
+        field_name, message = None, "the body is not valid JSON"
+    elif kind == "missing" and not field_name:
+        message = "a JSON body is required"
+    bounds = _bounds(field_name)
+    if bounds and kind not in ("extra_forbidden", "missing"):
+        message = f"{message} (allowed {bounds})"
+    return InvalidRequest(f"{field_name or 'body'}: {message}", field=field_name)
+
+
+def _bounds(field_name: str | None) -> str | None:
+    info = ImageGenerationRequest.model_fields.get(field_name or "")
+    if info is None:
+        return None
+    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+    if low is None or high is None:
+        return allowed_range(field_name)
+    return f"{low}..{high}"
+
+
+bearer = HTTPBearer(auto_error=False, description="The server's API key, when it was started with --api-key.")
+
+
+async def require_api_key(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> None:
+    """Guard for /v1 routes: a no-op unless the server has an API key."""
+    expected = request.app.state.settings.api_key
+    if not expected:
+        return
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise Unauthorized("invalid API key")
+
+
+# ---------------------------------------------------------------- request translation
+
+
+def to_generation_request(body: ImageGenerationRequest) -> GenerationRequest:
+    """The OpenAI fields and the extras as ONE ``GenerationRequest`` (pydantic limits checked)."""
+    if body.n is not None and body.num_images is not None and body.n != body.num_images:
+        raise InvalidRequest(
+            f"num_images: {body.num_images} contradicts n={body.n}; send one of them", field="num_images"
+        )
+    width, height = body.width, body.height
+    if body.size and body.size != "auto":
+        size_w, size_h = (int(part) for part in body.size.split("x"))
+        if (width is not None and width != size_w) or (height is not None and height != size_h):
+            raise InvalidRequest(
+                f"size: {body.size} contradicts width={width}, height={height}; send size or width/height",
+                field="size",
+            )
+        width, height = size_w, size_h
+    return parse_request(
+        dict(
+            prompt=body.prompt,
+            negative_prompt=body.negative_prompt or None,
+            model=body.model,
+            width=width,
+            height=height,
+            steps=body.steps,
+            guidance=body.guidance,
+            seed=body.seed,
+            num_images=body.n or body.num_images or 1,
+        )
+    )
+
+
+def resolve(catalog, body: ImageGenerationRequest) -> tuple[ModelSpec, GenerationRequest]:
+    """Translate and validate once; a size error names ``size`` when the caller sent ``size``."""
+    try:
+        return catalog.resolve(to_generation_request(body))
+    except InvalidRequest as exc:
+        if exc.field in ("width", "height") and body.size and body.width is None and body.height is None:
+            exc.field = "size"
+        raise
+
+
+# ---------------------------------------------------------------- waiting and encoding
+
+
+async def wait_for_result(job, request: Request, timeout_s: float) -> JobResult | None:
+    """The job's result; ``None`` when the client went away (the job is then cancelled, its slot freed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s + TIMEOUT_GRACE_S
+    outcome = asyncio.ensure_future(job.result())
+    try:
+        while True:
+            done, _ = await asyncio.wait({outcome}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return outcome.result()
+            if await request.is_disconnected():
+                log.info("client closed the request; cancelling job %s", job.id)
+                return None
+            if loop.time() > deadline:
+                raise JobTimeout(f"the job took longer than {timeout_s:g} s and was cancelled")
+    finally:
+        # Whatever ended the wait (result, disconnect, timeout, server shutdown), never leave work behind.
+        if not job.done():
+            job.cancel()
+        if not outcome.done():
+            outcome.cancel()
+
+
+def encode_image(png: bytes, output_format: str, quality: int) -> bytes:
+    """PNG as is (its metadata kept); jpeg/webp re-encoded at ``quality``."""
+    if output_format == "png":
+        return png
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format=output_format.upper(), quality=quality)
+    return buffer.getvalue()
+
+
+def build_response(body: ImageGenerationRequest, result: JobResult) -> ImagesResponse:
+    resolved = result.request
+    output_format = body.output_format or "png"
+    quality = 100 if body.output_compression is None else body.output_compression
+    data = []
+    for png, seed in zip(result.images, resolved.seeds):
+        encoded = base64.b64encode(encode_image(png, output_format, quality)).decode("ascii")
+        if body.response_format == "url":
+            payload = {"url": f"data:{MEDIA_TYPES[output_format]};base64,{encoded}"}
+        else:
+            payload = {"b64_json": encoded}
+        data.append(ImageData(**payload, seed=seed, revised_prompt=resolved.prompt))
+    return ImagesResponse(
+        created=int(time.time()),
+        data=data,
+        output_format=output_format,
+        size=f"{resolved.width}x{resolved.height}",
+        model=resolved.model,
+    )
+
+
+def model_object(spec: ModelSpec, created: int) -> ModelObject:
+    d, lim = spec.defaults, spec.limits
+    return ModelObject(
+        id=spec.id,
+        created=created,
+        owned_by=spec.repo.split("/")[0],
+        label=spec.label,
+        family=spec.family,
+        repo=spec.repo,
+        tier=spec.card.tier,
+        aliases=list(spec.aliases),
+        negative_prompt=spec.negative_prompt,
+        cfg=spec.cfg,
+        max_n=MAX_IMAGES,
+        defaults={"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height},
+        limits={
+            "size_multiple": lim.size_multiple,
+            "min_side": lim.min_side,
+            "max_side": lim.max_side,
+            "max_pixels": lim.max_pixels,
+            "max_steps": lim.max_steps,
+            "min_guidance": lim.min_guidance,
+            "max_guidance": lim.max_guidance,
+            "allowed_sizes": [f"{w}x{h}" for w, h in lim.allowed_sizes],
+            "max_seed": MAX_SEED,
+        },
+        sizes=[f"{w}x{h}" for w, h in spec.size_presets()],
+    )
+
+
+# ---------------------------------------------------------------- routes
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["OpenAI-compatible"])
+
+
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses=GENERATION_ERRORS,
+    summary="Create images from a prompt (OpenAI Images API)",
+)
+async def create_images(body: ImageGenerationRequest, request: Request):
+    """Generate `n` images in one batch on one slot. Closing the connection cancels the job."""
+    state = request.app.state
+    spec, resolved = resolve(state.catalog, body)
+    try:
+        job = state.manager.submit(spec, resolved)
+    except QueueFull:
+        state.metrics.rejected(spec.id)
+        raise
+    result = await wait_for_result(job, request, state.settings.job_timeout_s)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED)
+    # base64 of several large PNGs takes a while: keep the event loop (and the UI) responsive.
+    return await run_in_threadpool(build_response, body, result)
+
+
+@router.get("/models", response_model=ModelList, responses=READ_ERRORS, summary="List the models")
+async def list_models(request: Request) -> ModelList:
+    """Every catalog model, with its capabilities: sizes, defaults, negative prompt, guidance, max n."""
+    state = request.app.state
+    return ModelList(data=[model_object(spec, state.started_at) for spec in state.catalog])
+
+
+@router.get("/models/{model}", response_model=ModelObject, responses=READ_ERRORS, summary="Retrieve a model")
+async def retrieve_model(model: str, request: Request) -> ModelObject:
+    state = request.app.state
+    return model_object(state.catalog.get(model), state.started_at)
+
+
+@router.api_route(
+    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+async def unknown_route(path: str, request: Request):
+    """Other /v1 routes are not served here; say so in the OpenAI shape (405 for a known route's wrong method).
+
+    Without this, the UI mounted at "/" would answer them with its own 404 page.
+    """
+    methods = sorted(
+        method
+        for route in router.routes
+        if getattr(route, "path", None) == f"/v1/{path}"
+        for method in getattr(route, "methods", ())
+    )
+    if methods:
+        raise http_error(405, f"{request.method} /v1/{path}: method not allowed; use {', '.join(methods)}")
+    raise http_error(404, f"/v1/{path} is not served here; see /docs for the routes", code="not_found")

@@ -1,0 +1,115 @@
+"""``create_app(settings) -> FastAPI``: the one app behind every face of the studio.
+
+Catalog -> SlotManager (started and stopped by the app's lifespan) -> the OpenAI-compatible
+``/v1`` router, ``/health`` and ``/metrics`` -> the Gradio UI mounted at ``/``. FastAPI's own
+routes (``/docs``, ``/openapi.json``, ``/v1/...``) are registered before the mount, so they win
+over the UI's catch-all.
+
+Runs in the parent process: never imports torch (only the spawned workers do).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from studio import openai_api
+from studio.catalog import load_catalog
+from studio.config import Settings
+from studio.errors import StudioError
+from studio.metrics import StudioMetrics
+from studio.slots import SlotManager
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Text-to-image with diffusers models: a Gradio UI at `/`, the Gradio API for `gradio_client`,
+and an OpenAI-compatible Images API at `/v1/images/generations`.
+
+Errors use the OpenAI shape `{"error": {"message", "type", "param", "code"}}`. When the server
+runs with `--api-key`, `/v1` routes need `Authorization: Bearer <key>`; `/health` and
+`/metrics` stay open.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    catalog = load_catalog(settings.models_dir)
+    manager = SlotManager(settings, catalog)
+    metrics = StudioMetrics(manager)
+    manager.add_observer(metrics.observe)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # start() blocks until every worker is READY (or raises): keep the event loop free meanwhile.
+        await run_in_threadpool(manager.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(manager.shutdown)
+
+    app = FastAPI(title="Image Studio", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.catalog = catalog
+    app.state.manager = manager
+    app.state.metrics = metrics
+    app.state.started_at = int(time.time())
+
+    install_error_handlers(app)
+    app.include_router(openai_api.router)
+    app.add_api_route("/health", health, methods=["GET"], tags=["operations"], summary="Liveness and slots")
+    app.add_api_route(
+        "/metrics", prometheus_metrics, methods=["GET"], tags=["operations"], summary="Prometheus metrics",
+        response_class=Response, responses={200: {"content": {"text/plain": {}}}},
+    )
+    mount_ui(app, catalog, manager, settings)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OpenAI error object (``openai_api.error_response``), never a traceback."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return openai_api.error_response(exc)
+
+    for kind in (StudioError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, handle)
+
+
+def mount_ui(app: FastAPI, catalog, manager, settings: Settings) -> None:
+    """Mount the Gradio UI at ``/``, with the styling and file access the UI module asks for."""
+    import gradio as gr
+
+    from studio.ui import build_ui, mount_options
+
+    gr.mount_gradio_app(app, build_ui(catalog, manager, settings), path="/", **mount_options(settings))
+
+
+async def health(request: Request) -> JSONResponse:
+    """200 while at least one worker is alive (``degraded`` when some are down), else 503; with the slots."""
+    manager = request.app.state.manager
+    try:
+        snapshot = await run_in_threadpool(manager.status)
+    except Exception as exc:  # a manager that cannot even report is down
+        return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+    slots = snapshot.get("slots", []) or []
+    alive = sum(1 for slot in slots if slot.get("alive"))
+    if slots and alive == len(slots):
+        status, code = "ok", 200
+    elif alive:
+        status, code = "degraded", 200
+    else:
+        status, code = "unavailable", 503
+    return JSONResponse({"status": status, **snapshot}, status_code=code)
+
+
+async def prometheus_metrics(request: Request) -> Response:
+    metrics: StudioMetrics = request.app.state.metrics
+    body = await run_in_threadpool(metrics.render)
+    return Response(body, media_type=metrics.content_type)
