@@ -12,13 +12,16 @@ and leaves compel's own syntax (``word+``, ``(words)1.3``, ``.blend()``, ``.and(
 
 Prompts longer than CLIP's 77 tokens are encoded in 77-token chunks and concatenated, never
 truncated; the negative prompt is padded to the same length. A prompt compel cannot parse
-(e.g. ``(a, b).blend(1)``, one weight for two prompts) is encoded as literal text instead.
+(e.g. ``(a, b).blend(1)``, one weight for two prompts, or parentheses nested deeper than
+``MAX_NESTING``) is encoded as literal text instead; more than ``MAX_CLAUSES`` clauses is an
+``InvalidRequest`` naming the field, since every clause adds 77 tokens to each attention step.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import dataclasses
 
 import torch
 from compel import Compel, ReturnedEmbeddingsType
@@ -33,6 +36,8 @@ NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 GROUP_WEIGHT = re.compile(rf":\s*({NUMBER})\s*$")  # the tail of "(words:1.5)"
 CLAUSE_WEIGHT = re.compile(rf"^(.*?)\s+:\s*({NUMBER})\s*$", re.DOTALL)  # "a cat :1.2" (a space before the colon)
 LITERAL_ESCAPES = str.maketrans({"(": r"\(", ")": r"\)", '"': r"\""})
+MAX_NESTING = 20  # deeper parentheses are not weighting; read them as literal text
+MAX_CLAUSES = 16
 
 
 def to_compel(prompt: str) -> str:
@@ -53,41 +58,73 @@ def to_compel(prompt: str) -> str:
     return f"({quoted}).and({weights})"
 
 
+@dataclasses.dataclass
+class _Group:
+    """A parenthesised span of a prompt; ``closed`` is False for a "(" that never closes (literal text)."""
+
+    parts: list = dataclasses.field(default_factory=list)  # str | _Group
+    closed: bool = False
+
+
 def _translate_groups(text: str) -> tuple[str, list[tuple[str, float]]]:
     """``(words:w)`` -> ``(words)w``; groups with w < 0 are cut out and returned as (text, w) clauses."""
-    edits: list[tuple[int, int, str]] = []  # (start, end, replacement), never overlapping
-    negatives: list[tuple[str, float]] = []
-    opened: list[int] = []
-    escaped = False
-    for index, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True  # "\(" is a literal parenthesis in both syntaxes
-        elif char == "(":
-            opened.append(index)
-        elif char == ")" and opened:
-            start = opened.pop()
-            inner = text[start + 1 : index]
-            match = GROUP_WEIGHT.search(inner)
-            if not match:
-                continue
-            weight = float(match.group(1))
-            colon = start + 1 + match.start()
-            if weight >= 0:
-                edits.append((colon, index + 1, ")" + _number(weight)))
-            else:
-                # The whole group leaves this clause; its inner groups are translated with it.
-                edits = [edit for edit in edits if not start <= edit[0] < index]
-                inner_text, inner_negatives = _translate_groups(inner[: match.start()])
-                negatives.append((inner_text.strip(), weight))
-                negatives += inner_negatives
-                edits.append((start, index + 1, ""))
-    for start, end, replacement in sorted(edits, reverse=True):
-        text = text[:start] + replacement + text[end:]
+    translated, negatives = _render(_group_tree(text))
     if negatives:
-        text = re.sub(r"\s+", " ", text).strip(" ,")
-    return text, negatives
+        translated = re.sub(r"\s+", " ", translated).strip(" ,")
+    return translated, negatives
+
+
+def _group_tree(text: str) -> list:
+    """Split ``text`` into strings and nested ``_Group``s in one pass; escaped parentheses stay text."""
+    root = _Group(closed=True)
+    open_groups = [root]
+    chars: list[str] = []
+
+    def flush():
+        if chars:
+            open_groups[-1].parts.append("".join(chars))
+            chars.clear()
+
+    escaped = False
+    for char in text:
+        if escaped or char == "\\":
+            escaped = not escaped  # "\(" is a literal parenthesis in both syntaxes
+            chars.append(char)
+        elif char == "(":
+            flush()
+            group = _Group()
+            open_groups[-1].parts.append(group)
+            open_groups.append(group)
+            if len(open_groups) > MAX_NESTING:
+                raise ValueError(f"parentheses nested deeper than {MAX_NESTING}")
+        elif char == ")" and len(open_groups) > 1:
+            flush()
+            open_groups.pop().closed = True
+        else:
+            chars.append(char)
+    flush()
+    return root.parts
+
+
+def _render(parts: list) -> tuple[str, list[tuple[str, float]]]:
+    pieces: list[str] = []
+    negatives: list[tuple[str, float]] = []
+    for part in parts:
+        if isinstance(part, str):
+            pieces.append(part)
+            continue
+        inner, weight = part.parts, None
+        if part.closed and inner and isinstance(inner[-1], str) and (match := GROUP_WEIGHT.search(inner[-1])):
+            inner, weight = inner[:-1] + [inner[-1][: match.start()]], float(match.group(1))
+        text, inner_negatives = _render(inner)
+        negatives += inner_negatives
+        if weight is None:
+            pieces.append("(" + text + (")" if part.closed else ""))
+        elif weight >= 0:
+            pieces.append(f"({text}){_number(weight)}")
+        else:
+            negatives.append((text.strip(), weight))  # leaves the clause, becomes a clause of its own
+    return "".join(pieces), negatives
 
 
 def _number(value: float) -> str:
@@ -97,20 +134,28 @@ def _number(value: float) -> str:
 
 def parse(prompt: str, field: str = "prompt") -> tuple[str, Conjunction]:
     """The compel text for ``prompt`` and its parse; unparseable syntax falls back to literal text."""
-    text = to_compel(prompt)
     try:
-        return text, PromptParser().parse_conjunction(text)
+        text = to_compel(prompt)
+        conjunction = PromptParser().parse_conjunction(text)
     except Exception as exc:  # pyparsing and compel raise several unrelated exception types
         log.warning("%s: cannot parse weighting syntax (%s); encoding it as literal text", field, exc)
-    literal = prompt.translate(LITERAL_ESCAPES)
-    try:
-        return literal, PromptParser().parse_conjunction(literal)
-    except Exception as exc:
+        text = prompt.translate(LITERAL_ESCAPES)
+        try:
+            conjunction = PromptParser().parse_conjunction(text)
+        except Exception as exc:
+            raise InvalidRequest(
+                f"{field}: cannot read the prompt syntax ({exc}); write weights as (words:1.2) and escape "
+                r"literal parentheses as \( and \)",
+                field=field,
+            ) from None
+    if len(conjunction.prompts) > MAX_CLAUSES:
+        # Each clause is another 77 tokens for every cross-attention layer at every step.
         raise InvalidRequest(
-            f"{field}: cannot read the prompt syntax ({exc}); write weights as (words:1.2) and escape literal "
-            r"parentheses as \( and \)",
+            f"{field}: {len(conjunction.prompts)} AND clauses (a negative weight makes one too); "
+            f"allowed 1..{MAX_CLAUSES}",
             field=field,
-        ) from None
+        )
+    return text, conjunction
 
 
 def pooled_text(conjunction: Conjunction) -> str:

@@ -1,4 +1,4 @@
-"""Tiny random-weight SDXL pipelines: the real component set, shrunk to a few hundred kilobytes.
+"""Tiny random-weight SDXL pipelines: the real component set, shrunk to about 1.5 MB.
 
 The same parts as the hub repos (``UNet2DConditionModel`` with ``text_time`` addition
 embeddings, ``CLIPTextModel`` + ``CLIPTextModelWithProjection`` with two CLIP tokenizers,
