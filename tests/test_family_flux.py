@@ -1,6 +1,8 @@
-"""The FLUX family adapter (flux-schnell, flux-dev) on tiny random-weight pipelines loaded through ``from_pretrained``."""
+"""The FLUX family adapter (flux-schnell, flux-dev) on tiny random-weight pipelines loaded with ``from_pretrained``."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ from family_checks_t5 import (
     check_seed_decides_the_image,
     differ,
 )
-from studio.errors import InvalidRequest
+from studio import families
+from studio.errors import InvalidRequest, ModelLoadFailed
 
 FLUX_IDS = ["flux-schnell", "flux-dev"]
 
@@ -87,3 +90,10 @@ def test_dev_feeds_guidance_to_the_transformer_embedding(tiny):
     high = tiny.run("flux-dev", guidance=7.0, seed=5)[0]
     assert differ(low, high)  # the embedding makes guidance change the image
 
+
+
+def test_a_pipeline_class_the_adapter_does_not_run_is_refused_before_loading(tiny):
+    spec = replace(tiny.spec("flux-dev"), pipeline="FluxKontextPipeline")
+    with pytest.raises(ModelLoadFailed) as error:
+        families.load_pipeline(spec, "cpu")
+    assert "FluxKontextPipeline" in error.value.message and "FluxPipeline" in error.value.message

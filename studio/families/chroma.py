@@ -20,7 +20,5 @@ def load(spec: ModelSpec, device: str) -> ChromaPipeline:
 
 
 def generate(pipe: ChromaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
-    kwargs = flow_call_kwargs(spec, request, on_step)
-    # None would leave the unconditional branch to the pipeline; "" is what it uses, said explicitly.
-    kwargs["negative_prompt"] = request.negative_prompt or ""
-    return pipe(**kwargs).images
+    # Without a negative prompt the unconditional pass encodes "" (the pipeline's own default).
+    return pipe(**flow_call_kwargs(spec, request, on_step), negative_prompt=request.negative_prompt).images

@@ -27,7 +27,7 @@ PIXART_SIGMA_SCHEDULER = dict(
 
 def build(spec: ModelSpec, out_dir: Path) -> dict:
     """Save a tiny ``PixArtSigmaPipeline`` in ``out_dir``; no overrides beyond the defaults."""
-    tokenizer = t5_tokenizer(max_length=spec.token_limit)
+    tokenizer = t5_tokenizer()
     pipe = PixArtSigmaPipeline(
         tokenizer=tokenizer,
         text_encoder=t5_encoder(tokenizer),
