@@ -212,9 +212,15 @@ def _float(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
-def _slot_count(status: dict) -> int:
-    slots = status.get("slots")
-    return len(slots) if isinstance(slots, (list, tuple)) else int(slots or 1)
+def slot_count(manager, settings: Settings) -> int:
+    """How many jobs can run at once: the manager's slots, else the configured devices, else one."""
+    try:
+        slots = manager.status().get("slots")
+    except Exception:  # a manager not started yet: fall back to the settings
+        slots = None
+    if isinstance(slots, (list, tuple)) and slots:
+        return len(slots)
+    return max(1, len(settings.devices))
 
 
 # ---------------------------------------------------------------- handlers
@@ -521,7 +527,7 @@ def slots_html(status: dict) -> str:
 def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
     studio = Studio(catalog, manager, settings)
     default = catalog.get(None)
-    slots = max(1, _slot_count(_safe_status(manager)))
+    slots = slot_count(manager, settings)
     private = dict(api_visibility="private", queue=False)
     model_choices = [(f"{spec.label} · {spec.card.tier}", spec.id) for spec in catalog]
     style_choices = [(style.label, style.id) for style in studio.styles.values()]
@@ -677,9 +683,3 @@ def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=slots)
     return demo
 
-
-def _safe_status(manager) -> dict:
-    try:
-        return manager.status()
-    except Exception:  # an unstarted manager: one slot until it says otherwise
-        return {}

@@ -1,0 +1,262 @@
+"""The Gradio studio: the API through gradio_client and the page through headless Chromium, on the live app.
+
+One real server for the module (tiny SDXL models, one CPU slot); the handler tests at the end need none.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from studio import pngmeta
+from studio.catalog import load_catalog
+from studio.config import Settings
+from studio.schemas import GenerationRequest
+from studio.ui import NO_STYLE, RANDOM_SEED, Studio, load_styles
+
+MODELS = ("sdxl-turbo", "sdxl-base")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    from tests.live import serve
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    settings = Settings(devices=["cpu"], models_dir=tiny_models(*MODELS), outputs_dir=outputs, max_queue=8)
+    with serve(settings) as url:
+        yield SimpleNamespace(url=url, outputs=outputs)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url + "/", verbose=False, download_files=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server.url + "/")
+    page.wait_for_selector("#generate-button", timeout=30_000)
+    yield page
+    page.close()
+
+
+def slots_busy(client) -> list[bool]:
+    return [bool(slot.get("busy")) for slot in client.predict(api_name="/status")["slots"]]
+
+
+def pick_model(page, label: str) -> None:
+    page.click("#model input")
+    page.click(f"ul[role=listbox] li:has-text('{label}')")
+    page.wait_for_function("label => document.querySelector('#model-card').innerText.includes(label)", arg=label)
+
+
+# ---------------------------------------------------------------- the Gradio API
+
+
+def test_generate_returns_pngs_that_carry_prompt_and_seed(client, server):
+    files, params = client.predict(
+        prompt="a red fox in the snow", model="sdxl-turbo", seed=1234, num_images=2, api_name="/generate"
+    )
+
+    assert len(files) == 2
+    assert params["seeds"] == [1234, 1235]
+    assert (params["model"], params["width"], params["steps"]) == ("sdxl-turbo", 64, 2)  # the tiny defaults
+    for path, seed in zip(files, params["seeds"]):
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # PNG, not a webp re-encode
+        meta = pngmeta.read(path)
+        assert (meta["prompt"], meta["seed"], meta["model"]) == ("a red fox in the snow", seed, "sdxl-turbo")
+    saved = sorted(server.outputs.glob("*.png"))
+    assert {path.name for path in saved} >= set(params["files"])  # kept in the outputs folder too
+
+
+def test_a_style_wraps_the_prompt(client):
+    files, params = client.predict(prompt="a lighthouse", model="sdxl-turbo", seed=3, style="pixel-art",
+                                   api_name="/generate")
+
+    assert params["prompt"] == load_styles()["pixel-art"].prompt.replace("{prompt}", "a lighthouse")
+    assert pngmeta.read(files[0])["prompt"] == params["prompt"]
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (dict(model="sdxl-turbo", steps=0), "steps: Input should be greater than or equal to 1 (allowed 1..150)"),
+        (dict(model="sdxl-turbo", steps=9), "steps: 9 is out of range for sdxl-turbo; allowed 1..4"),
+        (dict(model="sdxl-base", width=100), "width: 100 must be a multiple of 8 for sdxl-base"),
+        (dict(model="sdxl-turbo", negative_prompt="blur"), "negative_prompt: sdxl-turbo does not support"),
+        (dict(model="no-such-model"), "model: unknown model 'no-such-model'"),
+        (dict(model="sdxl-turbo", num_images=5), "num_images: Input should be less than or equal to 4"),
+    ],
+)
+def test_bad_input_is_a_clear_error_naming_the_field(client, inputs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as caught:
+        client.predict(prompt="a red fox", api_name="/generate", **inputs)
+
+    assert message in str(caught.value)
+
+
+def test_models_endpoint_lists_the_whole_catalog(client):
+    models = {model["id"]: model for model in client.predict(api_name="/models")}
+
+    assert len(models) == 15
+    assert models["hunyuan-dit"]["sizes"] == models["hunyuan-dit"]["limits"]["allowed_sizes"]
+    assert models["flux-schnell"]["cfg"] is False and models["flux-schnell"]["negative_prompt"] is False
+
+
+def test_internal_ui_events_stay_out_of_the_api(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+    assert set(endpoints) == {"/generate", "/models", "/status"}
+
+
+# ---------------------------------------------------------------- the page in a browser
+
+
+def test_browser_generates_and_shows_the_image(page, server, tmp_path):
+    pick_model(page, "SDXL Turbo")
+    assert not page.locator("#negative-prompt").is_visible()  # SDXL Turbo takes no negative prompt
+    page.fill("#prompt textarea", "a paper boat on a pond")
+    page.click("#generate-button")
+
+    page.wait_for_selector("#results-gallery img", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#job-status').innerText.startsWith('Done')")
+    page.screenshot(path=tmp_path / "studio.png", full_page=True)
+
+    status = page.inner_text("#job-status")
+    seed = int(status.split("seed ")[1].split(" ")[0])
+    newest = max(server.outputs.glob("*.png"), key=lambda path: path.name)
+    assert pngmeta.read(newest)["prompt"] == "a paper boat on a pond"
+    assert pngmeta.read(newest)["seed"] == seed
+    assert (tmp_path / "studio.png").stat().st_size > 10_000
+
+
+def test_cancel_in_the_browser_stops_the_job_and_frees_the_slot(page, client):
+    pick_model(page, "SDXL Base 1.0")
+    page.fill("#prompt textarea", "a very slow cathedral")
+    page.fill("#width input", "256")
+    page.fill("#height input", "256")
+    page.click("#advanced")
+    page.fill("#steps input[type=number]", "150")
+    page.fill("#num-images input[type=number]", "4")
+    page.press("#num-images input[type=number]", "Tab")
+    page.click("#generate-button")
+    page.wait_for_function("() => document.querySelector('#job-status').innerText.startsWith('Step')",
+                           timeout=60_000)
+    assert slots_busy(client) == [True]
+
+    page.click("#cancel-button")
+    started = time.monotonic()
+    while any(slots_busy(client)) and time.monotonic() - started < 10:
+        time.sleep(0.2)
+
+    assert not any(slots_busy(client)), "the slot is still busy 10 s after Cancel"
+    page.wait_for_function("() => document.querySelector('#job-status').innerText.includes('Cancelled')")
+    # The worker really stopped: a one-step job on the same single slot is not stuck behind 600 steps.
+    started = time.monotonic()
+    files, _ = client.predict(prompt="quick", model="sdxl-turbo", steps=1, api_name="/generate")
+    assert files and time.monotonic() - started < 30
+
+
+# ---------------------------------------------------------------- handlers, no server needed
+
+
+@pytest.fixture
+def studio(tmp_path):
+    return Studio(load_catalog(), manager=None, settings=Settings(outputs_dir=tmp_path / "outputs"))
+
+
+def _controls(studio, model_id):
+    card, negative, size, width, height, steps, guidance, note = studio.on_model_change(model_id)
+    return SimpleNamespace(card=card, negative=negative, size=size, width=width, height=height, steps=steps,
+                           guidance=guidance, note=note)
+
+
+def test_each_model_shows_only_the_controls_it_supports(studio):
+    flux = _controls(studio, "flux-schnell")
+    assert flux.negative["visible"] is False
+    assert flux.guidance["visible"] is False and flux.note["visible"] is True
+    assert flux.steps["maximum"] == 12
+
+    sdxl = _controls(studio, "sdxl-base")
+    assert sdxl.negative["visible"] is True
+    assert (sdxl.guidance["visible"], sdxl.guidance["minimum"], sdxl.guidance["maximum"]) == (True, 1.0, 20.0)
+
+    hunyuan = _controls(studio, "hunyuan-dit")
+    sizes = [value for _, value in hunyuan.size["choices"]]
+    assert sizes == [f"{w}x{h}" for w, h in load_catalog().get("hunyuan-dit").limits.allowed_sizes]
+    assert hunyuan.width["interactive"] is False  # only its ten sizes, picked with the buttons
+
+    pixart = _controls(studio, "pixart-sigma")
+    assert "4096x4096" in [value for _, value in pixart.size["choices"]]
+    assert "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers" in hunyuan.card and "tier-B" in hunyuan.card
+
+
+def test_reuse_fills_every_control_from_the_png(studio, tmp_path):
+    request = GenerationRequest(prompt="a castle", negative_prompt="fog", model="sdxl-base", width=832,
+                                height=1216, steps=33, guidance=6.5, seed=77, num_images=1)
+    path = tmp_path / "castle.png"
+    path.write_bytes(pngmeta.encode(Image.new("RGB", (8, 8)), request, 77, "SDXL Base 1.0"))
+
+    model, card, negative, size, width, height, steps, guidance, note, prompt, style, seed, count, tabs = (
+        studio.on_reuse_click(str(path))
+    )
+
+    assert (model, prompt, style, seed, count) == ("sdxl-base", "a castle", NO_STYLE, 77, 1)
+    assert (negative["value"], width["value"], height["value"]) == ("fog", 832, 1216)
+    assert (steps["value"], guidance["value"]) == (33, 6.5)
+    assert size["value"] is None or size["value"] == "832x1216"
+    assert tabs.selected == "create"
+
+
+def test_ui_values_resolve_like_the_api(studio):
+    spec, request = studio.resolve("a fox", "sdxl-base", "", 512, 768, 20.0, 5.0, RANDOM_SEED, 2.0, "anime")
+
+    assert request.prompt.startswith("anime artwork of a fox")
+    assert request.negative_prompt == load_styles()["anime"].negative  # the style's negative, model takes one
+    assert (request.width, request.height, request.steps, request.num_images) == (512, 768, 20, 2)
+    assert 0 <= request.seed and spec.id == "sdxl-base"
+
+
+def test_every_style_keeps_the_prompt():
+    styles = load_styles()
+    assert len(styles) >= 9 and NO_STYLE in styles
+    for style in styles.values():
+        prompt, negative = style.apply("a fox", "", supports_negative=False)
+        assert "a fox" in prompt and negative == ""
+
+
+def test_history_tab_lists_images_from_before_a_restart(server, client, tmp_path):
+    client.predict(prompt="remember me", model="sdxl-turbo", seed=9, api_name="/generate")
+    copy = tmp_path / "outputs"
+    shutil.copytree(server.outputs, copy)
+
+    fresh = Studio(load_catalog(), manager=None, settings=Settings(outputs_dir=copy))  # as after a restart
+    items, _ = fresh.on_history_refresh()
+
+    assert len(items) == len(list(copy.glob("*.png")))
+    assert pngmeta.read(items[0][0])["prompt"] == "remember me"
+    assert "seed 9" in items[0][1]
