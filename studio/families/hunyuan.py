@@ -1,0 +1,55 @@
+"""HunyuanDiT v1.2: bilingual (Chinese and English) DiT with a BERT-style CLIP and an mT5 text encoder.
+
+The family rules:
+
+* Only the ten sizes HunyuanDiT was trained on exist (the catalog's ``allowed_sizes``, checked
+  before a job gets here). The pipeline would otherwise "bin" any other size to the nearest
+  of its own list without telling anyone, so it runs with ``use_resolution_binning=False``:
+  the size the caller was promised is the size it gets.
+* Without a negative prompt the official inference code (Tencent/HunyuanDiT,
+  ``hydit/constants.py``) guides away from its default negative prompt rather than from an
+  empty one; a caller's negative prompt replaces it. Diffusers leaves this to the caller.
+* Classifier-free guidance above 1, as the pipeline decides; both text encoders see the
+  prompt (77 BERT tokens, 256 mT5 tokens, fixed by the pipeline).
+"""
+
+from __future__ import annotations
+
+from diffusers import HunyuanDiTPipeline
+
+from studio.catalog import ModelSpec
+from studio.errors import ModelLoadFailed
+from studio.families import base
+from studio.schemas import GenerationRequest
+
+# "wrong eyes, bad face, disfigured, bad art, deformed, extra limbs, blurry colours, blurry,
+# duplicate, morbid, mutilated": the reference inference's negative prompt, verbatim.
+DEFAULT_NEGATIVE_PROMPT = "错误的眼睛，糟糕的人脸，毁容，糟糕的艺术，变形，多余的肢体，模糊的颜色，模糊，重复，病态，残缺，"
+
+
+def load(spec: ModelSpec, device: str) -> HunyuanDiTPipeline:
+    if spec.pipeline != HunyuanDiTPipeline.__name__:
+        raise ModelLoadFailed(
+            f"pipeline: {spec.id} names {spec.pipeline}, but the hunyuan adapter runs HunyuanDiTPipeline",
+            field="model",
+        )
+    pipe = HunyuanDiTPipeline.from_pretrained(spec.source, **base.load_kwargs(spec, device))
+    pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
+    return pipe.to(device)
+
+
+def generate(pipe: HunyuanDiTPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
+    result = pipe(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or DEFAULT_NEGATIVE_PROMPT,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images,  # n images are one batched call
+        generator=base.generators(request),
+        callback_on_step_end=base.step_callback(on_step, request.steps),
+        use_resolution_binning=False,  # the catalog already allowed exactly this size
+        output_type="pil",
+    )
+    return result.images

@@ -1,0 +1,52 @@
+"""Lumina-Next 2B (SFT): a flow-based DiT conditioned on Gemma-2B, with classifier-free guidance.
+
+The family rules:
+
+* ``LuminaPipeline`` (diffusers 0.42 dropped the old ``LuminaText2ImgPipeline`` name).
+* The prompt reaches Gemma verbatim. The pipeline's default ``clean_caption=True`` would
+  lower-case it and strip URLs, HTML and some punctuation, but only where ``bs4`` and
+  ``ftfy`` happen to be installed; the same request must give the same image everywhere.
+* Guidance above 1 runs both the prompt and the negative prompt (empty when not given).
+  The pipeline pads the negative to the prompt's token length and truncates both at its
+  fixed 256 Gemma tokens (the catalog's ``token_limit``; its ``max_sequence_length``
+  argument is not used for tokenizing, so it is not passed).
+* Sizes away from the native 1024 px use Lumina-Next's time-aware scaled rotary embeddings
+  and proportional attention, the pipeline's defaults (``scaling_watershed=1.0``,
+  ``proportional_attn=True``); the catalog allows multiples of 16 up to 2048.
+"""
+
+from __future__ import annotations
+
+from diffusers import LuminaPipeline
+
+from studio.catalog import ModelSpec
+from studio.errors import ModelLoadFailed
+from studio.families import base
+from studio.schemas import GenerationRequest
+
+
+def load(spec: ModelSpec, device: str) -> LuminaPipeline:
+    if spec.pipeline != LuminaPipeline.__name__:
+        raise ModelLoadFailed(
+            f"pipeline: {spec.id} names {spec.pipeline}, but the lumina adapter runs LuminaPipeline", field="model"
+        )
+    pipe = LuminaPipeline.from_pretrained(spec.source, **base.load_kwargs(spec, device))
+    pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
+    return pipe.to(device)
+
+
+def generate(pipe: LuminaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
+    result = pipe(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images,  # n images are one batched call
+        generator=base.generators(request),
+        callback_on_step_end=base.step_callback(on_step, request.steps),
+        clean_caption=False,
+        output_type="pil",
+    )
+    return result.images
