@@ -93,8 +93,12 @@ def test_seed_decides_the_image(pipes, catalog, model_id):
 @pytest.mark.parametrize("model_id", SDXL_IDS)
 def test_two_images_come_from_one_call_and_match_single_runs(pipes, catalog, model_id):
     steps = []
-    batch = run(pipes, catalog, model_id, seed=11, num_images=2, on_step=lambda step, total: steps.append(step))
-    single = [run(pipes, catalog, model_id, seed=seed)[0] for seed in (11, 12)]
+
+    def record(step, total):
+        steps.append(step)
+
+    batch = run(pipes, catalog, model_id, seed=11, steps=2, num_images=2, on_step=record)
+    single = [run(pipes, catalog, model_id, seed=seed, steps=2)[0] for seed in (11, 12)]
 
     assert len(batch) == 2
     assert steps == [1, 2]  # one denoising loop for both images
