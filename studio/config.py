@@ -31,6 +31,9 @@ class Settings:
     ram_cache_gb: float = 0.0
     compile: bool = False
     step_cache: bool = False
+    # Test-only fault injection: "module:function" that every worker calls with (slot_index, device)
+    # before it loads anything (tests/faults.py). No flag or environment variable sets it; leave it None.
+    fault_hook: str | None = None
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "Settings":

@@ -1,0 +1,864 @@
+"""``SlotManager``: one spawned worker process per device, one central queue, late binding.
+
+Jobs wait in one FIFO queue in the parent and are bound to a slot only when a slot is free,
+so the choice uses what is true at that moment:
+
+1. a job that waited past ``starvation_s`` takes any idle slot first;
+2. a job whose model an idle slot already holds goes there (no load);
+3. a job whose model a busy slot holds (or is about to hold) waits for it when that slot is
+   expected free sooner than a load would take (estimated per model from measured load times
+   and job durations);
+4. otherwise it takes an idle slot, preferring an empty one, then one holding a model nobody
+   in the queue wants, then the least recently used; that slot swaps models.
+
+A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
+back-off when it keeps dying. A job running past ``settings.job_timeout_s`` is cancelled and
+fails with ``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed.
+
+Runs in the parent process: never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import bisect
+import itertools
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from studio.catalog import Catalog, ModelSpec
+from studio.config import Settings
+from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
+from studio.schemas import GenerationRequest, JobResult, Progress
+from studio.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[["Job", Any, float], None]
+
+STARVATION_S = 60.0  # past this wait a job takes any idle slot, whatever the estimates say
+CANCEL_GRACE_S = 10.0  # a worker gets this long to honour a timeout's cancel before it is killed
+RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as long each time ...
+RESTART_CAP_S = 60.0  # ... up to this
+STABLE_S = 60.0  # a worker that lived this long before dying starts its back-off afresh
+TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
+STOP_JOIN_S = 10.0  # shutdown waits this long for workers to exit before killing them
+
+
+# ---------------------------------------------------------------- devices and plans
+
+
+def visible_gpus() -> int:
+    """How many CUDA devices a child process would see, without importing torch here.
+
+    ``CUDA_VISIBLE_DEVICES`` is honoured by asking a short-lived child (torch counts MIG and
+    masked devices right); ``nvidia-smi -L`` is the fallback. No NVIDIA driver: zero.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+            capture_output=True, text=True, timeout=120,
+        )
+        return int(probe.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        pass
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    count = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+    if visible is not None:
+        count = min(count, len([part for part in visible.split(",") if part.strip()]))
+    return count
+
+
+def resolve_devices(settings: Settings, gpu_count: Callable[[], int] = visible_gpus) -> list[str]:
+    """The device of each slot: ``settings.devices``, else the first ``num_gpus`` GPUs, else every GPU, else one CPU."""
+    if settings.devices:
+        return list(settings.devices)
+    available = gpu_count()
+    if settings.num_gpus is not None:
+        if settings.num_gpus > available:
+            raise WorkerFailed(f"num_gpus: {settings.num_gpus} GPUs requested but {available} visible")
+        if settings.num_gpus > 0:
+            return [f"cuda:{index}" for index in range(settings.num_gpus)]
+        return ["cpu"]
+    return [f"cuda:{index}" for index in range(available)] or ["cpu"]
+
+
+def preload_plan(model_ids: Sequence[str], slot_count: int) -> list[list[str]]:
+    """Spread preloads over slots: fewer ids than slots repeat (every slot starts warm); more ids share slots."""
+    if not model_ids:
+        return [[] for _ in range(slot_count)]
+    if len(model_ids) <= slot_count:
+        return [[model_ids[index % len(model_ids)]] for index in range(slot_count)]
+    return [list(model_ids[index::slot_count]) for index in range(slot_count)]
+
+
+def restart_delay(crashes_in_row: int, base_s: float = RESTART_BASE_S, cap_s: float = RESTART_CAP_S) -> float:
+    """The first crash restarts at once; each further one in a row doubles the wait, up to ``cap_s``."""
+    if crashes_in_row <= 1:
+        return 0.0
+    return min(cap_s, base_s * 2 ** (crashes_in_row - 2))
+
+
+def cpu_threads(slot_count: int) -> int:
+    """Torch threads per worker so the slots share the cores instead of fighting over them."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, slot_count))
+
+
+# ---------------------------------------------------------------- estimates
+
+
+def work_units(request: GenerationRequest) -> float:
+    """Megapixel-steps: what a job's duration scales with."""
+    return request.steps * request.num_images * request.width * request.height / 1e6
+
+
+class Estimates:
+    """Per-model moving averages of load time and of seconds per megapixel-step, for routing."""
+
+    SMOOTHING = 0.3
+
+    def __init__(self, default_load_s: float = 20.0, default_unit_s: float = 0.5):
+        self.default_load_s = default_load_s
+        self.default_unit_s = default_unit_s
+        self._load_s: dict[str, float] = {}
+        self._unit_s: dict[str, float] = {}
+
+    def load_s(self, model_id: str) -> float:
+        return self._load_s.get(model_id, self.default_load_s)
+
+    def job_s(self, model_id: str, request: GenerationRequest) -> float:
+        return work_units(request) * self._unit_s.get(model_id, self.default_unit_s)
+
+    def record_load(self, model_id: str, seconds: float) -> None:
+        self._load_s[model_id] = self._blend(self._load_s.get(model_id), seconds)
+
+    def record_run(self, model_id: str, request: GenerationRequest, seconds: float) -> None:
+        units = work_units(request)
+        if units > 0:
+            self._unit_s[model_id] = self._blend(self._unit_s.get(model_id), seconds / units)
+
+    def remaining_s(self, slot: "Slot", now: float) -> float:
+        """How long until the busy ``slot`` finishes its job: live progress when there is some."""
+        job = slot.job
+        if job is None:
+            return 0.0
+        model = job.spec.id
+        if slot.phase == "loading":
+            return max(0.0, self.load_s(model) - (now - slot.phase_since)) + self.job_s(model, job.request)
+        if slot.step > 0 and slot.total > 0 and slot.generating_at is not None:
+            per_step = (now - slot.generating_at) / slot.step
+            return per_step * max(0, slot.total - slot.step)
+        if slot.generating_at is None and slot.model != model:  # sent, not started: a load is ahead
+            return max(0.0, self.load_s(model) - (now - slot.phase_since)) + self.job_s(model, job.request)
+        started = slot.generating_at if slot.generating_at is not None else slot.phase_since
+        return max(0.0, self.job_s(model, job.request) - (now - started))
+
+    def _blend(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.SMOOTHING * (new - old)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class Job:
+    """One submitted generation: a handle to cancel it, follow its progress and get its result.
+
+    Thread-safe. Sync callers use ``wait()`` and ``iter_events()``; async callers ``await
+    result()`` and ``async for event in events()``; any number of either may follow one job.
+    """
+
+    def __init__(self, spec: ModelSpec, request: GenerationRequest, manager: "SlotManager | None" = None,
+                 seq: int = 0):
+        self.id = uuid.uuid4().hex
+        self.spec = spec
+        self.request = request
+        self.seq = seq  # submission order: the queue stays sorted by it
+        self.submitted_at = time.time()
+        self.queued_at = time.monotonic()
+        self.slot: int | None = None  # set when bound to a slot
+        self._manager = manager
+        self._position: int | None = None  # maintained by the manager while queued
+        self._cond = threading.Condition()
+        self._events: list[Progress] = []
+        self._done = False
+        self._ending = False  # set by the manager, under its lock, when it decides the outcome
+        self._outcome: JobResult | BaseException | None = None
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id[:8]} {self.spec.id} {'done' if self._done else 'pending'}>"
+
+    # -- control ---------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Queued: leaves the queue at once. Running: stops at its next step, freeing the slot.
+        The job then fails with ``JobCancelled``. False when the job had already ended."""
+        if self._manager is None:
+            return self._finish(JobCancelled(f"job {self.id} was cancelled"))
+        return self._manager.cancel(self)
+
+    @property
+    def queue_position(self) -> int | None:
+        """0 for the next job to start; None once running or ended."""
+        return None if self._done or self.slot is not None else self._position
+
+    def done(self) -> bool:
+        return self._done
+
+    # -- results -----------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        """Block until the job ends; returns its result or raises its ``StudioError``.
+        ``TimeoutError`` when it is still running after ``timeout`` seconds (the job goes on)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._done, timeout):
+                raise TimeoutError(f"job {self.id} has not finished after {timeout:g} s")
+        return self._unwrap()
+
+    async def result(self) -> JobResult:
+        """Await the job's end; returns its result or raises its ``StudioError``."""
+        while True:
+            with self._cond:
+                if self._done:
+                    break
+                seen = len(self._events)
+            await self._changed(seen)
+        return self._unwrap()
+
+    # -- progress ----------------------------------------------------------------
+
+    async def events(self):
+        """``Progress`` events from the start (queued, loading, generating, step, encoding); ends with the job."""
+        seen = 0
+        while True:
+            with self._cond:
+                batch, done = self._events[seen:], self._done
+            seen += len(batch)
+            for event in batch:
+                yield event
+            if done:
+                return
+            await self._changed(seen)
+
+    def iter_events(self, timeout: float | None = None) -> Iterator[Progress]:
+        """The same events for sync code (Gradio generator handlers). ``TimeoutError`` when the job
+        has not ended within ``timeout`` seconds of the call (the job goes on)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        while True:
+            with self._cond:
+                while len(self._events) == seen and not self._done:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"job {self.id} has not finished after {timeout:g} s")
+                    self._cond.wait(left)
+                batch, done = self._events[seen:], self._done
+            seen += len(batch)
+            yield from batch
+            if done:
+                return
+
+    # -- called by the manager -----------------------------------------------------
+
+    def _emit(self, event: Progress) -> None:
+        with self._cond:
+            if self._done:
+                return
+            self._events.append(event)
+            self._wake()
+
+    def _finish(self, outcome: JobResult | BaseException) -> bool:
+        with self._cond:
+            if self._done:
+                return False
+            self._outcome, self._done = outcome, True
+            self._wake()
+            return True
+
+    def _unwrap(self) -> JobResult:
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+    def _wake(self) -> None:
+        self._cond.notify_all()
+        waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that event loop is closed: its consumer is gone
+                pass
+
+    async def _changed(self, seen: int) -> None:
+        """Sleep until there are more than ``seen`` events or the job ended (no polling)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._cond:
+            if self._done or len(self._events) > seen:
+                return
+            self._async_waiters.append((loop, future))
+        try:
+            await future
+        finally:
+            if not future.done():  # our consumer was cancelled: drop the registration
+                with self._cond:
+                    if (loop, future) in self._async_waiters:
+                        self._async_waiters.remove((loop, future))
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# ---------------------------------------------------------------- slots
+
+
+@dataclass(eq=False)
+class Slot:
+    """The parent's view of one worker process and what it is doing."""
+
+    index: int
+    device: str
+    preload: list[ModelSpec] = field(default_factory=list)
+    process: Any = None
+    conn: Any = None
+    generation: int = 0  # which process incarnation messages must come from
+    state: str = "stopped"  # starting | ready | dead | stopped
+    started_at: float = 0.0
+    model: str | None = None  # resident model
+    job: Job | None = None  # the job the worker is running (it may already be cancelled)
+    phase: str = ""  # "starting" (sent), then the worker's stages
+    phase_since: float = 0.0
+    loading_at: float | None = None
+    generating_at: float | None = None
+    step: int = 0
+    total: int = 0
+    job_started_at: float = 0.0
+    last_used: float = 0.0
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    loads: int = 0
+    loads_before: int = 0  # loads of earlier incarnations, so the count never goes back
+    restarts: int = 0
+    crashes_in_row: int = 0
+    restart_at: float | None = None
+    killed: bool = False  # we killed it (a job ignored its timeout): not a crash
+    unreachable: bool = False  # a send failed: the process is on its way out
+    last_error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.state == "ready" and self.job is None and not self.unreachable
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    @property
+    def next_model(self) -> str | None:
+        """The model the slot will hold once its current job is done."""
+        return self.job.spec.id if self.job is not None else self.model
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.state == "ready" and self.process is not None and self.process.is_alive()
+
+
+def plan_dispatch(
+    queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S
+) -> list[tuple[Job, Slot]]:
+    """Which queued jobs start now, and where (see the module docstring for the rules)."""
+    idle = [slot for slot in slots if slot.available]
+    if not idle or not queue:
+        return []
+    busy = [slot for slot in slots if slot.state == "ready" and slot.job is not None and not slot.unreachable]
+    free_at = {slot.index: now + estimates.remaining_s(slot, now) for slot in busy}
+    plan: list[tuple[Job, Slot]] = []
+    waiting = list(queue)
+
+    def bind(job: Job, slot: Slot) -> None:
+        plan.append((job, slot))
+        idle.remove(slot)
+        waiting.remove(job)
+
+    for job in [job for job in waiting if now - job.queued_at >= starvation_s]:
+        if not idle:
+            return plan
+        bind(job, _same_model(idle, job) or _victim(idle, waiting))
+    for job in list(waiting):
+        match = _same_model(idle, job)
+        if match:
+            bind(job, match)
+    for job in list(waiting):
+        if not idle:
+            break
+        holders = [slot for slot in busy if slot.next_model == job.spec.id]
+        if holders:
+            soonest = min(holders, key=lambda slot: free_at[slot.index])
+            if free_at[soonest.index] - now < estimates.load_s(job.spec.id):
+                free_at[soonest.index] += estimates.job_s(job.spec.id, job.request)
+                continue
+        bind(job, _victim(idle, waiting))
+    return plan
+
+
+def _same_model(idle: list[Slot], job: Job) -> Slot | None:
+    return next((slot for slot in idle if slot.model == job.spec.id), None)
+
+
+def _victim(idle: list[Slot], waiting: list[Job]) -> Slot:
+    """The idle slot whose model is cheapest to give up: none, unwanted, least recently used."""
+    wanted = {job.spec.id for job in waiting}
+    return min(idle, key=lambda slot: (slot.model is not None, slot.model in wanted, slot.last_used))
+
+
+# ---------------------------------------------------------------- the manager
+
+
+class SlotManager:
+    """One worker process per device, a central queue, model-affinity routing, restarts.
+
+    Thread-safe; never blocks the caller except in ``start()``, ``shutdown()`` and ``Job.wait()``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        *,
+        starvation_s: float = STARVATION_S,
+        cancel_grace_s: float = CANCEL_GRACE_S,
+        restart_base_s: float = RESTART_BASE_S,
+        restart_cap_s: float = RESTART_CAP_S,
+    ):
+        self.settings = settings
+        self.catalog = catalog
+        self.starvation_s = starvation_s
+        self.cancel_grace_s = cancel_grace_s
+        self.restart_base_s = restart_base_s
+        self.restart_cap_s = restart_cap_s
+        self.devices = resolve_devices(settings)
+        self.estimates = Estimates()
+        self._context = multiprocessing.get_context("spawn")  # CUDA cannot live in a forked child
+        self._cond = threading.Condition()
+        self._slots = [Slot(index, device) for index, device in enumerate(self.devices)]
+        self._queue: list[Job] = []
+        self._seq = itertools.count()
+        self._observers: list[Observer] = []
+        self._ended: list[tuple[Job, Any]] = []  # finished under the lock, settled after it
+        self._threads: list[threading.Thread] = []
+        self._supervisor: threading.Thread | None = None
+        self._phase = "new"  # new | starting | running | stopping | stopped
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn one worker per device, preload, and wait for every READY.
+
+        Raises ``WorkerFailed`` naming the slot, its device and the worker's own message when
+        any worker fails to start (the others are stopped), ``UnknownModel`` for a bad preload id.
+        """
+        plan = preload_plan([self.catalog.get(model_id).id for model_id in self.settings.preload], len(self._slots))
+        with self._cond:
+            if self._phase != "new":
+                raise WorkerFailed(f"the slot manager was already started ({self._phase})")
+            self._phase = "starting"
+            for slot, model_ids in zip(self._slots, plan):
+                slot.preload = [self.catalog.get(model_id) for model_id in model_ids]
+        atexit.register(self.shutdown)
+        for slot in self._slots:
+            self._spawn(slot)
+        with self._cond:
+            self._cond.wait_for(lambda: all(slot.state != "starting" for slot in self._slots))
+            failed = [slot for slot in self._slots if slot.state != "ready"]
+            if not failed:
+                self._phase = "running"
+        if failed:
+            slot = failed[0]
+            self.shutdown(join_s=0)  # the others may still be loading: no point waiting for them
+            raise WorkerFailed(f"slot {slot.index} ({slot.device}) failed to start: {slot.last_error}")
+        self._supervisor = threading.Thread(target=self._supervise, name="slots-supervisor", daemon=True)
+        self._supervisor.start()
+        log.info("slots ready: %s", ", ".join(f"{s.index}={s.device}({s.model or 'empty'})" for s in self._slots))
+
+    def shutdown(self, join_s: float = STOP_JOIN_S) -> None:
+        """Stop accepting, cancel queued and running jobs, ask workers to exit, kill the ones that do not."""
+        with self._locked():
+            if self._phase in ("stopping", "stopped"):
+                return
+            self._phase = "stopping"
+            reason = "the studio is shutting down"
+            for job in self._queue:
+                self._end(job, JobCancelled(f"job {job.id} was cancelled: {reason}"))
+            self._queue.clear()
+            for slot in self._slots:
+                if slot.job is not None:
+                    self._end(slot.job, JobCancelled(f"job {slot.job.id} was cancelled: {reason}"))
+                self._send(slot, ("stop",))
+            self._cond.notify_all()
+        atexit.unregister(self.shutdown)
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join()
+        deadline = time.monotonic() + join_s
+        for slot in self._slots:
+            process = slot.process
+            if process is None:
+                continue
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("slot %d (%s): worker did not exit; killing it", slot.index, slot.device)
+                process.kill()
+                process.join(5)
+        for thread in self._threads:
+            thread.join(5)
+        with self._cond:
+            for slot in self._slots:
+                slot.state = "stopped"
+                if slot.conn is not None:
+                    slot.conn.close()
+            self._phase = "stopped"
+
+    # -- the public API ----------------------------------------------------------------
+
+    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
+        """Queue a job (``request`` already resolved by ``spec.check``); never blocks.
+
+        Raises ``QueueFull`` when ``settings.max_queue`` jobs are already waiting.
+        """
+        with self._locked():
+            if self._phase != "running":
+                raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
+            limit = self.settings.max_queue
+            if len(self._queue) >= limit:
+                raise QueueFull(f"the queue is full: {len(self._queue)} jobs are waiting (limit {limit}); "
+                                "try again shortly")
+            job = Job(spec, request, self, next(self._seq))
+            self._queue.append(job)
+            self._dispatch(time.monotonic())
+        return job
+
+    def cancel(self, job: Job, error: StudioError | None = None) -> bool:
+        """What ``Job.cancel()`` does; False when the job had already ended."""
+        with self._locked():
+            return self._cancel(job, error or JobCancelled(f"job {job.id} was cancelled"), time.monotonic())
+
+    def add_observer(self, observer: Observer) -> None:
+        """``observer(job, result_or_exception, duration_s)`` runs once per ended job, before its waiters wake."""
+        with self._cond:
+            self._observers.append(observer)
+
+    def status(self) -> dict:
+        """A snapshot for /health, the UI and metrics."""
+        with self._cond:
+            slots = [
+                {
+                    "index": slot.index,
+                    "device": slot.device,
+                    "pid": slot.pid,
+                    "alive": slot.alive(),
+                    "state": slot.state,
+                    "model": slot.model,
+                    "loading": slot.job.spec.id if slot.phase == "loading" and slot.job else None,
+                    "busy": slot.busy,
+                    "job": slot.job.id if slot.job else None,
+                    "jobs_done": slot.jobs_done,
+                    "jobs_failed": slot.jobs_failed,
+                    "loads": slot.loads,
+                    "restarts": slot.restarts,
+                    "last_error": slot.last_error,
+                }
+                for slot in self._slots
+            ]
+            return {
+                "slots": slots,
+                "queue_depth": len(self._queue),
+                "max_queue": self.settings.max_queue,
+                "accepting": self._phase == "running",
+            }
+
+    # -- locking and ending jobs ---------------------------------------------------------
+
+    @contextmanager
+    def _locked(self):
+        """The manager lock; jobs ended inside are settled (observers, then waiters) after it is released."""
+        try:
+            with self._cond:
+                yield
+        finally:
+            self._settle()
+
+    def _end(self, job: Job, outcome: Any) -> None:
+        """Mark ``job`` ended (under the lock); the first outcome wins."""
+        if job._ending:
+            return
+        job._ending = True
+        self._ended.append((job, outcome))
+
+    def _settle(self) -> None:
+        with self._cond:
+            ended, self._ended = self._ended, []
+            observers = list(self._observers)
+        for job, outcome in ended:
+            duration = time.time() - job.submitted_at
+            for observer in observers:
+                try:
+                    observer(job, outcome, duration)
+                except Exception:  # a broken metric must not break the job
+                    log.exception("slot-manager observer %r failed", observer)
+            job._finish(outcome)
+
+    # -- under the lock: routing, cancelling, messages -------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        for job, slot in plan_dispatch(self._queue, self._slots, self.estimates, now, self.starvation_s):
+            self._queue.remove(job)
+            slot.job, job.slot = job, slot.index
+            slot.phase, slot.phase_since, slot.job_started_at = "starting", now, now
+            slot.loading_at = slot.generating_at = None
+            slot.step = slot.total = 0
+            if not self._send(slot, ("job", job.id, job.spec, job.request)):
+                # The worker died between jobs and never got this one: it goes back to its place.
+                slot.job, job.slot = None, None
+                bisect.insort(self._queue, job, key=lambda queued: queued.seq)
+        self._renumber()
+
+    def _renumber(self) -> None:
+        for position, job in enumerate(self._queue):
+            if job._position != position:
+                job._position = position
+                job._emit(Progress("queued", queue_position=position))
+
+    def _send(self, slot: Slot, message: tuple) -> bool:
+        if slot.conn is None or slot.unreachable:
+            return False
+        try:
+            slot.conn.send(message)
+            return True
+        except (OSError, ValueError):  # broken pipe or closed: the reader thread will see the exit
+            slot.unreachable = True
+            return False
+
+    def _cancel(self, job: Job, error: StudioError, now: float) -> bool:
+        if job._done or job._ending:
+            return False
+        if job in self._queue:
+            self._queue.remove(job)
+            self._renumber()
+        else:
+            slot = next((slot for slot in self._slots if slot.job is job), None)
+            if slot is not None:
+                self._send(slot, ("cancel", job.id))  # the slot stays busy until the worker confirms
+        self._end(job, error)
+        return True
+
+    def _handle(self, slot: Slot, message: tuple, now: float) -> None:
+        kind = message[0]
+        if kind == "ready":
+            info = message[1]
+            slot.state, slot.model = "ready", info["model"]
+            slot.loads = slot.loads_before + info["loads"]
+            for model_id, seconds in info["timings"]:
+                self.estimates.record_load(model_id, seconds)
+            self._cond.notify_all()  # start() waits on this
+            if self._phase == "running":
+                log.info("slot %d (%s): worker %s ready again", slot.index, slot.device, slot.pid)
+                self._dispatch(now)
+            return
+        if kind == "error":
+            slot.last_error = message[1]
+            return
+        job = slot.job
+        if job is None or job.id != message[1]:
+            return  # a late message about a job this slot no longer runs
+        if kind == "stage":
+            stage = message[2]
+            slot.phase, slot.phase_since = stage, now
+            if stage == "loading":
+                slot.loading_at, slot.model = now, None
+            elif stage == "generating":
+                if slot.loading_at is not None:
+                    self.estimates.record_load(job.spec.id, now - slot.loading_at)
+                slot.generating_at, slot.model = now, job.spec.id
+            job._emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=slot.index))
+        elif kind == "step":
+            slot.step, slot.total = message[2], message[3]
+            job._emit(Progress("step", step=slot.step, total=slot.total, slot=slot.index))
+        elif kind in ("done", "failed"):
+            outcome, state = message[2], message[3]
+            slot.job, slot.last_used, slot.crashes_in_row = None, now, 0
+            slot.model, slot.loads = state["model"], slot.loads_before + state["loads"]
+            if kind == "done":
+                slot.jobs_done += 1
+                if slot.generating_at is not None:
+                    self.estimates.record_run(job.spec.id, job.request, now - slot.generating_at)
+            else:
+                slot.jobs_failed += 1
+            self._end(job, outcome)
+            self._dispatch(now)
+
+    def _on_exit(self, slot: Slot, exitcode: int | None, now: float) -> None:
+        """The worker process is gone: fail its job, and plan a restart unless we are stopping."""
+        was = slot.state
+        slot.state, slot.model = "dead", None
+        slot.loads_before = slot.loads
+        job, slot.job = slot.job, None
+        if self._phase in ("stopping", "stopped"):
+            slot.state = "stopped"
+            if job is not None:
+                self._end(job, JobCancelled(f"job {job.id} was cancelled: the studio is shutting down"))
+            return
+        how = describe_exit(exitcode)
+        if was == "starting":
+            slot.last_error = slot.last_error or f"the worker {how} before it was ready"
+        else:
+            slot.last_error = f"the worker {how}"
+        log.warning("slot %d (%s): %s", slot.index, slot.device, slot.last_error)
+        if job is not None:
+            slot.jobs_failed += 1
+            self._end(job, WorkerFailed(
+                f"slot {slot.index} ({slot.device}) failed while running this job: the worker {how}; "
+                "the slot is restarting, try again"
+            ))
+        if self._phase == "starting":
+            self._cond.notify_all()  # start() reports it; no restarts before the studio is up
+            return
+        if slot.killed:
+            slot.killed = False
+        else:
+            if now - slot.started_at >= STABLE_S:
+                slot.crashes_in_row = 0
+            slot.crashes_in_row += 1
+        delay = restart_delay(slot.crashes_in_row, self.restart_base_s, self.restart_cap_s)
+        slot.restart_at = now + delay
+        if delay:
+            log.warning("slot %d (%s): restarting in %.0f s (%d crashes in a row)",
+                        slot.index, slot.device, delay, slot.crashes_in_row)
+        self._cond.notify_all()
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _spawn(self, slot: Slot) -> None:
+        """Start a worker process for ``slot`` and the thread that reads its messages."""
+        parent_conn, child_conn = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_main,
+            name=f"studio-slot-{slot.index}",
+            args=(slot.index, slot.device, child_conn, slot.preload),
+            kwargs={"fault_hook": self.settings.fault_hook, "threads": cpu_threads(len(self._slots))},
+        )
+        with self._cond:
+            slot.generation += 1
+            generation = slot.generation
+            slot.state, slot.started_at, slot.restart_at = "starting", time.monotonic(), None
+            slot.process, slot.conn, slot.unreachable, slot.last_error = process, parent_conn, False, None
+        try:
+            process.start()
+        except Exception as exc:  # out of processes, unpicklable preload ...
+            child_conn.close()
+            with self._locked():
+                slot.process = None
+                slot.last_error = f"could not start the worker process: {exc}"
+                if slot.generation == generation:
+                    self._on_exit(slot, None, time.monotonic())
+            return
+        child_conn.close()  # the child holds its end now; ours must go so its death reads as EOF
+        reader = threading.Thread(
+            target=self._read, args=(slot, generation, process, parent_conn),
+            name=f"slot-{slot.index}-reader", daemon=True,
+        )
+        self._threads = [thread for thread in self._threads if thread.is_alive()] + [reader]
+        reader.start()
+
+    def _read(self, slot: Slot, generation: int, process, conn) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception:  # one message that did not unpickle must not deafen the slot
+                log.exception("slot %d: unreadable message from the worker", slot.index)
+                continue
+            with self._locked():
+                if slot.generation == generation:
+                    self._handle(slot, message, time.monotonic())
+        process.join(5)  # reap it, for the exit code
+        with self._locked():
+            if slot.generation == generation:
+                self._on_exit(slot, process.exitcode, time.monotonic())
+
+    def _supervise(self) -> None:
+        """Timeouts, restarts, and waiting jobs whose best choice changes with time."""
+        while True:
+            restart = []
+            with self._locked():
+                self._cond.wait(TICK_S)
+                if self._phase != "running":
+                    return
+                now = time.monotonic()
+                self._enforce_timeouts(now)
+                for slot in self._slots:
+                    if slot.state == "dead" and slot.restart_at is not None and slot.restart_at <= now:
+                        slot.restart_at = None
+                        slot.restarts += 1
+                        restart.append(slot)
+                self._dispatch(now)
+            for slot in restart:
+                log.info("slot %d (%s): starting a new worker", slot.index, slot.device)
+                self._spawn(slot)
+
+    def _enforce_timeouts(self, now: float) -> None:
+        limit = self.settings.job_timeout_s
+        for slot in self._slots:
+            job = slot.job
+            if job is None or not limit:
+                continue
+            running_s = now - slot.job_started_at
+            if running_s >= limit:
+                self._cancel(job, JobTimeout(
+                    f"job {job.id} ran longer than {limit:g} s on slot {slot.index} ({slot.device}) and was cancelled"
+                ), now)
+            if running_s >= limit + self.cancel_grace_s and slot.process is not None and not slot.killed:
+                log.warning("slot %d (%s): worker ignored the cancel of job %s for %.0f s; killing it",
+                            slot.index, slot.device, job.id, self.cancel_grace_s)
+                slot.killed = True
+                slot.process.kill()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``"was killed by SIGKILL"``, ``"exited with code 3"``: how a worker process ended."""
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"

@@ -1,0 +1,198 @@
+"""The worker process: one device, one ``Engine``, jobs from the parent over a pipe.
+
+``worker_main`` is the process entry; ``SlotManager`` spawns it with the "spawn" start method.
+This module stays torch-free at import time (the parent imports it to name the entry point);
+torch and the engine are imported inside the child only.
+
+The protocol is plain tuples over a ``multiprocessing`` connection, kind first:
+
+parent -> worker
+    ("job", job_id, spec, request)     run one job (the request is already resolved)
+    ("cancel", job_id)                 stop that job at its next step (it may also be queued or over)
+    ("stop",)                          cancel the running job and exit
+
+worker -> parent
+    ("ready", info)                    once, after preloading; info: pid, model, loads, timings
+    ("error", message)                 instead of "ready": start-up failed; the process exits
+    ("stage", job_id, stage)           "loading" | "generating" | "encoding"
+    ("step", job_id, step, total)      after each denoising step
+    ("done", job_id, result, state)    a ``JobResult`` with PNG bytes
+    ("failed", job_id, error, state)   a picklable ``StudioError``
+
+``state`` is ``{"model": resident model id or None, "loads": loads so far}``. ``timings`` is a
+list of ``(model_id, load_s)`` for the preloaded models.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import queue
+import threading
+import time
+from collections import OrderedDict
+
+from studio.errors import JobCancelled, OutOfMemory, StudioError
+from studio.schemas import GenerationRequest
+
+WARM_UP_PROMPT = "warm-up"
+REMEMBERED_CANCELS = 64  # cancels can arrive before their job or after it ended; keep a few
+
+
+def worker_main(
+    slot_index: int,
+    device: str,
+    conn,
+    preload_specs=(),
+    fault_hook: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """Process entry: set up the device, preload and warm, hand-shake, then serve jobs until told to stop."""
+    try:
+        if fault_hook:  # test-only: see Settings.fault_hook
+            call_hook(fault_hook, slot_index, device)
+        engine, timings = start_engine(device, preload_specs, threads)
+    except BaseException as exc:  # anything at all: the parent must hear why, not just see an exit
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.close()
+        raise SystemExit(1) from None
+    conn.send(("ready", {"pid": os.getpid(), "model": engine.model_id, "loads": engine.loads, "timings": timings}))
+    Worker(slot_index, engine, conn).serve()
+
+
+def call_hook(spec: str, slot_index: int, device: str) -> None:
+    """Call ``"module:function"`` with ``(slot_index, device)``."""
+    module_name, _, function_name = spec.partition(":")
+    getattr(importlib.import_module(module_name), function_name)(slot_index, device)
+
+
+def start_engine(device: str, preload_specs, threads: int | None):
+    """An Engine on ``device`` holding the last of ``preload_specs``, each loaded and warmed once."""
+    import torch
+
+    from studio.engine import Engine
+
+    if threads:
+        torch.set_num_threads(threads)  # several CPU slots share the cores; oversubscription is slower
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)  # fails clearly on a missing GPU, before any model loads
+    engine = Engine(device)
+    timings = []
+    for spec in preload_specs:
+        started = time.perf_counter()
+        engine.ensure(spec)
+        timings.append((spec.id, time.perf_counter() - started))
+        # One step at the default size: the first call pays for kernel selection and allocator growth.
+        request = spec.check(GenerationRequest(prompt=WARM_UP_PROMPT, steps=1, seed=0))
+        engine.run(spec, request)
+    return engine, timings
+
+
+class RecentIds:
+    """A small thread-safe set that forgets its oldest ids."""
+
+    def __init__(self, capacity: int = REMEMBERED_CANCELS):
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._capacity = capacity
+
+    def add(self, item: str) -> None:
+        with self._lock:
+            self._ids[item] = None
+            while len(self._ids) > self._capacity:
+                self._ids.popitem(last=False)
+
+    def discard(self, item: str) -> None:
+        with self._lock:
+            self._ids.pop(item, None)
+
+    def __contains__(self, item: str) -> bool:
+        with self._lock:
+            return item in self._ids
+
+
+class Worker:
+    """The job loop. A listener thread reads the pipe so a cancel lands while a job runs."""
+
+    def __init__(self, slot_index: int, engine, conn):
+        self.slot_index = slot_index
+        self.engine = engine
+        self.conn = conn
+        self.jobs: queue.Queue = queue.Queue()
+        self.cancelled = RecentIds()
+        self.current: str | None = None
+
+    def serve(self) -> None:
+        threading.Thread(target=self.listen, name="worker-listener", daemon=True).start()
+        while (message := self.jobs.get()) is not None:
+            _, job_id, spec, request = message
+            self.run_job(job_id, spec, request)
+        self.conn.close()
+
+    def listen(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                # The parent is gone (killed, crashed): nobody will read our results; leave now.
+                os._exit(0)
+            kind = message[0]
+            if kind == "job":
+                self.jobs.put(message)
+            elif kind == "cancel":
+                self.cancelled.add(message[1])
+            elif kind == "stop":
+                if self.current:
+                    self.cancelled.add(self.current)
+                self.jobs.put(None)
+                return
+
+    def run_job(self, job_id: str, spec, request) -> None:
+        self.current = job_id
+
+        def check_cancelled() -> None:
+            if job_id in self.cancelled:
+                raise JobCancelled(f"job {job_id} was cancelled")
+
+        def on_stage(stage: str) -> None:
+            check_cancelled()
+            self.conn.send(("stage", job_id, stage))
+
+        def on_step(step: int, total: int) -> None:
+            check_cancelled()
+            self.conn.send(("step", job_id, step, total))
+
+        try:
+            check_cancelled()
+            result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage)
+            result.slot = self.slot_index
+            message = ("done", job_id, result, self.state())
+        except BaseException as exc:  # no job may take the worker down with it
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            message = ("failed", job_id, self.as_studio_error(exc, spec), self.state())
+        finally:
+            self.current = None
+            self.cancelled.discard(job_id)
+        self.conn.send(message)
+
+    def as_studio_error(self, exc: BaseException, spec) -> StudioError:
+        """A picklable error that keeps its class and status; OOM outside the engine's guard frees memory too."""
+        if isinstance(exc, StudioError):
+            error = exc
+        elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            self.engine.unload()
+            error = OutOfMemory(f"out of memory running {spec.id} on {self.engine.device}")
+        else:
+            error = StudioError(f"{spec.id} failed on slot {self.slot_index} ({self.engine.device}): "
+                                f"{type(exc).__name__}: {exc}")
+        try:
+            pickle.dumps(error)
+        except Exception:  # a subclass with an odd constructor: keep the message and the base class
+            error = StudioError(str(error))
+        return error
+
+    def state(self) -> dict:
+        return {"model": self.engine.model_id, "loads": self.engine.loads}

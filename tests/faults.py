@@ -1,0 +1,64 @@
+"""Test-only fault injection for worker processes; never used in production.
+
+``Settings(fault_hook="faults:<function>")`` makes every worker call that function with
+``(slot_index, device)`` before it loads anything (the tests folder is on the workers'
+``sys.path`` because spawned children inherit the parent's). ``install`` arms prompt-triggered
+faults that raise the same exceptions a GPU would, inside a real worker running a real pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+# A prompt starting with one of these triggers the fault instead of generating.
+OOM = "fault:oom"  # MemoryError, what CPU allocations raise
+CUDA_OOM = "fault:cuda-oom"  # torch.OutOfMemoryError, what CUDA allocations raise
+HANG = "fault:hang"  # never reaches a step, so never sees a cancel
+SEGFAULT = "fault:segfault"  # the process dies of SIGSEGV mid-job
+
+CRASH_MARKER_ENV = "STUDIO_TEST_CRASH_MARKER"  # a path: while that file exists, workers die at start
+
+
+def install(slot_index: int, device: str) -> None:
+    """Wrap the family dispatcher so the fault prompts above misbehave on purpose."""
+    from studio import families
+
+    real_generate = families.generate
+
+    def generate(pipe, spec, request, on_step):
+        prompt = request.prompt
+        if prompt.startswith(CUDA_OOM):
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        if prompt.startswith(OOM):
+            raise MemoryError("injected")
+        if prompt.startswith(HANG):
+            time.sleep(3600)
+        if prompt.startswith(SEGFAULT):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real_generate(pipe, spec, request, on_step)
+
+    families.generate = generate
+
+
+def exit_on_slot_1(slot_index: int, device: str) -> None:
+    """Slot 1 dies before its handshake, without a word; the others start normally."""
+    if slot_index == 1:
+        os._exit(3)
+    install(slot_index, device)
+
+
+def fail_at_start(slot_index: int, device: str) -> None:
+    """A start-up failure the worker can describe (its ERROR handshake)."""
+    raise RuntimeError("injected: the accelerator is not usable")
+
+
+def crash_while_marked(slot_index: int, device: str) -> None:
+    """Die at start while the marker file exists: a crash loop the test can switch on and off."""
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if marker and os.path.exists(marker):
+        os._exit(3)
+    install(slot_index, device)
