@@ -3,9 +3,10 @@
 The family rules:
 
 * ``LuminaPipeline`` (diffusers 0.42 dropped the old ``LuminaText2ImgPipeline`` name).
-* The prompt reaches Gemma verbatim. The pipeline's default ``clean_caption=True`` would
-  lower-case it and strip URLs, HTML and some punctuation, but only where ``bs4`` and
-  ``ftfy`` happen to be installed; the same request must give the same image everywhere.
+* The prompt reaches Gemma as written, only lower-cased and stripped (the pipeline always
+  does that much). Its default ``clean_caption=True`` would also strip URLs, HTML and some
+  punctuation, but only where ``bs4`` and ``ftfy`` happen to be installed; the same request
+  must give the same image everywhere, so cleaning is off.
 * Guidance above 1 runs both the prompt and the negative prompt (empty when not given).
   The pipeline pads the negative to the prompt's token length and truncates both at its
   fixed 256 Gemma tokens (the catalog's ``token_limit``; its ``max_sequence_length``
