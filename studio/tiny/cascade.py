@@ -33,10 +33,8 @@ from transformers import (
 )
 
 from studio.catalog import ModelSpec
+from studio.families.cascade import DECODER_DIR, PRIOR_DIR  # where the adapter looks for the stages
 from studio.tiny.tokenizers import clip_tokenizer
-
-PRIOR_DIR = "prior"
-DECODER_DIR = "decoder"
 
 TEXT_WIDTH = 32  # CLIP bigG's hidden and projection size is 1280
 IMAGE_EMBED_DIM = 16  # CLIP ViT-L's image projection is 768
