@@ -578,6 +578,7 @@ class SlotManager:
     def status(self) -> dict:
         """A snapshot for /health, the UI and metrics."""
         with self._cond:
+            now = time.monotonic()
             slots = [
                 {
                     "index": slot.index,
@@ -593,6 +594,8 @@ class SlotManager:
                     "jobs_failed": slot.jobs_failed,
                     "loads": slot.loads,
                     "restarts": slot.restarts,
+                    "crashes_in_row": slot.crashes_in_row,
+                    "restart_in_s": None if slot.restart_at is None else max(0.0, slot.restart_at - now),
                     "last_error": slot.last_error,
                 }
                 for slot in self._slots

@@ -17,6 +17,8 @@ OOM = "fault:oom"  # MemoryError, what CPU allocations raise
 CUDA_OOM = "fault:cuda-oom"  # torch.OutOfMemoryError, what CUDA allocations raise
 HANG = "fault:hang"  # never reaches a step, so never sees a cancel
 SEGFAULT = "fault:segfault"  # the process dies of SIGSEGV mid-job
+SLOW = "fault:slow"  # every step takes at least SLOW_STEP_S: a long job on any machine
+SLOW_STEP_S = 0.2
 
 CRASH_MARKER_ENV = "STUDIO_TEST_CRASH_MARKER"  # a path: while that file exists, workers die at start
 
@@ -39,9 +41,19 @@ def install(slot_index: int, device: str) -> None:
             time.sleep(3600)
         if prompt.startswith(SEGFAULT):
             os.kill(os.getpid(), signal.SIGSEGV)
+        if prompt.startswith(SLOW):
+            return real_generate(pipe, spec, request, slowed(on_step))
         return real_generate(pipe, spec, request, on_step)
 
     families.generate = generate
+
+
+def slowed(on_step):
+    def on_slow_step(step: int, total: int) -> None:
+        time.sleep(SLOW_STEP_S)
+        on_step(step, total)
+
+    return on_slow_step
 
 
 def exit_on_slot_1(slot_index: int, device: str) -> None:

@@ -1,0 +1,485 @@
+"""The slot manager and its worker processes, on CPU slots running tiny SDXL pipelines.
+
+Two module-scoped managers keep the suite quick (a worker takes seconds to import torch):
+``two_slots`` (two CPU workers, one per model) and ``one_slot`` (a short job timeout and a
+small queue). Tests that break a worker wait for its restart before they return, so the
+tests after them find every slot serving. Faults come from ``tests/faults.py`` through
+``Settings.fault_hook``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import faults
+from studio import pngmeta
+from studio.catalog import load_catalog
+from studio.config import Settings
+from studio.errors import JobCancelled, JobTimeout, OutOfMemory, QueueFull, WorkerFailed
+from studio.schemas import GenerationRequest, JobResult
+from studio.slots import (
+    Estimates,
+    Job,
+    Slot,
+    SlotManager,
+    plan_dispatch,
+    preload_plan,
+    resolve_devices,
+    restart_delay,
+    visible_gpus,
+)
+
+BASE, TURBO = "sdxl-base", "sdxl-turbo"
+# A job that would run for 30 s if nobody stopped it: sdxl-base's step limit, each step slowed down.
+LONG = dict(prompt=faults.SLOW, steps=150)
+START_S = 120  # generous: workers import torch on a shared, busy machine
+ROOM_S = 3.0  # "within one step": one tiny step takes well under a tenth of this
+
+
+def request_for(catalog, model: str, **fields):
+    return catalog.resolve(GenerationRequest(model=model, **{"prompt": "a lighthouse at dusk", **fields}))
+
+
+def submit(manager, catalog, model: str, **fields) -> Job:
+    return manager.submit(*request_for(catalog, model, **fields))
+
+
+def slot_status(manager, index: int) -> dict:
+    return manager.status()["slots"][index]
+
+
+def slot_holding(manager, model: str) -> int:
+    return next(slot["index"] for slot in manager.status()["slots"] if slot["model"] == model)
+
+
+def slot_serving(manager, catalog, model: str) -> int:
+    """Run a quick job of ``model``: the index of the slot that now holds it."""
+    return submit(manager, catalog, model).wait(START_S).slot
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def first_step(job: Job) -> None:
+    """Block until the job reports its first denoising step (so it surely runs in its worker)."""
+    for event in job.iter_events(timeout=START_S):
+        if event.stage == "step":
+            return
+    raise AssertionError(f"{job} ended before its first step")
+
+
+def wait_restarted(manager, index: int, old_pid: int) -> dict:
+    return wait_until(
+        lambda: (lambda s: s if s["alive"] and s["pid"] != old_pid else None)(slot_status(manager, index)),
+        START_S, f"slot {index} to restart",
+    )
+
+
+def decoded(png: bytes) -> bytes:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB").tobytes()
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_catalog):
+    return tiny_catalog(BASE, TURBO)
+
+
+@pytest.fixture(scope="module")
+def two_slots(tiny_models, catalog):
+    """Two CPU workers, sdxl-base preloaded on one and sdxl-turbo on the other."""
+    settings = Settings(
+        devices=["cpu", "cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE, TURBO],
+        fault_hook="faults:install", job_timeout_s=120,
+    )
+    manager = SlotManager(settings, catalog)
+    manager.start()
+    yield manager
+    manager.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_slot(tiny_models, catalog):
+    """One CPU worker with sdxl-base, a queue of two and a 5-second job timeout."""
+    settings = Settings(
+        devices=["cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE],
+        fault_hook="faults:install", job_timeout_s=5, max_queue=2,
+    )
+    manager = SlotManager(settings, catalog, cancel_grace_s=1.0)
+    manager.start()
+    yield manager
+    manager.shutdown()
+
+
+# ---------------------------------------------------------------- pure parts: no processes
+
+
+@pytest.fixture(scope="module")
+def presets():
+    return load_catalog()
+
+
+def queued_job(presets, model: str, waited_s: float = 0.0, now: float = 1000.0, **fields) -> Job:
+    spec, request = request_for(presets, model, seed=1, **fields)
+    job = Job(spec, request)
+    job.queued_at = now - waited_s
+    return job
+
+
+def busy_slot(index: int, job: Job, now: float, step: int, total: int, per_step_s: float) -> Slot:
+    return Slot(index, "cpu", state="ready", model=job.spec.id, job=job, phase="step",
+                generating_at=now - step * per_step_s, step=step, total=total)
+
+
+def test_plan_prefers_the_idle_slot_that_holds_the_model(presets):
+    job = queued_job(presets, BASE)
+    empty, holder = Slot(0, "cpu", state="ready"), Slot(1, "cpu", state="ready", model=BASE)
+    assert plan_dispatch([job], [empty, holder], Estimates(), now=1000.0) == [(job, holder)]
+
+
+def test_plan_waits_for_a_busy_holder_only_when_that_beats_a_load(presets):
+    now = 1000.0
+    running = queued_job(presets, BASE)
+    busy = busy_slot(0, running, now, step=5, total=10, per_step_s=0.2)  # about 1 s left
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    job = queued_job(presets, BASE)
+    slow_loads, fast_loads = Estimates(), Estimates()
+    slow_loads.record_load(BASE, 10.0)
+    fast_loads.record_load(BASE, 0.5)
+    assert plan_dispatch([job], [busy, idle], slow_loads, now) == []
+    assert plan_dispatch([job], [busy, idle], fast_loads, now) == [(job, idle)]
+
+
+def test_plan_counts_the_jobs_already_waiting_for_a_busy_slot(presets):
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    first, second = queued_job(presets, BASE, waited_s=2), queued_job(presets, BASE, waited_s=1)
+    estimates = Estimates()
+    estimates.record_load(BASE, 1.5)
+    estimates.record_run(BASE, first.request, 1.0)  # each waiting job adds 1 s to the busy slot
+    assert plan_dispatch([first, second], [busy, idle], estimates, now) == [(second, idle)]
+
+
+def test_plan_lets_a_starving_job_take_any_idle_slot(presets):
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    job = queued_job(presets, BASE, waited_s=61)
+    estimates = Estimates()
+    estimates.record_load(BASE, 10.0)
+    assert plan_dispatch([job], [busy, idle], estimates, now, starvation_s=60) == [(job, idle)]
+
+
+def test_plan_binds_affinity_before_fifo_and_swaps_the_least_useful_slot(presets):
+    now = 1000.0
+    newcomer = queued_job(presets, "flux-schnell", waited_s=3)  # oldest, held nowhere
+    turbo = queued_job(presets, TURBO, waited_s=2)
+    base_slot = Slot(0, "cpu", state="ready", model=BASE, last_used=now - 5)
+    turbo_slot = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 50)
+    # The turbo job keeps its model's slot; the older newcomer evicts the other one, not turbo.
+    assert plan_dispatch([newcomer, turbo], [base_slot, turbo_slot], Estimates(), now) == [
+        (turbo, turbo_slot), (newcomer, base_slot)
+    ]
+    empty = Slot(2, "cpu", state="ready")
+    lru = Slot(3, "cpu", state="ready", model="pixart-sigma", last_used=now - 50)
+    recent = Slot(4, "cpu", state="ready", model="sana-1.5", last_used=now - 1)
+    assert plan_dispatch([newcomer], [recent, lru, empty], Estimates(), now) == [(newcomer, empty)]
+    assert plan_dispatch([newcomer], [recent, lru], Estimates(), now) == [(newcomer, lru)]
+
+
+def test_plan_skips_dead_and_busy_slots(presets):
+    job = queued_job(presets, BASE)
+    dead = Slot(0, "cpu", state="dead", model=BASE)
+    busy = busy_slot(1, queued_job(presets, TURBO), 1000.0, step=1, total=2, per_step_s=0.1)
+    assert plan_dispatch([job], [dead, busy], Estimates(), now=1000.0) == []
+
+
+def test_restart_delay_backs_off_to_a_cap():
+    delays = [restart_delay(crashes, base_s=1.0, cap_s=60.0) for crashes in range(1, 10)]
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+
+
+def test_preload_plan_spreads_models_over_slots():
+    assert preload_plan([], 2) == [[], []]
+    assert preload_plan(["a"], 3) == [["a"], ["a"], ["a"]]
+    assert preload_plan(["a", "b"], 2) == [["a"], ["b"]]
+    assert preload_plan(["a", "b", "c"], 2) == [["a", "c"], ["b"]]
+
+
+def test_devices_follow_settings_then_visible_gpus():
+    assert resolve_devices(Settings(devices=["cpu", "cpu"]), gpu_count=lambda: 4) == ["cpu", "cpu"]
+    assert resolve_devices(Settings(), gpu_count=lambda: 2) == ["cuda:0", "cuda:1"]
+    assert resolve_devices(Settings(), gpu_count=lambda: 0) == ["cpu"]
+    assert resolve_devices(Settings(num_gpus=1), gpu_count=lambda: 2) == ["cuda:0"]
+    with pytest.raises(WorkerFailed, match="3 GPUs requested but 2 visible"):
+        resolve_devices(Settings(num_gpus=3), gpu_count=lambda: 2)
+
+
+def test_hidden_gpus_count_as_none(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == 0
+
+
+def test_parent_process_never_imports_torch():
+    code = "import sys, studio.slots, studio.worker; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
+
+
+def test_submit_needs_a_running_manager(presets):
+    manager = SlotManager(Settings(devices=["cpu"]), presets)
+    with pytest.raises(WorkerFailed, match="not running"):
+        submit(manager, presets, BASE)
+    assert manager.status()["slots"][0]["alive"] is False
+
+
+# ---------------------------------------------------------------- start-up failures
+
+
+def test_a_worker_dying_at_start_up_fails_start_with_its_slot_named(catalog):
+    manager = SlotManager(Settings(devices=["cpu", "cpu"], fault_hook="faults:exit_on_slot_1"), catalog)
+    with pytest.raises(WorkerFailed, match=r"slot 1 \(cpu\) failed to start: .*exited with code 3 before it was ready"):
+        manager.start()
+    assert not any(slot["alive"] for slot in manager.status()["slots"])
+
+
+def test_a_worker_start_up_error_reaches_the_caller(catalog):
+    manager = SlotManager(Settings(devices=["cpu"], fault_hook="faults:fail_at_start"), catalog)
+    with pytest.raises(WorkerFailed, match=r"slot 0 \(cpu\) failed to start: RuntimeError: injected"):
+        manager.start()
+
+
+# ---------------------------------------------------------------- routing on real workers
+
+
+def test_preloads_are_spread_and_warm(two_slots):
+    slots = two_slots.status()["slots"]
+    assert sorted(slot["model"] for slot in slots) == [BASE, TURBO]
+    assert all(slot["alive"] and slot["loads"] == 1 and slot["pid"] for slot in slots)
+
+
+def test_alternating_models_cause_no_reloads(two_slots, catalog):
+    loads_before = [slot["loads"] for slot in two_slots.status()["slots"]]
+    jobs = [submit(two_slots, catalog, (BASE, TURBO)[i % 2], seed=i) for i in range(10)]
+    results = [job.wait(START_S) for job in jobs]
+    assert [slot["loads"] for slot in two_slots.status()["slots"]] == loads_before
+    for job, result in zip(jobs, results):
+        assert result.slot == slot_holding(two_slots, job.spec.id)
+        assert not result.loaded_model
+
+
+def test_concurrent_jobs_get_their_own_images(two_slots, catalog):
+    mix = [  # mixed models, seeds, sizes and batch sizes
+        (BASE, 11, 64, 64, 1), (TURBO, 12, 64, 64, 2), (TURBO, 13, 96, 64, 1), (BASE, 14, 64, 96, 2),
+        (BASE, 15, 64, 64, 1), (BASE, 16, 64, 64, 1), (TURBO, 17, 64, 64, 1), (BASE, 18, 96, 96, 1),
+        (TURBO, 19, 64, 64, 1), (BASE, 20, 64, 64, 2), (TURBO, 21, 64, 96, 1), (BASE, 22, 64, 64, 1),
+    ]
+    requests = [
+        request_for(catalog, model, prompt=f"picture number {seed}", seed=seed, width=w, height=h, num_images=n)
+        for model, seed, w, h, n in mix
+    ]
+    barrier = threading.Barrier(4)
+
+    def submit_share(share):
+        barrier.wait()  # four threads submit at the same moment
+        return [(request, two_slots.submit(*request)) for request in share]
+
+    with ThreadPoolExecutor(4) as pool:
+        submitted = [pair for share in pool.map(submit_share, [requests[i::4] for i in range(4)]) for pair in share]
+    together = {id(request): job.wait(START_S) for request, job in submitted}
+
+    for spec_and_request in requests:
+        alone = two_slots.submit(*spec_and_request).wait(START_S)
+        result: JobResult = together[id(spec_and_request)]
+        request = spec_and_request[1]
+        assert result.request == request
+        assert len(result.images) == request.num_images == len(alone.images)
+        for png, png_alone, seed in zip(result.images, alone.images, request.seeds):
+            meta = pngmeta.read(png)
+            assert (meta["seed"], meta["prompt"], meta["model"]) == (seed, request.prompt, request.model)
+            assert decoded(png) == decoded(png_alone)
+
+
+def test_observers_see_every_outcome(two_slots, catalog):
+    seen = []
+    two_slots.add_observer(lambda job, outcome, duration: seen.append((job, outcome, duration)))
+    ok = submit(two_slots, catalog, BASE)
+    ok.wait(START_S)
+    failing = submit(two_slots, catalog, BASE, prompt=faults.OOM)
+    with pytest.raises(OutOfMemory):
+        failing.wait(START_S)
+    outcomes = {job.id: (outcome, duration) for job, outcome, duration in seen}
+    assert isinstance(outcomes[ok.id][0], JobResult) and outcomes[ok.id][1] > 0
+    assert isinstance(outcomes[failing.id][0], OutOfMemory)
+
+
+# ---------------------------------------------------------------- cancel, OOM, crashes
+
+
+def test_cancel_frees_a_busy_slot_within_a_step(two_slots, catalog):
+    index = slot_serving(two_slots, catalog, BASE)
+    failed_before = slot_status(two_slots, index)["jobs_failed"]
+    job = submit(two_slots, catalog, BASE, **LONG)
+    first_step(job)
+    assert slot_status(two_slots, index)["job"] == job.id
+    cancelled_at = time.monotonic()
+    assert job.cancel()
+    with pytest.raises(JobCancelled):
+        job.wait(0)  # the caller hears at once
+    wait_until(lambda: not slot_status(two_slots, index)["busy"], ROOM_S, "the slot to free")
+    assert time.monotonic() - cancelled_at < ROOM_S
+    # The worker itself stopped the job (it was not killed) and serves the next one.
+    assert slot_status(two_slots, index)["jobs_failed"] == failed_before + 1
+    assert submit(two_slots, catalog, BASE).wait(START_S).slot == index
+    assert not job.cancel()  # already over
+
+
+def test_cancel_of_a_queued_job_removes_it(one_slot, catalog):
+    running = submit(one_slot, catalog, BASE, **LONG)
+    queued = submit(one_slot, catalog, BASE)
+    assert queued.queue_position == 0
+    assert queued.cancel()
+    assert one_slot.status()["queue_depth"] == 0 and queued.queue_position is None
+    with pytest.raises(JobCancelled):
+        queued.wait(0)
+    running.cancel()
+    wait_until(lambda: not slot_status(one_slot, 0)["busy"], ROOM_S, "the slot to free")
+
+
+@pytest.mark.parametrize("fault", [faults.OOM, faults.CUDA_OOM])
+def test_an_out_of_memory_fails_only_its_job(two_slots, catalog, fault):
+    index = slot_serving(two_slots, catalog, BASE)
+    pid = slot_status(two_slots, index)["pid"]
+    with pytest.raises(OutOfMemory, match="out of memory") as caught:
+        submit(two_slots, catalog, BASE, prompt=fault).wait(START_S)
+    assert caught.value.status == 503
+    status = slot_status(two_slots, index)
+    assert status["pid"] == pid and status["alive"]
+    assert status["model"] is None  # the engine dropped the pipeline to start clean
+    assert submit(two_slots, catalog, BASE, seed=5).wait(START_S).images
+
+
+def test_kill_9_fails_only_the_running_job_and_the_slot_comes_back(two_slots, catalog):
+    index = slot_serving(two_slots, catalog, BASE)
+    other = slot_serving(two_slots, catalog, TURBO)
+    other_before = slot_status(two_slots, other)
+    victim = submit(two_slots, catalog, BASE, **LONG)
+    first_step(victim)
+    bystanders = [submit(two_slots, catalog, TURBO, seed=i) for i in range(4)]
+    old_pid = slot_status(two_slots, index)["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+
+    with pytest.raises(WorkerFailed, match=rf"slot {index} \(cpu\) failed .*killed by SIGKILL") as caught:
+        victim.wait(START_S)
+    assert caught.value.status == 503
+    assert all(job.wait(START_S).slot == other for job in bystanders)
+    status = wait_restarted(two_slots, index, old_pid)
+    assert status["restarts"] == 1 and status["model"] == preload_plan([BASE, TURBO], 2)[index][0]
+    assert slot_status(two_slots, other)["pid"] == other_before["pid"]
+    assert slot_status(two_slots, other)["jobs_failed"] == other_before["jobs_failed"]
+    assert submit(two_slots, catalog, status["model"]).wait(START_S).slot == index
+
+
+# ---------------------------------------------------------------- queue limit, timeouts, events
+
+
+def test_a_full_queue_refuses_with_the_limit(one_slot, catalog):
+    running = submit(one_slot, catalog, BASE, **LONG)
+    waiting = [submit(one_slot, catalog, BASE, seed=i) for i in range(2)]
+    with pytest.raises(QueueFull, match="limit 2") as caught:
+        submit(one_slot, catalog, BASE)
+    assert caught.value.status == 429
+    assert [job.queue_position for job in waiting] == [0, 1]
+    running.cancel()
+    assert all(job.wait(START_S).images for job in waiting)
+
+
+def test_events_follow_a_job_from_queue_to_encoding(one_slot, catalog):
+    async def follow(job):
+        events = [event async for event in job.events()]
+        return events, await job.result()
+
+    async def scenario():
+        first = submit(one_slot, catalog, TURBO, steps=3)  # not resident: a load first
+        second = submit(one_slot, catalog, TURBO)
+        return await asyncio.gather(follow(first), follow(second))
+
+    (first_events, first_result), (second_events, second_result) = asyncio.run(scenario())
+    stages = [event.stage for event in first_events]
+    assert stages == ["loading", "generating", "step", "step", "step", "encoding"]
+    assert [event.step for event in first_events if event.stage == "step"] == [1, 2, 3]
+    assert all(event.slot == 0 for event in first_events)
+    assert first_result.loaded_model and not second_result.loaded_model
+    assert second_events[0].stage == "queued" and second_events[0].queue_position == 0
+    assert second_events[-1].stage == "encoding"
+
+
+def test_a_job_past_its_timeout_is_cancelled(one_slot, catalog):
+    pid = slot_status(one_slot, 0)["pid"]
+    job = submit(one_slot, catalog, BASE, **LONG)
+    with pytest.raises(JobTimeout, match="longer than 5 s") as caught:
+        job.wait(START_S)
+    assert caught.value.status == 504
+    wait_until(lambda: not slot_status(one_slot, 0)["busy"], ROOM_S, "the slot to free")
+    assert slot_status(one_slot, 0)["pid"] == pid  # the worker honoured the cancel
+
+
+def test_a_worker_that_ignores_its_timeout_is_killed_and_replaced(one_slot, catalog):
+    old_pid = slot_status(one_slot, 0)["pid"]
+    with pytest.raises(JobTimeout):
+        submit(one_slot, catalog, BASE, prompt=faults.HANG).wait(START_S)
+    status = wait_restarted(one_slot, 0, old_pid)
+    assert status["crashes_in_row"] == 0  # our own kill is not a crash
+    assert submit(one_slot, catalog, BASE).wait(START_S).images
+
+
+# ---------------------------------------------------------------- crash loops
+
+
+def test_a_crash_loop_backs_off_and_recovers(tiny_models, catalog, tmp_path, monkeypatch):
+    marker = tmp_path / "crash"
+    monkeypatch.setenv(faults.CRASH_MARKER_ENV, str(marker))  # spawned workers inherit it
+    settings = Settings(devices=["cpu"], models_dir=tiny_models(BASE), fault_hook="faults:crash_while_marked")
+    manager = SlotManager(settings, catalog, restart_base_s=0.5, restart_cap_s=2.0)
+    manager.start()
+    try:
+        old_pid = slot_status(manager, 0)["pid"]
+        marker.touch()
+        job = submit(manager, catalog, BASE, prompt=faults.SEGFAULT)
+        with pytest.raises(WorkerFailed, match="killed by SIGSEGV"):
+            job.wait(START_S)
+        wait_until(lambda: slot_status(manager, 0)["crashes_in_row"] >= 4, 30, "four crashes in a row")
+        status = slot_status(manager, 0)
+        assert not status["alive"] and "exited with code 3 before it was ready" in status["last_error"]
+        # Restarts now come 2 s apart (the cap), not back to back.
+        restarts = status["restarts"]
+        time.sleep(1.0)
+        assert slot_status(manager, 0)["restarts"] <= restarts + 1
+        waiting = submit(manager, catalog, BASE)  # waits in the queue for the slot
+        marker.unlink()
+        wait_restarted(manager, 0, old_pid)
+        assert waiting.wait(START_S).images
+    finally:
+        manager.shutdown()
