@@ -6,6 +6,8 @@ runs this same file and reaches it on port 7860 (the default, or ``GRADIO_SERVER
 
 from __future__ import annotations
 
+import logging
+
 from studio.config import Settings
 
 
@@ -17,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     from studio.server import create_app
 
     settings = Settings.from_args(argv)
+    logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
+    logging.getLogger("studio").setLevel(logging.INFO)  # slot starts, restarts, cancels; libraries stay quiet
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
 
 

@@ -78,7 +78,7 @@ class _SlotCollector:
             status = self.manager.status()
         except Exception:  # a manager not started or shutting down: report nothing rather than fail the scrape
             return []
-        queue.add_metric([], float(status.get("queue_depth", status.get("queued", 0)) or 0))
+        queue.add_metric([], float(status.get("queue_depth", 0)))
         for slot in status.get("slots", []) or []:
             labels = [str(slot.get("index", "")), str(slot.get("device", ""))]
             busy.add_metric(labels, 1.0 if slot.get("busy") else 0.0)

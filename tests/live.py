@@ -3,18 +3,29 @@
 uvicorn runs in a background thread of the test process, on a socket bound before it starts (no
 port race); the app's lifespan starts the real slot manager and its worker processes. Leaving
 the block shuts everything down. ``serve_app(app)`` does the same for an app already built, for
-tests that want to reach into ``app.state`` (the manager, the metrics).
+tests that want to reach into ``app.state`` (the manager, the metrics). ``run_app(args)`` runs
+``python app.py ARGS`` as its own process instead, the way users and Spaces start it.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
 
+import httpx
 import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
 
 STARTUP_TIMEOUT_S = 240.0  # workers import torch and diffusers; two cores shared with other jobs are slow
 SHUTDOWN_TIMEOUT_S = 60.0
@@ -52,3 +63,66 @@ def serve_app(app, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str
         server.should_exit = True
         thread.join(SHUTDOWN_TIMEOUT_S)
         sock.close()
+
+
+@dataclass
+class AppProcess:
+    base_url: str
+    process: subprocess.Popen
+    log: IO[str]
+    captured: str | None = None  # the whole output, kept once the process has ended
+
+    def output(self) -> str:
+        """Everything the process printed so far (stdout and stderr)."""
+        if self.captured is not None:
+            return self.captured
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+
+@contextmanager
+def run_app(args: list[str], env: dict | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S):
+    """``python app.py --host 127.0.0.1 --port <free> ARGS`` until the block ends; yields an ``AppProcess``.
+
+    Ready when ``/health`` answers 200. Leaving sends SIGINT (what Ctrl+C does) and waits for the
+    exit, so ``app.process.returncode`` tells whether it shut down cleanly. Output goes to a
+    temporary file, not a pipe: a chatty server must never block on a full pipe.
+    """
+    port = free_port()
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+        app = AppProcess(f"http://127.0.0.1:{port}", process, log)
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"app.py exited with {process.returncode}:\n{app.output()[-5000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"app.py did not answer /health within {startup_timeout_s:g} s")
+                try:
+                    if httpx.get(f"{app.base_url}/health", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
+            yield app
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(SHUTDOWN_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            app.captured = app.output()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for a child process, which must bind it itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

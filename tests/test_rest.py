@@ -1,0 +1,399 @@
+"""The OpenAI-compatible REST API, end to end: the real app (tiny models, two CPU slots) on a real
+port, driven by the official ``openai`` SDK and by plain HTTP.
+
+One server for the whole module. It has an API key (so every call also checks auth), a queue of
+one (so a few long jobs fill it) and a short job timeout (so a long job reaches 504). Tiny models
+finish any job they allow in seconds, so this module's copy of sdxl-base allows 512x512: with
+n=4 and 150 steps that is a minute of work, cancellable at every step.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import time
+import tomllib
+from http.client import HTTPConnection
+from urllib.parse import urlsplit
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from studio import pngmeta
+from studio.catalog import load_catalog
+from studio.config import Settings
+from tests.live import run_app, serve
+
+API_KEY = "test-key"
+MODELS = ("sdxl-turbo", "sdxl-base")  # sdxl-turbo: no negative prompt, no guidance; sdxl-base: both
+JOB_TIMEOUT_S = 20.0
+LONG_SIDE = 512
+LONG_JOB = {"model": "sdxl-base", "prompt": "a long job", "size": f"{LONG_SIDE}x{LONG_SIDE}", "n": 4, "steps": 150}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_models, tmp_path_factory):
+    """The tiny models, with sdxl-base allowed up to LONG_SIDE so that LONG_JOB is long."""
+    target = tmp_path_factory.mktemp("rest-models")
+    for model_id in MODELS:
+        shutil.copytree(tiny_models(model_id) / model_id, target / model_id)
+    override = target / "sdxl-base" / "studio.toml"
+    tables = tomllib.loads(override.read_text())
+    tables["limits"].update(max_side=LONG_SIDE, max_pixels=LONG_SIDE * LONG_SIDE)
+    override.write_text(toml_text(tables))
+    return target
+
+
+def toml_text(tables: dict) -> str:
+    """Top-level keys, then one-level tables; values as JSON, which TOML reads alike for these types."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in tables.items() if not isinstance(value, dict)]
+    for name, table in tables.items():
+        if isinstance(table, dict):
+            lines += [f"[{name}]", *(f"{key} = {json.dumps(value)}" for key, value in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):
+    settings = Settings(
+        host="127.0.0.1",
+        devices=["cpu", "cpu"],
+        models_dir=models_dir,
+        max_queue=1,
+        job_timeout_s=JOB_TIMEOUT_S,
+        api_key=API_KEY,
+        outputs_dir=tmp_path_factory.mktemp("outputs"),
+    )
+    with serve(settings) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    # No retries: a 429 or 503 must reach the test, not be retried away by the SDK.
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as session:
+        yield session
+
+
+def decode(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def assert_openai_error(response: httpx.Response, status: int, param: str | None = None, code: str | None = None):
+    assert response.status_code == status, response.text[:500]
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and "Traceback" not in error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def slots_idle(http) -> bool:
+    status = http.get("/health").json()
+    return all(not slot["busy"] for slot in status["slots"]) and queue_depth(status) == 0
+
+
+def queue_depth(status: dict) -> int:
+    return status["queue_depth"]
+
+
+def metric(http, name: str, **labels) -> float:
+    """One sample of /metrics (0.0 when the series does not exist yet)."""
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def open_request(base_url: str, body: dict) -> HTTPConnection:
+    """Send a generation request and leave it waiting; ``close()`` is a client walking away."""
+    url = urlsplit(base_url)
+    connection = HTTPConnection(url.hostname, url.port, timeout=120)
+    connection.request(
+        "POST", "/v1/images/generations", body=json.dumps(body),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+    )
+    return connection
+
+
+# ---------------------------------------------------------------- generating
+
+
+def test_sdk_generates_n_images_with_seeds_and_metadata(client):
+    response = client.images.generate(
+        model="sdxl-base", prompt="a red fox", n=2, size="64x64", response_format="b64_json",
+        extra_body={"seed": 7, "steps": 2},
+    )
+    assert response.size == "64x64" and response.output_format == "png"
+    assert [image.seed for image in response.data] == [7, 8]  # the extras come back as extra attributes
+    for image, seed in zip(response.data, (7, 8)):
+        assert image.url is None and image.revised_prompt == "a red fox"
+        png = base64.b64decode(image.b64_json)
+        assert decode(image.b64_json).size == (64, 64)
+        params = pngmeta.read(png)
+        assert (params["model"], params["seed"], params["steps"], params["num_images"]) == ("sdxl-base", seed, 2, 1)
+
+
+def test_data_url_and_model_defaults(http, models_dir):
+    response = http.post("/v1/images/generations",
+                         json={"model": "sdxl-turbo", "prompt": "a boat", "size": "auto", "response_format": "url"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    defaults = load_catalog(models_dir).get("sdxl-turbo").defaults  # what the server's catalog says
+    (image,) = body["data"]
+    assert set(image) == {"url", "seed", "revised_prompt"}
+    prefix = "data:image/png;base64,"
+    assert image["url"].startswith(prefix)
+    width, height = decode(image["url"][len(prefix):]).size
+    assert body["size"] == f"{width}x{height}" and body["model"] == "sdxl-turbo"
+    assert (width, height) == (defaults.width, defaults.height) != (512, 512)  # the tiny default, not the hub's
+    assert isinstance(image["seed"], int)
+
+
+@pytest.mark.parametrize("output_format,pil_format", [("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_jpeg_and_webp(http, output_format, pil_format):
+    common = {"model": "sdxl-turbo", "prompt": "a kite", "size": "64x64", "seed": 3, "output_format": output_format}
+    sizes = {}
+    for compression in (10, 95):
+        response = http.post("/v1/images/generations", json={**common, "output_compression": compression})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["output_format"] == output_format
+        image = decode(body["data"][0]["b64_json"])
+        assert image.format == pil_format and image.size == (64, 64)
+        sizes[compression] = len(body["data"][0]["b64_json"])
+    assert sizes[10] < sizes[95]  # output_compression really is the encoder's quality
+
+
+def test_num_images_alias_and_width_height_extras(http):
+    response = http.post("/v1/images/generations", json={
+        "model": "sdxl-base", "prompt": "two", "num_images": 2, "width": 48, "height": 32, "steps": 1, "seed": 1,
+        "negative_prompt": "blur", "guidance": 3.0,
+    })
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert len(data) == 2 and all(decode(item["b64_json"]).size == (48, 32) for item in data)
+    assert pngmeta.read(base64.b64decode(data[0]["b64_json"]))["negative_prompt"] == "blur"
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "body,status,param,words",
+    [
+        ({"prompt": "x", "size": "64"}, 400, "size", "WIDTHxHEIGHT"),
+        ({"prompt": "x", "model": "sdxl-base", "size": "65x64"}, 400, "size", "multiple of 8"),
+        ({"prompt": "x", "model": "sdxl-base", "size": "1024x1024"}, 400, "size", f"32..{LONG_SIDE}"),
+        ({"prompt": "x", "model": "sdxl-base", "n": 5}, 400, "n", "1..4"),
+        ({"prompt": "x", "model": "sdxl-base", "n": 0}, 400, "n", "1..4"),
+        ({"prompt": "x", "model": "sdxl-base", "steps": 0}, 400, "steps", "1..150"),
+        ({"prompt": "x", "model": "sdxl-turbo", "steps": 9}, 400, "steps", "1..4"),
+        ({"prompt": "x", "model": "sdxl-turbo", "negative_prompt": "blur"}, 400, "negative_prompt", "sdxl-turbo"),
+        ({"prompt": "x", "model": "sdxl-base", "guidance": 31}, 400, "guidance", "0..30"),
+        ({"prompt": "x", "model": "sdxl-base", "seed": -1}, 400, "seed", "0..4294967295"),
+        ({"prompt": "x", "output_compression": 101}, 400, "output_compression", "0..100"),
+        ({"prompt": "x", "response_format": "png"}, 400, "response_format", "b64_json"),
+        ({"prompt": "x", "output_format": "gif"}, 400, "output_format", "webp"),
+        ({"prompt": "x", "stream": True}, 400, "stream", "not supported"),
+        ({"prompt": "x", "n": 2, "num_images": 3}, 400, "num_images", "n=2"),
+        ({"prompt": "x", "size": "64x64", "width": 32}, 400, "size", "width=32"),
+        ({"prompt": "x", "colour": "red"}, 400, "colour", "unknown field"),
+        ({"prompt": ""}, 400, "prompt", "at least 1"),
+        ({"model": "sdxl-base"}, 400, "prompt", "required"),
+        ({"prompt": "x", "model": "dall-e-3"}, 404, "model", "sdxl-base"),
+    ],
+)
+def test_bad_requests_get_openai_errors(http, body, status, param, words):
+    error = assert_openai_error(http.post("/v1/images/generations", json=body), status, param=param)
+    assert words in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_sdk_raises_typed_errors(client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(model="sdxl-base", prompt="x", n=5)
+    assert bad.value.body["param"] == "n"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.images.generate(model="no-such-model", prompt="x")
+    assert missing.value.body["code"] == "model_not_found"
+
+
+def test_invalid_json_and_unknown_routes(http):
+    response = http.post("/v1/images/generations", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert_openai_error(response, 400)
+    assert_openai_error(http.get("/v1/images/edits"), 404, code="not_found")
+    assert_openai_error(http.get("/v1/images/generations"), 405)
+
+
+def test_api_key_guards_v1_only(server):
+    body = {"model": "sdxl-turbo", "prompt": "x"}
+    with httpx.Client(base_url=server, timeout=30) as anonymous:
+        assert_openai_error(anonymous.post("/v1/images/generations", json=body), 401, code="invalid_api_key")
+        wrong = anonymous.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert_openai_error(wrong, 401)
+        assert wrong.headers["WWW-Authenticate"] == "Bearer"
+        assert anonymous.get("/health").status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+# ---------------------------------------------------------------- models, health, metrics, docs
+
+
+def test_models_lists_all_15_with_capabilities(client):
+    models = {model.id: model for model in client.models.list().data}
+    assert set(models) == {spec.id for spec in load_catalog(None)} and len(models) == 15
+    turbo = models["sdxl-turbo"]
+    assert turbo.object == "model" and turbo.owned_by == "stabilityai"
+    assert turbo.negative_prompt is False and turbo.cfg is False and turbo.max_n == 4
+    assert turbo.limits["max_steps"] == 4 and "64x64" in turbo.sizes  # the tiny override, as the server sees it
+    assert models["hunyuan-dit"].limits["allowed_sizes"]
+    assert client.models.retrieve("pixart").id == "pixart-sigma"  # aliases resolve
+
+
+def test_health_reports_slots(server):
+    response = httpx.get(f"{server}/health", timeout=30)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert [slot["device"] for slot in body["slots"]] == ["cpu", "cpu"]
+    assert all(slot["alive"] for slot in body["slots"])
+
+
+def test_docs_and_ui_share_the_app(server):
+    assert "swagger" in httpx.get(f"{server}/docs", timeout=30).text.lower()
+    schema = httpx.get(f"{server}/openapi.json", timeout=30).json()
+    generations = schema["paths"]["/v1/images/generations"]["post"]
+    assert {"200", "400", "401", "404", "429", "503", "504"} <= set(generations["responses"])
+    assert "422" not in generations["responses"]
+    assert "ErrorResponse" in json.dumps(generations["responses"]["429"])
+    assert {"prompt", "n", "size", "response_format", "seed", "steps"} <= set(
+        schema["components"]["schemas"]["ImageGenerationRequest"]["properties"]
+    )
+    page = httpx.get(f"{server}/", timeout=30)
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+
+
+# ---------------------------------------------------------------- queue, disconnect, timeout, failure
+
+
+def busy_slots(http) -> list[dict]:
+    return [slot for slot in http.get("/health").json()["slots"] if slot["busy"]]
+
+
+def test_queue_full_is_429_and_disconnect_cancels(server, http, client):
+    """Fill both slots and the queue of one with long jobs; the next is refused; hanging up frees everything."""
+    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    cancelled_before = metric(http, "studio_jobs_total", model="sdxl-base", outcome="cancelled")
+    connections = []
+    try:
+        for _ in range(3):  # two run, one waits
+            connections.append(open_request(server, LONG_JOB))
+        wait_for(lambda: (lambda s: sum(x["busy"] for x in s["slots"]) == 2 and queue_depth(s) == 1)(
+            http.get("/health").json()), 60, "two busy slots and one queued job")
+
+        refused = http.post("/v1/images/generations", json={"model": "sdxl-turbo", "prompt": "one more"})
+        assert_openai_error(refused, 429, code="queue_full")
+        assert int(refused.headers["Retry-After"]) > 0
+        with pytest.raises(openai.RateLimitError):
+            client.images.generate(model="sdxl-turbo", prompt="and another")
+    finally:
+        for connection in connections:
+            connection.close()  # the client walks away: the server must cancel its job
+    wait_for(lambda: slots_idle(http), 15, "the slots to go idle after the clients hung up")
+
+    assert metric(http, "studio_jobs_total", model="sdxl-base", outcome="cancelled") == cancelled_before + 3
+    assert metric(http, "studio_jobs_total", model="sdxl-turbo", outcome="rejected") >= 2
+    ok = http.post("/v1/images/generations", json={"model": "sdxl-turbo", "prompt": "after", "size": "64x64"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_job_past_the_timeout_is_504(http):
+    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    started = time.monotonic()
+    response = http.post("/v1/images/generations", json=LONG_JOB)
+    assert_openai_error(response, 504, code="timeout")
+    assert time.monotonic() - started < JOB_TIMEOUT_S + 15
+    wait_for(lambda: slots_idle(http), 15, "the slot to go idle after the timeout")
+
+
+def test_worker_death_is_503_and_the_slot_restarts(server, http):
+    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    connection = open_request(server, LONG_JOB)
+    try:
+        (slot,) = wait_for(lambda: busy_slots(http), 30, "the long job to start")
+        os.kill(slot["pid"], signal.SIGKILL)  # a worker of this test's own server
+        response = connection.getresponse()
+        error = json.loads(response.read())["error"]
+    finally:
+        connection.close()
+    assert response.status == 503 and error["code"] == "worker_failed", error
+    assert "Traceback" not in error["message"]
+    wait_for(lambda: all(s["alive"] for s in http.get("/health").json()["slots"]), 120, "the slot to restart")
+    assert http.get("/health").json()["status"] == "ok"
+
+
+def test_metrics_count_jobs_and_read_slots(http):
+    ok_before = metric(http, "studio_jobs_total", model="sdxl-turbo", outcome="ok")
+    response = http.post("/v1/images/generations", json={"model": "sdxl-turbo", "prompt": "count me", "size": "64x64"})
+    assert response.status_code == 200, response.text
+    scrape = http.get("/metrics")
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    assert metric(http, "studio_jobs_total", model="sdxl-turbo", outcome="ok") == ok_before + 1
+    assert metric(http, "studio_job_duration_seconds_count", model="sdxl-turbo") >= 1
+    assert metric(http, "studio_jobs_total", model="sdxl-base", outcome="timeout") >= 1
+    assert metric(http, "studio_jobs_total", model="sdxl-base", outcome="worker_failed") >= 1
+    assert metric(http, "studio_queue_depth") == 0
+    for slot in ("0", "1"):
+        assert metric(http, "studio_slot_busy", slot=slot, device="cpu") == 0
+        assert metric(http, "studio_slot_alive", slot=slot, device="cpu") == 1
+    assert sum(metric(http, "studio_model_loads_total", slot=slot) for slot in ("0", "1")) >= 2
+
+
+# ---------------------------------------------------------------- the entry point
+
+
+def test_app_py_serves_ui_rest_and_docs_and_exits_cleanly(models_dir, tmp_path):
+    """``python app.py`` as users and Spaces run it: flags and STUDIO_* variables, one port for everything."""
+    env = {"STUDIO_API_KEY": "env-key", "STUDIO_OUTPUTS_DIR": str(tmp_path / "outputs")}
+    with run_app(["--devices", "cpu", "--models-dir", str(models_dir), "--max-queue", "4"], env=env) as app:
+        models = httpx.get(f"{app.base_url}/v1/models", headers={"Authorization": "Bearer env-key"}, timeout=30)
+        assert models.status_code == 200 and len(models.json()["data"]) == 15
+        assert httpx.get(f"{app.base_url}/v1/models", timeout=30).status_code == 401
+        health = httpx.get(f"{app.base_url}/health", timeout=30).json()
+        assert [slot["device"] for slot in health["slots"]] == ["cpu"] and health["max_queue"] == 4
+        assert httpx.get(f"{app.base_url}/docs", timeout=30).status_code == 200
+        assert "gradio" in httpx.get(f"{app.base_url}/", timeout=30).text.lower()
+    assert app.process.returncode == 0, app.output()[-3000:]
+    assert "Traceback" not in app.output()
