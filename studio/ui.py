@@ -146,7 +146,8 @@ def card_html(spec: ModelSpec, compact: bool = False) -> str:
             ("Guidance", "adjustable" if spec.cfg else f"fixed at {spec.limits.min_guidance:g} (distilled)"),
             ("Max size", f"{spec.limits.max_side} px side"),
         ]
-    rows.append(("Repo", f'<a href="https://huggingface.co/{e(spec.repo)}" target="_blank"><code>{e(spec.repo)}</code></a>'))
+    link = f'<a href="https://huggingface.co/{e(spec.repo)}" target="_blank"><code>{e(spec.repo)}</code></a>'
+    rows.append(("Repo", link))
     items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
     return (
         f'<div class="model-card" data-model="{e(spec.id)}">'
@@ -178,6 +179,8 @@ def describe(event: Progress, spec: ModelSpec) -> tuple[str, float | None]:
                 else "Waiting for a free slot"), None
     if event.stage == "loading":
         return f"Loading {spec.label}{slot} (the first run of a model takes a while)", None
+    if event.stage == "generating":
+        return f"Generating{slot}", 0.0
     if event.stage == "step" and event.total:
         return f"Step {event.step} / {event.total}{slot}", event.step / event.total
     if event.stage == "encoding":
@@ -242,18 +245,20 @@ class Studio:
     def style(self, style_id: str | None) -> Style:
         key = (style_id or NO_STYLE).strip().lower()
         if key not in self.styles:
-            raise InvalidRequest(f"style: unknown style '{style_id}'; available: {', '.join(self.styles)}", field="style")
+            known = ", ".join(self.styles)
+            raise InvalidRequest(f"style: unknown style '{style_id}'; available: {known}", field="style")
         return self.styles[key]
 
     def resolve(self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style):
         """Validate the inputs once (pydantic limits, then the model's own) into a resolved request."""
         spec = self.catalog.get(model)
         seed = _int(seed, "seed")
-        prompt, negative = self.style(style).apply((prompt or "").strip(), (negative_prompt or "").strip(),
-                                                   spec.negative_prompt)
+        text, negative = (prompt or "").strip(), (negative_prompt or "").strip()
+        if text:  # an empty prompt stays empty, styled or not, so validation names it
+            text, negative = self.style(style).apply(text, negative, spec.negative_prompt)
         request = parse_request(
             dict(
-                prompt=prompt if (prompt or "").strip() else "",
+                prompt=text,
                 negative_prompt=negative or None,
                 model=spec.id,
                 width=_int(width, "width"),
@@ -280,7 +285,10 @@ class Studio:
                 yield event
             result = await job.result()
         finally:
-            self._jobs.get(session, set()).discard(job)
+            running = self._jobs.get(session, set())
+            running.discard(job)
+            if not running:
+                self._jobs.pop(session, None)
             if not job.done():
                 job.cancel()
         files = [self.history.save(png, pngmeta.metadata(request, seed))
@@ -299,20 +307,21 @@ class Studio:
             prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
         )
         session_images = list(session_images or [])
-        yield status_html("Starting", 0.0), gr.skip(), gr.skip(), gr.skip()
+        keep = gr.skip(), gr.skip(), gr.skip(), gr.skip()  # the outputs that only change at the end
+        yield status_html("Starting", 0.0), *keep
         try:
             async for item in self.run(spec, resolved, request.session_hash if request else None):
                 if isinstance(item, Progress):
                     text, fraction = describe(item, spec)
-                    progress(fraction if fraction is not None else None, desc=text)
-                    yield status_html(text, fraction), gr.skip(), gr.skip(), gr.skip()
+                    progress(fraction, desc=text)
+                    yield status_html(text, fraction), *keep
                 else:
                     files, result = item
         except JobCancelled:
-            yield status_html("Cancelled."), gr.skip(), gr.skip(), gr.skip()
+            yield status_html("Cancelled."), *keep
             return
         except StudioError as exc:
-            yield status_html(exc.message, error=True), gr.skip(), gr.skip(), gr.skip()
+            yield status_html(exc.message, error=True), *keep
             raise gr.Error(exc.message) from None
         params = result_params(resolved, result, style or NO_STYLE, files)
         fresh = [(str(path), self._caption(resolved, seed)) for path, seed in zip(files, resolved.seeds)]
@@ -321,7 +330,7 @@ class Studio:
         done = (f"Done: {count} image{'s' if count > 1 else ''} in {result.duration_s:.1f} s"
                 f" · seed{'s' if count > 1 else ''} {', '.join(map(str, resolved.seeds))}"
                 + (f" · slot {result.slot}" if result.slot is not None else ""))
-        yield status_html(done, 1.0), session_images, params, session_images
+        yield status_html(done, 1.0), session_images, params, session_images, str(files[0])
 
     async def on_api_generate(
         self,
@@ -353,8 +362,10 @@ class Studio:
             raise gr.Error(exc.message) from None
         return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
 
-    def on_cancel_click(self, request: gr.Request):
-        """Stop this browser's jobs in their workers (queued ones leave the queue at once)."""
+    async def on_cancel_click(self, request: gr.Request):
+        """Stop this browser's jobs in their workers (queued ones leave the queue at once).
+
+        Async, so it runs on the event loop with the generate handlers that fill ``_jobs``."""
         jobs = list(self._jobs.get(request.session_hash if request else None, ()))
         for job in jobs:
             job.cancel()
@@ -426,7 +437,10 @@ class Studio:
         """Fill every control from the selected image's metadata, ready to generate it again."""
         if not path:
             raise gr.Error("Select an image in the gallery first.")
-        params = pngmeta.read(path)
+        try:
+            params = pngmeta.read(path)
+        except OSError:
+            raise gr.Error("That image is no longer in the outputs folder.") from None
         if not params.get("model") or not params.get("prompt"):
             raise gr.Error("That image has no Image Studio parameters to reuse.")
         spec = self._spec_or_error(params["model"])
@@ -508,17 +522,22 @@ def model_summary(spec: ModelSpec) -> dict:
 
 
 def slots_html(status: dict) -> str:
-    """"slot 0 · sdxl-turbo · busy" pills and the queue depth, from ``manager.status()``."""
+    """One pill per slot ("cuda:0 · sdxl-base · busy") and the queue depth, from ``manager.status()``."""
     pills = []
-    for index, slot in enumerate(status.get("slots") or []):
-        slot = slot if isinstance(slot, dict) else {}
-        busy = bool(slot.get("busy") or slot.get("job"))
-        model = slot.get("model") or "empty"
-        device = slot.get("device") or f"slot {index}"
-        pills.append(f'<span class="slot {"busy" if busy else "idle"}">{html.escape(str(device))} · '
-                     f'{html.escape(str(model))} · {"busy" if busy else "idle"}</span>')
-    queued = status.get("queue_depth", status.get("queued", 0)) or 0
-    return f"{''.join(pills)} <span class=\"queue\">{queued} queued</span>"
+    for slot in status.get("slots") or []:
+        model = slot.get("model") or "no model"
+        if slot.get("loading"):
+            text, css = f"loading {slot['loading']}", "busy"
+        elif slot.get("busy"):
+            text, css = f"{model} · busy", "busy"
+        elif slot.get("state", "ready") == "ready":
+            text, css = f"{model} · idle", "idle"
+        else:  # starting, or dead and waiting for its restart
+            text, css = "restarting" if slot.get("state") == "dead" else str(slot.get("state")), "busy"
+        device = html.escape(str(slot.get("device", "?")))
+        pills.append(f'<span class="slot {css}">{device} · {html.escape(text)}</span>')
+    queued = status.get("queue_depth", 0) or 0
+    return f'{"".join(pills)} <span class="queue">{queued} queued</span>'
 
 
 # ---------------------------------------------------------------- layout and wiring
@@ -577,7 +596,7 @@ def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
                                                         visible=not default.cfg or fixed)
                             with gr.Row(elem_id="seed-row"):
                                 seed = gr.Number(RANDOM_SEED, label="Seed", precision=0, elem_id="seed", scale=4,
-                                                 info=f"{RANDOM_SEED} draws a new seed each run; 0..{MAX_SEED} repeats one")
+                                                 info=f"{RANDOM_SEED}: a new seed each run; 0..{MAX_SEED} repeats one")
                                 randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90)
                             num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
                     with gr.Column(scale=7, elem_id="results"):
@@ -654,7 +673,7 @@ def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
             [generate.click, prompt.submit],
             studio.on_generate_click,
             [*generate_inputs, session_images],
-            [job_status, results, params, session_images],
+            [job_status, results, params, session_images, selected],
             api_visibility="private",
             concurrency_id=CONCURRENCY_ID,
             concurrency_limit=slots,
