@@ -389,7 +389,9 @@ class Slot:
         return self.process.pid if self.process is not None else None
 
     def alive(self) -> bool:
-        return self.state == "ready" and self.process is not None and self.process.is_alive()
+        # No process.is_alive() here: it reaps the child, racing the reader thread that wants the exit code.
+        # A dead process closes its pipe, and the reader marks the slot dead at once.
+        return self.state == "ready" and self.process is not None
 
 
 def plan_dispatch(
@@ -522,11 +524,13 @@ class SlotManager:
             for slot in self._slots:
                 if slot.job is not None:
                     self._end(slot.job, JobCancelled(f"job {slot.job.id} was cancelled: {reason}"))
-                self._send(slot, ("stop",))
             self._cond.notify_all()
         atexit.unregister(self.shutdown)
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
-            self._supervisor.join()
+            self._supervisor.join()  # after this no restart can begin
+        with self._cond:
+            for slot in self._slots:
+                self._send(slot, ("stop",))  # also cancels the running job, at its next step
         deadline = time.monotonic() + join_s
         for slot in self._slots:
             process = slot.process

@@ -121,16 +121,21 @@ def two_slots(tiny_models, catalog):
 
 
 @pytest.fixture(scope="module")
-def one_slot(tiny_models, catalog):
-    """One CPU worker with sdxl-base, a queue of two and a 5-second job timeout."""
+def one_slot(tiny_models, catalog, tmp_path_factory):
+    """One CPU worker with sdxl-base, a queue of two, a 5-second job timeout, quick restart back-off,
+    and a crash switch: while ``manager.crash_marker`` exists, its worker dies at start-up."""
+    marker = tmp_path_factory.mktemp("faults") / "crash-at-start"
+    os.environ[faults.CRASH_MARKER_ENV] = str(marker)  # spawned workers inherit it
     settings = Settings(
         devices=["cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE],
-        fault_hook="faults:install", job_timeout_s=5, max_queue=2,
+        fault_hook="faults:crash_while_marked", job_timeout_s=5, max_queue=2,
     )
-    manager = SlotManager(settings, catalog, cancel_grace_s=1.0)
+    manager = SlotManager(settings, catalog, cancel_grace_s=1.0, restart_base_s=0.5, restart_cap_s=2.0)
+    manager.crash_marker = marker
     manager.start()
     yield manager
     manager.shutdown()
+    os.environ.pop(faults.CRASH_MARKER_ENV, None)
 
 
 # ---------------------------------------------------------------- pure parts: no processes
@@ -458,28 +463,21 @@ def test_a_worker_that_ignores_its_timeout_is_killed_and_replaced(one_slot, cata
 # ---------------------------------------------------------------- crash loops
 
 
-def test_a_crash_loop_backs_off_and_recovers(tiny_models, catalog, tmp_path, monkeypatch):
-    marker = tmp_path / "crash"
-    monkeypatch.setenv(faults.CRASH_MARKER_ENV, str(marker))  # spawned workers inherit it
-    settings = Settings(devices=["cpu"], models_dir=tiny_models(BASE), fault_hook="faults:crash_while_marked")
-    manager = SlotManager(settings, catalog, restart_base_s=0.5, restart_cap_s=2.0)
-    manager.start()
+def test_a_crash_loop_backs_off_and_recovers(one_slot, catalog):
+    old_pid = slot_status(one_slot, 0)["pid"]
+    one_slot.crash_marker.touch()
     try:
-        old_pid = slot_status(manager, 0)["pid"]
-        marker.touch()
-        job = submit(manager, catalog, BASE, prompt=faults.SEGFAULT)
         with pytest.raises(WorkerFailed, match="killed by SIGSEGV"):
-            job.wait(START_S)
-        wait_until(lambda: slot_status(manager, 0)["crashes_in_row"] >= 4, 30, "four crashes in a row")
-        status = slot_status(manager, 0)
+            submit(one_slot, catalog, BASE, prompt=faults.SEGFAULT).wait(START_S)
+        wait_until(lambda: slot_status(one_slot, 0)["crashes_in_row"] >= 4, 30, "four crashes in a row")
+        status = slot_status(one_slot, 0)
         assert not status["alive"] and "exited with code 3 before it was ready" in status["last_error"]
         # Restarts now come 2 s apart (the cap), not back to back.
         restarts = status["restarts"]
         time.sleep(1.0)
-        assert slot_status(manager, 0)["restarts"] <= restarts + 1
-        waiting = submit(manager, catalog, BASE)  # waits in the queue for the slot
-        marker.unlink()
-        wait_restarted(manager, 0, old_pid)
-        assert waiting.wait(START_S).images
+        assert slot_status(one_slot, 0)["restarts"] <= restarts + 1
+        waiting = submit(one_slot, catalog, BASE)  # waits in the queue for the slot
     finally:
-        manager.shutdown()
+        one_slot.crash_marker.unlink()
+    wait_restarted(one_slot, 0, old_pid)
+    assert waiting.wait(START_S).images
