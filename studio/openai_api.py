@@ -21,7 +21,7 @@ import io
 import logging
 import re
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studio.catalog import ModelSpec
-from studio.errors import InvalidRequest, JobTimeout, QueueFull, StudioError, Unauthorized
+from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized
 from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, allowed_range, parse_request
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,23 @@ SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-def _extra(name: str, description: str) -> Field:
-    """An extras field whose limits live in ``GenerationRequest`` (validated there, shown here in the docs)."""
-    bounds = allowed_range(name)
-    schema = {}
-    if bounds:
-        low, high = bounds.split("..")
-        schema = {"minimum": float(low) if "." in low else int(low), "maximum": float(high) if "." in high else int(high)}
-        description = f"{description} Allowed {bounds}; the model may allow less (see GET /v1/models)."
-    return Field(None, description=description, json_schema_extra=schema or None)
+def field_bounds(model: type[BaseModel], name: str) -> tuple[float, float] | None:
+    """The ``ge``/``le`` bounds of a pydantic field, when it has both."""
+    info = model.model_fields.get(name)
+    if info is None:
+        return None
+    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+    return None if low is None or high is None else (low, high)
+
+
+def _extra(name: str, description: str) -> Any:
+    """An extras field whose limits live in ``GenerationRequest``: checked there (once), shown here in the docs."""
+    bounds = field_bounds(GenerationRequest, name)
+    if bounds is None:
+        return Field(None, description=description)
+    description = f"{description} Allowed {allowed_range(name)}; the model may allow less (see GET /v1/models)."
+    return Field(None, description=description, json_schema_extra={"minimum": bounds[0], "maximum": bounds[1]})
 
 
 # ---------------------------------------------------------------- request and response models
@@ -262,21 +270,10 @@ def invalid_from_validation(exc: RequestValidationError) -> InvalidRequest:
         field_name, message = None, "the body is not valid JSON"
     elif kind == "missing" and not field_name:
         message = "a JSON body is required"
-    bounds = _bounds(field_name)
+    bounds = field_bounds(ImageGenerationRequest, field_name or "")
     if bounds and kind not in ("extra_forbidden", "missing"):
-        message = f"{message} (allowed {bounds})"
+        message = f"{message} (allowed {bounds[0]}..{bounds[1]})"
     return InvalidRequest(f"{field_name or 'body'}: {message}", field=field_name)
-
-
-def _bounds(field_name: str | None) -> str | None:
-    info = ImageGenerationRequest.model_fields.get(field_name or "")
-    if info is None:
-        return None
-    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
-    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
-    if low is None or high is None:
-        return allowed_range(field_name)
-    return f"{low}..{high}"
 
 
 bearer = HTTPBearer(auto_error=False, description="The server's API key, when it was started with --api-key.")
@@ -350,7 +347,11 @@ async def wait_for_result(job, request: Request, timeout_s: float) -> JobResult 
         while True:
             done, _ = await asyncio.wait({outcome}, timeout=DISCONNECT_POLL_S)
             if done:
-                return outcome.result()
+                try:
+                    return outcome.result()
+                except JobCancelled as exc:
+                    # Not this request's doing (a client that leaves gets None): the studio is stopping.
+                    raise http_error(503, exc.message, code="cancelled") from None
             if await request.is_disconnected():
                 log.info("client closed the request; cancelling job %s", job.id)
                 return None

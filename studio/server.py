@@ -88,7 +88,10 @@ def mount_ui(app: FastAPI, catalog, manager, settings: Settings) -> None:
 
     from studio.ui import build_ui, mount_options
 
-    gr.mount_gradio_app(app, build_ui(catalog, manager, settings), path="/", **mount_options(settings))
+    gr.mount_gradio_app(
+        app, build_ui(catalog, manager, settings), path="/",
+        server_name=settings.host, server_port=settings.port, **mount_options(settings),
+    )
 
 
 async def health(request: Request) -> JSONResponse:
