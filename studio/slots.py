@@ -12,7 +12,7 @@ so the choice uses what is true at that moment:
    in the queue wants, then the least recently used; that slot swaps models.
 
 A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
-back-off when it keeps dying. A job running past ``settings.job_timeout_s`` is cancelled and
+back-off when it keeps dying (and without its preloads once a restart failed to come up). A job running past ``settings.job_timeout_s`` is cancelled and
 fails with ``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed.
 
 Runs in the parent process: never imports torch.
@@ -757,6 +757,11 @@ class SlotManager:
         if self._phase == "starting":
             self._cond.notify_all()  # start() reports it; no restarts before the studio is up
             return
+        if was == "starting" and slot.preload:
+            # Preloading is only a head start; a slot that cannot come up with it comes up empty.
+            log.warning("slot %d (%s): restarting without preloading %s", slot.index, slot.device,
+                        ", ".join(spec.id for spec in slot.preload))
+            slot.preload = []
         if slot.killed:
             slot.killed = False
         else:

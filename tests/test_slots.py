@@ -479,5 +479,6 @@ def test_a_crash_loop_backs_off_and_recovers(one_slot, catalog):
         waiting = submit(one_slot, catalog, BASE)  # waits in the queue for the slot
     finally:
         one_slot.crash_marker.unlink()
-    wait_restarted(one_slot, 0, old_pid)
+    status = wait_restarted(one_slot, 0, old_pid)
+    assert status["model"] is None  # a restart that failed to come up drops the preload
     assert waiting.wait(START_S).images
