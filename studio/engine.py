@@ -1,21 +1,30 @@
 """``Engine``: one device holding at most one resident pipeline, turning requests into PNGs.
 
-The worker process wraps one Engine; the command line uses one in-process.
+The worker process wraps one Engine; the command line uses one in-process. With
+``options.ram_cache_gb > 0`` a model swap parks the old pipeline in CPU RAM (``PipelineCache``)
+instead of dropping it, so swapping back does not reread the disk. ``loads`` counts disk loads,
+``cache_hits`` the swaps the cache served.
+
 Imports torch, so never import this module in the parent server process.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import time
+from collections import OrderedDict
 from typing import Callable
 
 import torch
 
-from studio import families, pngmeta
+from studio import families, pngmeta, speed
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled, ModelLoadFailed, OutOfMemory, StudioError
 from studio.schemas import GenerationRequest, JobResult
+from studio.speed import EngineOptions
+
+log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, int], None]
 OnStage = Callable[[str], None]
@@ -25,41 +34,85 @@ def _ignore(*_args) -> None:
     return None
 
 
+class PipelineCache:
+    """Pipelines parked in CPU RAM, keyed by spec, at most ``max_bytes`` in all; least recently used leave first."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[ModelSpec, tuple[object, int]] = OrderedDict()
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self._entries.values())
+
+    @property
+    def model_ids(self) -> list[str]:
+        """Oldest first."""
+        return [spec.id for spec in self._entries]
+
+    def __contains__(self, spec: ModelSpec) -> bool:
+        return spec in self._entries
+
+    def fits(self, size: int) -> bool:
+        return 0 < size <= self.max_bytes
+
+    def put(self, spec: ModelSpec, pipe, size: int) -> list[str]:
+        """Park ``pipe``; returns the ids evicted to make room."""
+        self._entries.pop(spec, None)
+        self._entries[spec] = (pipe, size)
+        evicted = []
+        while self.bytes > self.max_bytes:
+            old_spec, _ = self._entries.popitem(last=False)
+            evicted.append(old_spec.id)
+        return evicted
+
+    def take(self, spec: ModelSpec):
+        """Remove and return the parked pipeline of ``spec``, or None."""
+        entry = self._entries.pop(spec, None)
+        return entry[0] if entry else None
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 class Engine:
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", options: EngineOptions | None = None):
         self.device = device
+        self.options = options or EngineOptions()
         self.spec: ModelSpec | None = None
         self.pipe = None
-        self.loads = 0
+        self.loads = 0  # pipelines read from disk
+        self.cache_hits = 0  # swaps served from the RAM cache
+        self.cache = PipelineCache(self.options.ram_cache_bytes)
+        self._on_cpu = torch.device(device).type == "cpu"
 
     @property
     def model_id(self) -> str | None:
         return self.spec.id if self.spec else None
 
     def ensure(self, spec: ModelSpec) -> bool:
-        """Make ``spec`` the resident model; True when that took a load."""
+        """Make ``spec`` the resident model; True when that took a swap (from the RAM cache or the disk)."""
         if self.spec == spec and self.pipe is not None:
             return False
-        self.unload()  # free the old pipeline first: two resident models rarely fit
-        try:
-            self.pipe = families.load_pipeline(spec, self.device)
-        except (torch.OutOfMemoryError, MemoryError):
-            self.unload()
-            raise OutOfMemory(f"out of memory while loading {spec.id} on {self.device}") from None
-        except StudioError:
-            raise
-        except Exception as exc:  # a missing repo, a corrupt file: the slot stays usable
-            self.unload()
-            raise ModelLoadFailed(f"could not load {spec.id} from {spec.source}: {exc}", field="model") from None
+        parked = self.cache.take(spec)  # before parking the old one, which could otherwise evict it
+        self._park()  # the old pipeline leaves the device first: two resident models rarely fit
+        if parked is not None:
+            self.pipe = self._to_device(parked, spec)
+            self.cache_hits += 1
+        else:
+            self.pipe = self._load(spec)
+            self.loads += 1
         self.spec = spec
-        self.loads += 1
         return True
 
     def unload(self) -> None:
+        """Drop the resident pipeline (the RAM cache keeps its own) and give its memory back."""
         self.pipe, self.spec = None, None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self._free()
+
+    def clear_cache(self) -> None:
+        self.cache.clear()
+        self._free()
 
     def run(
         self,
@@ -75,12 +128,15 @@ class Engine:
         loaded = self.ensure(spec)
         on_stage("generating")
         try:
+            speed.prepare(self.pipe, request)
             images = families.generate(self.pipe, spec, request, on_step)
         except JobCancelled:
             raise
-        except (torch.OutOfMemoryError, MemoryError):
+        except (torch.OutOfMemoryError, MemoryError) as exc:
             # The pipeline may hold half-built activations: drop everything and start clean.
             self.unload()
+            if isinstance(exc, MemoryError):
+                self.clear_cache()  # CPU RAM ran out: parked pipelines are the first thing to give back
             raise OutOfMemory(
                 f"out of memory generating {request.width}x{request.height} x{request.num_images} with {spec.id} "
                 f"on {self.device}; try a smaller size or fewer images"
@@ -88,3 +144,63 @@ class Engine:
         on_stage("encoding")
         pngs = [pngmeta.encode(image, request, seed, spec.label) for image, seed in zip(images, request.seeds)]
         return JobResult(request=request, images=pngs, duration_s=time.perf_counter() - started, loaded_model=loaded)
+
+    # -- swapping -------------------------------------------------------------------------
+
+    def _load(self, spec: ModelSpec):
+        """Read ``spec`` from disk onto the device and apply the speed options."""
+        try:
+            pipe = families.load_pipeline(spec, self.device)
+            speed.optimize(pipe, spec, self.device, self.options)
+            return pipe
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            self.unload()
+            if isinstance(exc, MemoryError):
+                self.clear_cache()
+            raise OutOfMemory(f"out of memory while loading {spec.id} on {self.device}") from None
+        except StudioError:
+            raise
+        except Exception as exc:  # a missing repo, a corrupt file: the slot stays usable
+            self.unload()
+            raise ModelLoadFailed(f"could not load {spec.id} from {spec.source}: {exc}", field="model") from None
+
+    def _to_device(self, pipe, spec: ModelSpec):
+        """Bring a parked pipeline back (a no-op on CPU, where parked pipelines never left)."""
+        if self._on_cpu:
+            return pipe
+        try:
+            return pipe.to(self.device)
+        except (torch.OutOfMemoryError, MemoryError):
+            del pipe  # half on the device, half not: not worth keeping
+            self.unload()
+            raise OutOfMemory(f"out of memory while moving {spec.id} from RAM to {self.device}") from None
+
+    def _park(self) -> None:
+        """Move the resident pipeline into the RAM cache when it fits there, else drop it."""
+        pipe, spec = self.pipe, self.spec
+        self.pipe, self.spec = None, None
+        if pipe is None:
+            return
+        if self.cache.max_bytes > 0:
+            size = speed.pipeline_bytes(pipe)
+            if self.cache.fits(size):
+                try:
+                    if not self._on_cpu:
+                        pipe.to("cpu")
+                    evicted = self.cache.put(spec, pipe, size)
+                except MemoryError:
+                    self.clear_cache()
+                    evicted = []
+                if evicted:
+                    log.debug("RAM cache evicted %s to park %s", ", ".join(evicted), spec.id)
+                if self._on_cpu and not evicted:
+                    return  # nothing left the process: no memory to give back
+            else:
+                log.debug("%s (%d bytes) is larger than the RAM cache; dropped", spec.id, size)
+        del pipe
+        self._free()
+
+    def _free(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,235 @@
+"""Loading and speed options: what the Engine does to a pipeline so it runs fast, and when.
+
+Three moments, three functions:
+
+    load_kwargs(device)                      extra ``from_pretrained`` arguments (weights straight to the GPU)
+    optimize(pipe, spec, device, options)    once, after a pipeline is read from disk
+    prepare(pipe, request)                   before every call (VAE tiling for big images)
+
+Options that are safe and help on CUDA are on by default there and skipped elsewhere (fused
+q/k/v projections, channels-last UNets, direct-to-device loading). Options that change the
+images or cost minutes of warm-up are opt-in (``torch.compile``, the first-block step cache)
+and apply on any device when asked for. Every option degrades: a pipeline that lacks what an
+option needs skips it, logged at debug level.
+
+Imports torch only inside functions: the parent process builds ``EngineOptions`` from the
+settings and must never import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# Where each of our pipelines keeps its denoising network (Stable Cascade has two stages).
+DENOISERS = ("unet", "transformer", "prior_prior", "decoder")
+# Pipelines whose denoising loop opens ``transformer.cache_context``: diffusers' step-cache
+# hooks keep their state there and fail without it, so only these may turn the cache on.
+STEP_CACHE_PIPELINES = frozenset({"FluxPipeline"})
+TILED_VAE_ABOVE = 2048  # px on the longer side; a one-piece decode above it needs tens of GB
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an Engine loads and runs pipelines. Picklable: the parent hands it to each worker."""
+
+    ram_cache_gb: float = 0.0  # GiB of CPU RAM for recently used pipelines; 0 turns the cache off
+    compile: bool = False  # opt-in: torch.compile the denoiser (first calls per image size are slow)
+    step_cache: bool = False  # opt-in: first-block cache; faster, images differ slightly
+    fuse_qkv: bool = True  # CUDA: one matmul for q, k and v instead of three
+    channels_last: bool = True  # CUDA: NHWC convolutions in UNets (tensor-core friendly)
+    compile_backend: str = "inductor"  # torch.compile backend; others ("eager") only check the wiring
+    step_cache_threshold: float = 0.05  # diffusers' default: higher skips more steps and drifts more
+
+    @classmethod
+    def from_settings(cls, settings) -> "EngineOptions":
+        return cls(ram_cache_gb=settings.ram_cache_gb, compile=settings.compile, step_cache=settings.step_cache)
+
+    @property
+    def ram_cache_bytes(self) -> int:
+        return max(0, int(self.ram_cache_gb * GIB))
+
+
+def load_kwargs(device: str) -> dict:
+    """``from_pretrained`` arguments that put the weights straight on the GPU.
+
+    Without a device map diffusers materialises every weight in CPU RAM and then copies it;
+    ``device_map="cuda"`` reads the safetensors onto the device. Pipelines accept only
+    ``"cuda"`` (the current device), so another index gets nothing and moves after loading.
+    """
+    import torch
+
+    target = torch.device(device)
+    if target.type != "cuda" or not torch.cuda.is_available():
+        return {}
+    if target.index is not None and target.index != torch.cuda.current_device():
+        log.debug("direct-to-device loading skipped: %s is not the current CUDA device", device)
+        return {}
+    return {"device_map": "cuda"}
+
+
+def optimize(pipe, spec, device: str, options: EngineOptions) -> list[str]:
+    """Apply the post-load options to a freshly loaded ``pipe``; returns the names of those applied.
+
+    Order matters: fusing and cache hooks change the modules that compile then traces.
+    """
+    import torch
+
+    on_cuda = torch.device(device).type == "cuda"
+    plan = [
+        ("sdpa", True, use_sdpa),
+        ("fuse_qkv", options.fuse_qkv and on_cuda, fuse_qkv),
+        ("channels_last", options.channels_last and on_cuda, channels_last),
+        ("step_cache", options.step_cache, lambda p: step_cache(p, options.step_cache_threshold)),
+        ("compile", options.compile, lambda p: compile_denoiser(p, options.compile_backend)),
+    ]
+    applied = []
+    for name, wanted, apply in plan:
+        if not wanted:
+            continue
+        try:
+            changed = apply(pipe)
+        except Exception as exc:  # an experimental diffusers API that this model does not take
+            log.debug("%s: %s skipped: %s: %s", spec.id, name, type(exc).__name__, exc)
+            continue
+        if changed:
+            applied.append(name)
+        else:
+            log.debug("%s: %s does not apply to %s", spec.id, name, type(pipe).__name__)
+    log.info("%s on %s: %s", spec.id, device, ", ".join(applied) or "no speed options apply")
+    return applied
+
+
+def prepare(pipe, request) -> bool:
+    """Per request: tiled VAE decoding above ``TILED_VAE_ABOVE`` px on a side, one-piece below.
+
+    Set on every call: the pipeline stays resident, and a small image after a big one should not
+    pay for tiling. Returns whether tiling is on.
+    """
+    vae = getattr(pipe, "vae", None)
+    tiled = max(request.width, request.height) > TILED_VAE_ABOVE
+    if vae is None or not hasattr(vae, "enable_tiling") or not hasattr(vae, "disable_tiling"):
+        return False  # Stable Cascade decodes with a VQ model that has no tiling
+    try:
+        vae.enable_tiling() if tiled else vae.disable_tiling()
+    except NotImplementedError as exc:
+        log.debug("VAE tiling skipped for %s: %s", type(vae).__name__, exc)
+        return False
+    return tiled
+
+
+# ---------------------------------------------------------------- the options, one function each
+
+
+def use_sdpa(pipe) -> bool:
+    """Make sure attention runs through ``scaled_dot_product_attention`` (flash / memory-efficient kernels).
+
+    diffusers' default processors already do; the classic ``AttnProcessor`` (plain matmul and
+    softmax, what ``set_default_attn_processor`` installs) does not, and is swapped out.
+    """
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    swapped = False
+    for module in _modules(pipe):
+        processors = getattr(module, "attn_processors", None)
+        if not processors or not any(type(p) is AttnProcessor for p in processors.values()):
+            continue
+        module.set_attn_processor(
+            {name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()}
+        )
+        swapped = True
+    return swapped
+
+
+def fuse_qkv(pipe) -> bool:
+    """Fused q/k/v projections in the denoiser and the VAE, where the model class offers them."""
+    fused = False
+    for name in DENOISERS + ("vae",):
+        module = getattr(pipe, name, None)
+        if module is None or not hasattr(module, "fuse_qkv_projections"):
+            continue
+        try:
+            module.fuse_qkv_projections()
+            fused = True
+        except Exception as exc:  # "added KV projections" and the like: this module stays unfused
+            log.debug("fuse_qkv skipped for %s: %s", type(module).__name__, exc)
+    return fused
+
+
+def channels_last(pipe) -> bool:
+    """NHWC memory format for convolutional denoisers (UNets); transformers gain nothing from it."""
+    import torch
+
+    changed = False
+    for name in DENOISERS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module) and "UNet" in type(module).__name__:
+            module.to(memory_format=torch.channels_last)
+            changed = True
+    return changed
+
+
+def step_cache(pipe, threshold: float) -> bool:
+    """diffusers' first-block cache: when the first block's output barely moved since the last
+    step, reuse the cached output of the remaining blocks."""
+    if type(pipe).__name__ not in STEP_CACHE_PIPELINES:
+        return False
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None or not hasattr(transformer, "enable_cache"):
+        return False
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    return True
+
+
+def compile_denoiser(pipe, backend: str) -> bool:
+    """``torch.compile`` the denoiser: only its repeated blocks where the model names them
+    (regional compilation: the same speed, a fraction of the compile time), else the whole module.
+
+    Compilation happens lazily at the first call; dynamo is told to fall back to eager on a
+    compile error (no C++ compiler, an unsupported op) instead of failing that job.
+    """
+    import torch
+    import torch._dynamo
+
+    compiled = False
+    for name in DENOISERS:
+        module = getattr(pipe, name, None)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        if getattr(module, "_repeated_blocks", None) and hasattr(module, "compile_repeated_blocks"):
+            module.compile_repeated_blocks(backend=backend)
+        else:
+            module.compile(backend=backend)
+        compiled = True
+    if compiled:
+        torch._dynamo.config.suppress_errors = True
+    return compiled
+
+
+def pipeline_bytes(pipe) -> int:
+    """Bytes of every parameter and buffer of the pipeline's modules, shared ones counted once."""
+    seen: set[int] = set()
+    total = 0
+    for module in _modules(pipe):
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _modules(pipe) -> list:
+    """The pipeline's torch modules (text encoders, denoisers, VAE), each once."""
+    import torch
+
+    modules, seen = [], set()
+    for component in getattr(pipe, "components", {}).values():
+        if isinstance(component, torch.nn.Module) and id(component) not in seen:
+            seen.add(id(component))
+            modules.append(component)
+    return modules
