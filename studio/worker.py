@@ -76,7 +76,7 @@ def start_engine(device: str, preload_specs, threads: int | None):
     if threads:
         torch.set_num_threads(threads)  # several CPU slots share the cores; oversubscription is slower
     torch_device = torch.device(device)
-    if torch_device.type == "cuda":
+    if torch_device.type == "cuda" and torch_device.index is not None:
         torch.cuda.set_device(torch_device)  # fails clearly on a missing GPU, before any model loads
     engine = Engine(device)
     timings = []
