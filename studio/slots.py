@@ -487,6 +487,7 @@ class SlotManager:
 
         Raises ``WorkerFailed`` naming the slot, its device and the worker's own message when
         any worker fails to start (the others are stopped), ``UnknownModel`` for a bad preload id.
+        There is no time limit while the workers live: a first preload may download many GB.
         """
         plan = preload_plan([self.catalog.get(model_id).id for model_id in self.settings.preload], len(self._slots))
         with self._cond:
