@@ -347,7 +347,20 @@ class Studio:
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
-        """Generate images. Unset values take the model's defaults; returns the PNG files and their parameters."""
+        """Generate images. Unset values take the model's defaults; returns the PNG files and their parameters.
+
+        Args:
+            prompt: what to draw
+            model: a model id or alias from /models (default: the catalog's default model)
+            negative_prompt: what to avoid, for models that support it
+            width: image width in pixels, within the model's limits
+            height: image height in pixels, within the model's limits
+            steps: denoising steps, 1 to the model's maximum
+            guidance: guidance scale, within the model's range (fixed for distilled models)
+            seed: seed of the first image; image i uses seed + i (default: random)
+            num_images: 1 to 4 images in one batch
+            style: a style preset id, or "none"
+        """
         spec, resolved = self._resolve_or_error(
             prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
         )
@@ -597,7 +610,7 @@ def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
                             with gr.Row(elem_id="seed-row"):
                                 seed = gr.Number(RANDOM_SEED, label="Seed", precision=0, elem_id="seed", scale=4,
                                                  info=f"{RANDOM_SEED}: a new seed each run; 0..{MAX_SEED} repeats one")
-                                randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90)
+                                randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90, size="md")
                             num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
                     with gr.Column(scale=7, elem_id="results"):
                         job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
@@ -669,8 +682,7 @@ def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
         height.input(studio.on_size_edit, [model, width, height], size, **private)
         randomise.click(studio.on_seed_randomise, None, seed, **private)
 
-        generation = gr.on(
-            [generate.click, prompt.submit],
+        generation = generate.click(  # also Ctrl+Enter in the prompt boxes (assets/studio.js)
             studio.on_generate_click,
             [*generate_inputs, session_images],
             [job_status, results, params, session_images, selected],
