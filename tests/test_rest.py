@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import tomllib
 from http.client import HTTPConnection
@@ -29,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from studio import pngmeta
 from studio.catalog import load_catalog
 from studio.config import Settings
-from tests.live import run_app, serve
+from tests.live import ROOT, run_app, serve
 
 API_KEY = "test-key"
 MODELS = ("sdxl-turbo", "sdxl-base")  # sdxl-turbo: no negative prompt, no guidance; sdxl-base: both
@@ -119,11 +121,7 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
 
 def slots_idle(http) -> bool:
     status = http.get("/health").json()
-    return all(not slot["busy"] for slot in status["slots"]) and queue_depth(status) == 0
-
-
-def queue_depth(status: dict) -> int:
-    return status["queue_depth"]
+    return all(not slot["busy"] for slot in status["slots"]) and status["queue_depth"] == 0
 
 
 def metric(http, name: str, **labels) -> float:
@@ -162,6 +160,8 @@ def test_sdk_generates_n_images_with_seeds_and_metadata(client):
         assert decode(image.b64_json).size == (64, 64)
         params = pngmeta.read(png)
         assert (params["model"], params["seed"], params["steps"], params["num_images"]) == ("sdxl-base", seed, 2, 1)
+    first, second = (decode(image.b64_json).tobytes() for image in response.data)
+    assert first != second  # two seeds, two different images
 
 
 def test_data_url_and_model_defaults(http, models_dir):
@@ -320,8 +320,8 @@ def test_queue_full_is_429_and_disconnect_cancels(server, http, client):
     try:
         for _ in range(3):  # two run, one waits
             connections.append(open_request(server, LONG_JOB))
-        wait_for(lambda: (lambda s: sum(x["busy"] for x in s["slots"]) == 2 and queue_depth(s) == 1)(
-            http.get("/health").json()), 60, "two busy slots and one queued job")
+        wait_for(lambda: len(busy_slots(http)) == 2 and http.get("/health").json()["queue_depth"] == 1,
+                 60, "two busy slots and one queued job")
 
         refused = http.post("/v1/images/generations", json={"model": "sdxl-turbo", "prompt": "one more"})
         assert_openai_error(refused, 429, code="queue_full")
@@ -397,3 +397,17 @@ def test_app_py_serves_ui_rest_and_docs_and_exits_cleanly(models_dir, tmp_path):
         assert "gradio" in httpx.get(f"{app.base_url}/", timeout=30).text.lower()
     assert app.process.returncode == 0, app.output()[-3000:]
     assert "Traceback" not in app.output()
+
+
+def test_the_server_process_never_imports_torch(tmp_path):
+    """Building the whole app (REST, metrics, UI) leaves torch to the workers: CUDA must not start in the parent."""
+    code = (
+        "import sys\n"
+        "from studio.config import Settings\n"
+        "from studio.server import create_app\n"
+        f"create_app(Settings(devices=['cpu'], outputs_dir={str(tmp_path)!r}))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'studio.engine') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
