@@ -6,10 +6,11 @@ so the choice uses what is true at that moment:
 1. a job that waited past ``starvation_s`` takes any idle slot first;
 2. a job whose model an idle slot already holds goes there (no load);
 3. a job whose model a busy slot holds (or is about to hold) waits for it when that slot is
-   expected free sooner than a load would take (estimated per model from measured load times
-   and job durations);
-4. otherwise it takes an idle slot, preferring an empty one, then one holding a model nobody
-   in the queue wants, then the least recently used; that slot swaps models.
+   expected free sooner than a swap would take (estimated per model from measured load times,
+   from disk or from a worker's RAM cache, and job durations);
+4. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
+   an empty one, then one holding a model nobody in the queue wants, then the least recently
+   used; that slot swaps models.
 
 A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
 back-off when it keeps dying (and without its preloads once a restart failed to come up). A job running past ``settings.job_timeout_s`` is cancelled and
@@ -42,6 +43,7 @@ from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
 from studio.schemas import GenerationRequest, JobResult, Progress
+from studio.speed import EngineOptions
 from studio.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -137,24 +139,29 @@ def work_units(request: GenerationRequest) -> float:
 
 
 class Estimates:
-    """Per-model moving averages of load time and of seconds per megapixel-step, for routing."""
+    """Per-model moving averages of swap time (from disk, or from a worker's RAM cache) and of
+    seconds per megapixel-step, for routing. Guesses stand in until something was measured."""
 
     SMOOTHING = 0.3
 
-    def __init__(self, default_load_s: float = 20.0, default_unit_s: float = 0.5):
+    def __init__(self, default_load_s: float = 20.0, default_cached_load_s: float = 3.0,
+                 default_unit_s: float = 0.5):
         self.default_load_s = default_load_s
+        self.default_cached_load_s = default_cached_load_s
         self.default_unit_s = default_unit_s
-        self._load_s: dict[str, float] = {}
+        self._load_s: dict[tuple[str, bool], float] = {}
         self._unit_s: dict[str, float] = {}
 
-    def load_s(self, model_id: str) -> float:
-        return self._load_s.get(model_id, self.default_load_s)
+    def load_s(self, model_id: str, cached: bool = False) -> float:
+        default = self.default_cached_load_s if cached else self.default_load_s
+        return self._load_s.get((model_id, cached), default)
 
     def job_s(self, model_id: str, request: GenerationRequest) -> float:
         return work_units(request) * self._unit_s.get(model_id, self.default_unit_s)
 
-    def record_load(self, model_id: str, seconds: float) -> None:
-        self._load_s[model_id] = self._blend(self._load_s.get(model_id), seconds)
+    def record_load(self, model_id: str, seconds: float, cached: bool = False) -> None:
+        key = (model_id, cached)
+        self._load_s[key] = self._blend(self._load_s.get(key), seconds)
 
     def record_run(self, model_id: str, request: GenerationRequest, seconds: float) -> None:
         units = work_units(request)
@@ -167,13 +174,12 @@ class Estimates:
         if job is None:
             return 0.0
         model = job.spec.id
-        if slot.phase == "loading":
-            return max(0.0, self.load_s(model) - (now - slot.phase_since)) + self.job_s(model, job.request)
         if slot.step > 0 and slot.total > 0 and slot.generating_at is not None:
             per_step = (now - slot.generating_at) / slot.step
             return per_step * max(0, slot.total - slot.step)
-        if slot.generating_at is None and slot.model != model:  # sent, not started: a load is ahead
-            return max(0.0, self.load_s(model) - (now - slot.phase_since)) + self.job_s(model, job.request)
+        if slot.generating_at is None and (slot.phase == "loading" or slot.model != model):  # a swap first
+            swap_s = self.load_s(model, cached=model in slot.cached)
+            return max(0.0, swap_s - (now - slot.phase_since)) + self.job_s(model, job.request)
         started = slot.generating_at if slot.generating_at is not None else slot.phase_since
         return max(0.0, self.job_s(model, job.request) - (now - started))
 
@@ -351,6 +357,7 @@ class Slot:
     state: str = "stopped"  # starting | ready | dead | stopped
     started_at: float = 0.0
     model: str | None = None  # resident model
+    cached: list[str] = field(default_factory=list)  # models parked in the worker's RAM cache
     job: Job | None = None  # the job the worker is running (it may already be cancelled)
     phase: str = ""  # "starting" (sent), then the worker's stages
     phase_since: float = 0.0
@@ -363,7 +370,8 @@ class Slot:
     jobs_done: int = 0
     jobs_failed: int = 0
     loads: int = 0
-    loads_before: int = 0  # loads of earlier incarnations, so the count never goes back
+    cache_hits: int = 0
+    counts_before: tuple[int, int] = (0, 0)  # loads and cache hits of earlier incarnations: counts never go back
     restarts: int = 0
     crashes_in_row: int = 0
     restart_at: float | None = None
@@ -414,7 +422,7 @@ def plan_dispatch(
     for job in [job for job in waiting if now - job.queued_at >= starvation_s]:
         if not idle:
             return plan
-        bind(job, _same_model(idle, job) or _victim(idle, waiting))
+        bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id))
     for job in list(waiting):
         match = _same_model(idle, job)
         if match:
@@ -422,13 +430,15 @@ def plan_dispatch(
     for job in list(waiting):
         if not idle:
             break
-        holders = [slot for slot in busy if slot.next_model == job.spec.id]
+        model = job.spec.id
+        holders = [slot for slot in busy if slot.next_model == model]
         if holders:
             soonest = min(holders, key=lambda slot: free_at[slot.index])
-            if free_at[soonest.index] - now < estimates.load_s(job.spec.id):
-                free_at[soonest.index] += estimates.job_s(job.spec.id, job.request)
+            swap_s = min(estimates.load_s(model, cached=model in slot.cached) for slot in idle)
+            if free_at[soonest.index] - now < swap_s:
+                free_at[soonest.index] += estimates.job_s(model, job.request)
                 continue
-        bind(job, _victim(idle, waiting))
+        bind(job, _victim(idle, waiting, model))
     return plan
 
 
@@ -436,10 +446,13 @@ def _same_model(idle: list[Slot], job: Job) -> Slot | None:
     return next((slot for slot in idle if slot.model == job.spec.id), None)
 
 
-def _victim(idle: list[Slot], waiting: list[Job]) -> Slot:
-    """The idle slot whose model is cheapest to give up: none, unwanted, least recently used."""
+def _victim(idle: list[Slot], waiting: list[Job], model: str) -> Slot:
+    """The idle slot to swap to ``model``: one with it in its RAM cache, else the one whose
+    resident model is cheapest to give up: none, unwanted, least recently used."""
     wanted = {job.spec.id for job in waiting}
-    return min(idle, key=lambda slot: (slot.model is not None, slot.model in wanted, slot.last_used))
+    return min(idle, key=lambda slot: (
+        model not in slot.cached, slot.model is not None, slot.model in wanted, slot.last_used,
+    ))
 
 
 # ---------------------------------------------------------------- the manager
@@ -469,6 +482,7 @@ class SlotManager:
         self.restart_cap_s = restart_cap_s
         self.devices = resolve_devices(settings)
         self.estimates = Estimates()
+        self.engine_options = EngineOptions.from_settings(settings)
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot live in a forked child
         self._cond = threading.Condition()
         self._slots = [Slot(index, device) for index, device in enumerate(self.devices)]
@@ -598,6 +612,8 @@ class SlotManager:
                     "jobs_done": slot.jobs_done,
                     "jobs_failed": slot.jobs_failed,
                     "loads": slot.loads,
+                    "cache_hits": slot.cache_hits,
+                    "cached": list(slot.cached),
                     "restarts": slot.restarts,
                     "crashes_in_row": slot.crashes_in_row,
                     "restart_in_s": None if slot.restart_at is None else max(0.0, slot.restart_at - now),
@@ -691,8 +707,8 @@ class SlotManager:
         kind = message[0]
         if kind == "ready":
             info = message[1]
-            slot.state, slot.model = "ready", info["model"]
-            slot.loads = slot.loads_before + info["loads"]
+            slot.state = "ready"
+            self._apply_state(slot, info)
             for model_id, seconds in info["timings"]:
                 self.estimates.record_load(model_id, seconds)
             self._cond.notify_all()  # start() waits on this
@@ -712,8 +728,6 @@ class SlotManager:
             if stage == "loading":
                 slot.loading_at, slot.model = now, None
             elif stage == "generating":
-                if slot.loading_at is not None:
-                    self.estimates.record_load(job.spec.id, now - slot.loading_at)
                 slot.generating_at, slot.model = now, job.spec.id
             job._emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=slot.index))
         elif kind == "step":
@@ -721,8 +735,11 @@ class SlotManager:
             job._emit(Progress("step", step=slot.step, total=slot.total, slot=slot.index))
         elif kind in ("done", "failed"):
             outcome, state = message[2], message[3]
+            if slot.loading_at is not None and slot.generating_at is not None:
+                from_cache = slot.counts_before[1] + state["cache_hits"] > slot.cache_hits
+                self.estimates.record_load(job.spec.id, slot.generating_at - slot.loading_at, cached=from_cache)
             slot.job, slot.last_used, slot.crashes_in_row = None, now, 0
-            slot.model, slot.loads = state["model"], slot.loads_before + state["loads"]
+            self._apply_state(slot, state)
             if kind == "done":
                 slot.jobs_done += 1
                 if slot.generating_at is not None:
@@ -732,11 +749,17 @@ class SlotManager:
             self._end(job, outcome)
             self._dispatch(now)
 
+    def _apply_state(self, slot: Slot, state: dict) -> None:
+        """What the worker says it holds, and its counters on top of earlier incarnations'."""
+        loads_before, hits_before = slot.counts_before
+        slot.model, slot.cached = state["model"], list(state["cached"])
+        slot.loads, slot.cache_hits = loads_before + state["loads"], hits_before + state["cache_hits"]
+
     def _on_exit(self, slot: Slot, exitcode: int | None, now: float) -> None:
         """The worker process is gone: fail its job, and plan a restart unless we are stopping."""
         was = slot.state
-        slot.state, slot.model = "dead", None
-        slot.loads_before = slot.loads
+        slot.state, slot.model, slot.cached = "dead", None, []
+        slot.counts_before = (slot.loads, slot.cache_hits)
         job, slot.job = slot.job, None
         if self._phase in ("stopping", "stopped"):
             slot.state = "stopped"
@@ -785,7 +808,11 @@ class SlotManager:
             target=worker_main,
             name=f"studio-slot-{slot.index}",
             args=(slot.index, slot.device, child_conn, slot.preload),
-            kwargs={"fault_hook": self.settings.fault_hook, "threads": cpu_threads(len(self._slots))},
+            kwargs={
+                "fault_hook": self.settings.fault_hook,
+                "threads": cpu_threads(len(self._slots)),
+                "engine_options": self.engine_options,
+            },
         )
         with self._cond:
             slot.generation += 1
@@ -848,7 +875,7 @@ class SlotManager:
                 self._spawn(slot)
 
     def _enforce_timeouts(self, now: float) -> None:
-        limit = self.settings.job_timeout_s
+        limit = self.settings.job_timeout_s  # read at every check: a changed setting applies at once
         for slot in self._slots:
             job = slot.job
             if job is None or not limit:

@@ -19,8 +19,9 @@ worker -> parent
     ("done", job_id, result, state)    a ``JobResult`` with PNG bytes
     ("failed", job_id, error, state)   a picklable ``StudioError``
 
-``state`` is ``{"model": resident model id or None, "loads": loads so far}``. ``timings`` is a
-list of ``(model_id, load_s)`` for the preloaded models.
+``state`` is ``{"model": resident id or None, "loads": disk loads so far, "cache_hits": swaps
+served from the RAM cache, "cached": ids parked in that cache}``; "ready" carries it too, with
+``timings``: ``(model_id, load_s)`` of each preloaded model.
 """
 
 from __future__ import annotations
@@ -47,18 +48,20 @@ def worker_main(
     preload_specs=(),
     fault_hook: str | None = None,
     threads: int | None = None,
+    engine_options=None,
 ) -> None:
     """Process entry: set up the device, preload and warm, hand-shake, then serve jobs until told to stop."""
     try:
         if fault_hook:  # test-only: see Settings.fault_hook
             call_hook(fault_hook, slot_index, device)
-        engine, timings = start_engine(device, preload_specs, threads)
+        engine, timings = start_engine(device, preload_specs, threads, engine_options)
     except BaseException as exc:  # anything at all: the parent must hear why, not just see an exit
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         conn.close()
         raise SystemExit(1) from None
-    conn.send(("ready", {"pid": os.getpid(), "model": engine.model_id, "loads": engine.loads, "timings": timings}))
-    Worker(slot_index, engine, conn).serve()
+    worker = Worker(slot_index, engine, conn)
+    conn.send(("ready", {"pid": os.getpid(), "timings": timings, **worker.state()}))
+    worker.serve()
 
 
 def call_hook(spec: str, slot_index: int, device: str) -> None:
@@ -67,8 +70,9 @@ def call_hook(spec: str, slot_index: int, device: str) -> None:
     getattr(importlib.import_module(module_name), function_name)(slot_index, device)
 
 
-def start_engine(device: str, preload_specs, threads: int | None):
-    """An Engine on ``device`` holding the last of ``preload_specs``, each loaded and warmed once."""
+def start_engine(device: str, preload_specs, threads: int | None, options=None):
+    """An Engine on ``device`` holding the last of ``preload_specs``, each loaded and warmed once
+    (with a RAM cache, the others stay parked there)."""
     import torch
 
     from studio.engine import Engine
@@ -78,7 +82,7 @@ def start_engine(device: str, preload_specs, threads: int | None):
     torch_device = torch.device(device)
     if torch_device.type == "cuda" and torch_device.index is not None:
         torch.cuda.set_device(torch_device)  # fails clearly on a missing GPU, before any model loads
-    engine = Engine(device)
+    engine = Engine(device, options)
     timings = []
     for spec in preload_specs:
         started = time.perf_counter()
@@ -195,4 +199,6 @@ class Worker:
         return error
 
     def state(self) -> dict:
-        return {"model": self.engine.model_id, "loads": self.engine.loads}
+        engine = self.engine
+        return {"model": engine.model_id, "loads": engine.loads, "cache_hits": engine.cache_hits,
+                "cached": engine.cache.model_ids}

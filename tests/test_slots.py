@@ -122,13 +122,14 @@ def two_slots(tiny_models, catalog):
 
 @pytest.fixture(scope="module")
 def one_slot(tiny_models, catalog, tmp_path_factory):
-    """One CPU worker with sdxl-base, a queue of two, a 5-second job timeout, quick restart back-off,
-    and a crash switch: while ``manager.crash_marker`` exists, its worker dies at start-up."""
+    """One CPU worker with sdxl-base, a queue of two, a RAM cache, quick restart back-off, and a
+    crash switch: while ``manager.crash_marker`` exists, its worker dies at start-up. The manager
+    reads ``settings.job_timeout_s`` at every check, so timeout tests shorten it for themselves."""
     marker = tmp_path_factory.mktemp("faults") / "crash-at-start"
     os.environ[faults.CRASH_MARKER_ENV] = str(marker)  # spawned workers inherit it
     settings = Settings(
         devices=["cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE],
-        fault_hook="faults:crash_while_marked", job_timeout_s=5, max_queue=2,
+        fault_hook="faults:crash_while_marked", max_queue=2, ram_cache_gb=0.5,
     )
     manager = SlotManager(settings, catalog, cancel_grace_s=1.0, restart_base_s=0.5, restart_cap_s=2.0)
     manager.crash_marker = marker
@@ -213,6 +214,21 @@ def test_plan_binds_affinity_before_fifo_and_swaps_the_least_useful_slot(presets
     recent = Slot(4, "cpu", state="ready", model="sana-1.5", last_used=now - 1)
     assert plan_dispatch([newcomer], [recent, lru, empty], Estimates(), now) == [(newcomer, empty)]
     assert plan_dispatch([newcomer], [recent, lru], Estimates(), now) == [(newcomer, lru)]
+
+
+def test_plan_sends_a_job_to_the_slot_with_its_model_in_ram(presets):
+    now = 1000.0
+    job = queued_job(presets, BASE)
+    empty = Slot(0, "cpu", state="ready")
+    parked = Slot(1, "cpu", state="ready", model=TURBO, cached=[BASE], last_used=now)
+    assert plan_dispatch([job], [empty, parked], Estimates(), now) == [(job, parked)]
+    # A swap from RAM beats waiting for a busy holder that a disk load would not beat.
+    busy = busy_slot(2, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.4)  # 2 s left
+    estimates = Estimates()
+    estimates.record_load(BASE, 10.0)
+    estimates.record_load(BASE, 0.5, cached=True)
+    assert plan_dispatch([job], [busy, empty], estimates, now) == []
+    assert plan_dispatch([job], [busy, empty, parked], estimates, now) == [(job, parked)]
 
 
 def test_plan_skips_dead_and_busy_slots(presets):
@@ -441,21 +457,34 @@ def test_events_follow_a_job_from_queue_to_encoding(one_slot, catalog):
     assert second_events[-1].stage == "encoding"
 
 
-def test_a_job_past_its_timeout_is_cancelled(one_slot, catalog):
+def test_a_swap_back_comes_from_the_ram_cache(one_slot, catalog):
+    submit(one_slot, catalog, TURBO).wait(START_S)
+    before = slot_status(one_slot, 0)
+    assert before["model"] == TURBO and BASE in before["cached"]
+    assert submit(one_slot, catalog, BASE).wait(START_S).loaded_model
+    after = slot_status(one_slot, 0)
+    assert (after["loads"], after["cache_hits"]) == (before["loads"], before["cache_hits"] + 1)
+    assert after["model"] == BASE and TURBO in after["cached"]
+
+
+def test_a_job_past_its_timeout_is_cancelled(one_slot, catalog, monkeypatch):
+    monkeypatch.setattr(one_slot.settings, "job_timeout_s", 2)
     pid = slot_status(one_slot, 0)["pid"]
     job = submit(one_slot, catalog, BASE, **LONG)
-    with pytest.raises(JobTimeout, match="longer than 5 s") as caught:
+    with pytest.raises(JobTimeout, match="longer than 2 s") as caught:
         job.wait(START_S)
     assert caught.value.status == 504
     wait_until(lambda: not slot_status(one_slot, 0)["busy"], ROOM_S, "the slot to free")
     assert slot_status(one_slot, 0)["pid"] == pid  # the worker honoured the cancel
 
 
-def test_a_worker_that_ignores_its_timeout_is_killed_and_replaced(one_slot, catalog):
+def test_a_worker_that_ignores_its_timeout_is_killed_and_replaced(one_slot, catalog, monkeypatch):
+    monkeypatch.setattr(one_slot.settings, "job_timeout_s", 2)
     old_pid = slot_status(one_slot, 0)["pid"]
     with pytest.raises(JobTimeout):
         submit(one_slot, catalog, BASE, prompt=faults.HANG).wait(START_S)
     status = wait_restarted(one_slot, 0, old_pid)
+    monkeypatch.undo()  # the next job may pay for a cold load
     assert status["crashes_in_row"] == 0  # our own kill is not a crash
     assert submit(one_slot, catalog, BASE).wait(START_S).images
 
