@@ -68,6 +68,11 @@ def load_kwargs(device: str) -> dict:
     if target.index is not None and target.index != torch.cuda.current_device():
         log.debug("direct-to-device loading skipped: %s is not the current CUDA device", device)
         return {}
+    from diffusers.utils import is_accelerate_available
+
+    if not is_accelerate_available():  # device maps go through accelerate
+        log.debug("direct-to-device loading skipped: accelerate is not installed")
+        return {}
     return {"device_map": "cuda"}
 
 

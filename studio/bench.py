@@ -1,0 +1,586 @@
+"""``python -m studio.bench``: how fast the studio is, measured the way users run it.
+
+On any machine (CPU is enough), with tiny models it builds itself in a temporary folder:
+
+  rest     REST end to end (the real app under uvicorn, one CPU slot, httpx) versus a bare
+           pipeline call of the same request in this process; tiny FLUX.1 [schnell] with the
+           steps chosen so the bare call takes about ``--job-s`` seconds; medians, interleaved
+  routing  a mixed two-model burst on two CPU slots: model loads after warm-up with the slot
+           manager's routing versus round-robin (two Engines fed jobs alternately, the same
+           load-and-run code the workers use)
+  swap     swapping models from the Engine's RAM cache versus a cold load from disk
+  batch    images/s for n=4 in one call versus four n=1 calls
+
+``--gpu --model ID`` on a CUDA device builds the full-size model from its real architecture
+configs (written below, random weights, nothing downloaded) and compares seconds per image at
+the model's default size and steps: our speed options versus bare diffusers defaults.
+
+Prints a table; ``--json FILE`` also writes every sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable, Iterator
+
+REST_MODEL = "flux-schnell"  # the catalog's default model
+SECOND_MODEL = "pixart-sigma"  # the other half of the mixed workload and of the swaps
+REST_SIZE = 128  # small enough that PNG encoding stays a fixed cost, big enough to be an image
+PROBE_STEPS = 16
+CALIBRATION_ROUNDS = 3
+SETTLE_S = 0.02  # pause before each timed call, so the previous call's trailing work is not billed to it
+MAX_BENCH_STEPS = 400
+PROMPT = "a red fox in fresh snow, golden hour"
+STARTUP_TIMEOUT_S = 300.0  # workers import torch and diffusers; slow on two busy cores
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def build_models(models_dir: Path, ids: list[str]) -> Path:
+    """Tiny models in ``models_dir``, with room for the step counts the REST comparison needs."""
+    from studio.catalog import OVERRIDE_FILE
+    from studio.tiny import build
+
+    build(models_dir, ids)
+    for model_id in ids:
+        path = models_dir / model_id / OVERRIDE_FILE
+        tables = tomllib.loads(path.read_text())
+        tables.setdefault("limits", {})["max_steps"] = MAX_BENCH_STEPS
+        path.write_text(_toml(tables))
+    return models_dir
+
+
+def _toml(tables: dict) -> str:
+    """The override files' shape: top-level scalars, then one level of tables of scalars and lists."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in tables.items() if not isinstance(value, dict)]
+    for key, table in tables.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"] + [f"{name} = {json.dumps(value)}" for name, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread on a free localhost port; yields the base URL."""
+    import uvicorn
+
+    # IPPROTO_TCP, not the default 0: asyncio turns on TCP_NODELAY only for sockets that say TCP,
+    # and without it a response written in two parts waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the app did not start; its error is in the log above")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+# ---------------------------------------------------------------- (a) REST versus a bare call
+
+
+def bench_rest(models_dir: Path, repeats: int, job_s: float) -> dict:
+    """Median REST latency over a bare pipeline call of the same request, measured in alternation."""
+    import httpx
+
+    from studio import families
+    from studio.catalog import load_catalog
+    from studio.config import Settings
+    from studio.schemas import GenerationRequest
+    from studio.server import create_app
+
+    catalog = load_catalog(models_dir)
+    spec = catalog.get(REST_MODEL)
+    pipe = families.load_pipeline(spec, "cpu")
+
+    def request(steps: int):
+        fields = dict(prompt=PROMPT, width=REST_SIZE, height=REST_SIZE, steps=steps, seed=1)
+        return spec.check(GenerationRequest(**fields))
+
+    def bare(steps: int) -> float:
+        resolved = request(steps)
+        time.sleep(SETTLE_S)
+        return timed(lambda: families.generate(pipe, spec, resolved, lambda *_: None))
+
+    # Steps scale the job: pick the count that makes the bare call about ``job_s`` (a few rounds,
+    # since a fixed per-call cost and a busy machine both throw the first guess off).
+    steps = PROBE_STEPS
+    bare(steps)
+    for _ in range(CALIBRATION_ROUNDS):
+        probe = median([bare(steps) for _ in range(3)])
+        steps = max(1, min(MAX_BENCH_STEPS, round(steps * job_s / probe)))
+
+    body = {
+        "model": REST_MODEL, "prompt": PROMPT, "size": f"{REST_SIZE}x{REST_SIZE}", "steps": steps, "seed": 1,
+        "response_format": "b64_json",
+    }
+    settings = Settings(
+        devices=["cpu"], models_dir=models_dir, preload=[REST_MODEL], outputs_dir=models_dir / "outputs",
+    )
+    bare_s, rest_s = [], []
+    with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=120) as client:
+
+        def rest() -> float:
+            time.sleep(SETTLE_S)
+            started = time.perf_counter()
+            response = client.post("/v1/images/generations", json=body)
+            response.raise_for_status()
+            base64.b64decode(response.json()["data"][0]["b64_json"])
+            return time.perf_counter() - started
+
+        for _ in range(2):  # warm-up: first calls pay for allocator growth and lazy imports
+            bare(steps), rest()
+        for index in range(repeats):  # alternate, so a noisy neighbour hits both sides alike
+            if index % 2:
+                rest_s.append(rest())
+                bare_s.append(bare(steps))
+            else:
+                bare_s.append(bare(steps))
+                rest_s.append(rest())
+    return {
+        "model": REST_MODEL, "size": f"{REST_SIZE}x{REST_SIZE}", "steps": steps, "repeats": repeats,
+        "bare_s": bare_s, "rest_s": rest_s,
+        "bare_median_s": median(bare_s), "rest_median_s": median(rest_s),
+        "ratio": median(rest_s) / median(bare_s),
+    }
+
+
+# ---------------------------------------------------------------- (b) routing versus round-robin
+
+
+def workload(jobs: int, models: tuple[str, str], seed: int = 0) -> list[str]:
+    """A reproducible random mix of the two models."""
+    rng = random.Random(seed)
+    return [rng.choice(models) for _ in range(jobs)]
+
+
+def bench_routing(models_dir: Path, jobs: int) -> dict:
+    """Loads after warm-up for a burst of mixed jobs: our slot manager versus round-robin."""
+    from studio.catalog import load_catalog
+    from studio.config import Settings
+    from studio.schemas import GenerationRequest
+    from studio.slots import SlotManager, preload_plan
+
+    catalog = load_catalog(models_dir)
+    models = (REST_MODEL, SECOND_MODEL)
+    order = workload(jobs, models)
+    requests = [(catalog.get(m), catalog.get(m).check(GenerationRequest(prompt=PROMPT, seed=i))) for i, m in enumerate(order)]
+
+    settings = Settings(devices=["cpu", "cpu"], models_dir=models_dir, preload=list(models), max_queue=jobs)
+    manager = SlotManager(settings, catalog)
+    manager.start()
+    try:
+        before = sum(slot["loads"] for slot in manager.status()["slots"])
+        started = time.perf_counter()
+        submitted = [manager.submit(spec, request) for spec, request in requests]
+        results = [job.wait(timeout=600) for job in submitted]
+        ours_s = time.perf_counter() - started
+        ours_loads = sum(slot["loads"] for slot in manager.status()["slots"]) - before
+    finally:
+        manager.shutdown()
+
+    plan = preload_plan(list(models), 2)
+    rr = round_robin(catalog, [catalog.get(ids[0]) for ids in plan], requests)
+    return {
+        "jobs": jobs, "models": list(models), "order": order,
+        "ours_loads": ours_loads, "ours_wall_s": ours_s,
+        "ours_jobs_per_slot": [sum(1 for r in results if r.slot == index) for index in range(2)],
+        "round_robin_loads": rr["loads"], "round_robin_load_s": rr["load_s"],
+    }
+
+
+def round_robin(catalog, preload: list, requests: list) -> dict:
+    """Job i on Engine i % n, each Engine warm with its preload first (as the slots start)."""
+    from studio.engine import Engine
+
+    engines = [Engine("cpu") for _ in preload]
+    for engine, spec in zip(engines, preload):
+        engine.ensure(spec)
+    before = sum(engine.loads for engine in engines)
+    load_s = 0.0
+    for index, (spec, request) in enumerate(requests):
+        engine = engines[index % len(engines)]
+        load_s += timed(lambda: engine.ensure(spec))
+        engine.run(spec, request)
+    return {"loads": sum(engine.loads for engine in engines) - before, "load_s": load_s}
+
+
+# ---------------------------------------------------------------- (c) RAM cache versus disk
+
+
+def bench_swap(models_dir: Path, repeats: int) -> dict:
+    """Seconds per model swap (A <-> B), from the Engine's RAM cache and cold from disk."""
+    from studio.catalog import load_catalog
+    from studio.engine import Engine
+    from studio.speed import EngineOptions
+
+    catalog = load_catalog(models_dir)
+    a, b = catalog.get(REST_MODEL), catalog.get(SECOND_MODEL)
+
+    def swaps(engine) -> list[float]:
+        engine.ensure(a), engine.ensure(b)  # both read once (and, with a cache, parked)
+        return [timed(lambda spec=spec: engine.ensure(spec)) for spec in [a, b] * repeats]
+
+    cached = Engine("cpu", EngineOptions(ram_cache_gb=1.0))
+    cache_s = swaps(cached)
+    cold = Engine("cpu")
+    cold_s = swaps(cold)
+    return {
+        "models": [a.id, b.id], "swaps": 2 * repeats,
+        "cache_s": cache_s, "cold_s": cold_s,
+        "cache_median_s": median(cache_s), "cold_median_s": median(cold_s),
+        "cache_hits": cached.cache_hits, "cache_disk_loads": cached.loads, "cold_disk_loads": cold.loads,
+    }
+
+
+# ---------------------------------------------------------------- (d) one batch versus n calls
+
+
+def bench_batch(models_dir: Path, repeats: int, n: int = 4) -> dict:
+    """Images per second: ``n`` images in one call versus ``n`` calls of one image."""
+    from studio.catalog import load_catalog
+    from studio.engine import Engine
+    from studio.schemas import GenerationRequest
+
+    spec = load_catalog(models_dir).get(REST_MODEL)
+    engine = Engine("cpu")
+    # The REST test's image size and the probe's steps: enough work per image that the per-call
+    # costs (prompt encoding, scheduler set-up) do not dominate as they do at the tiny defaults.
+    shape = dict(prompt=PROMPT, width=REST_SIZE, height=REST_SIZE, steps=PROBE_STEPS)
+    batch = spec.check(GenerationRequest(**shape, seed=1, num_images=n))
+    singles = [spec.check(GenerationRequest(**shape, seed=1 + i)) for i in range(n)]
+    engine.run(spec, batch), engine.run(spec, singles[0])  # load and warm up
+    batch_s, singles_s = [], []
+    for _ in range(repeats):
+        batch_s.append(timed(lambda: engine.run(spec, batch)))
+        singles_s.append(timed(lambda: [engine.run(spec, request) for request in singles]))
+    return {
+        "model": spec.id, "n": n, "size": f"{batch.width}x{batch.height}", "steps": batch.steps,
+        "batch_s": batch_s, "singles_s": singles_s,
+        "batch_images_per_s": n / median(batch_s), "singles_images_per_s": n / median(singles_s),
+    }
+
+
+# ---------------------------------------------------------------- the CPU run
+
+
+def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str]) -> dict:
+    import torch
+
+    from studio.slots import cpu_threads
+
+    torch.set_num_threads(cpu_threads(1))  # what a one-slot worker uses: the bare call gets the same
+    results: dict = {"machine": machine(), "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="studio-bench-") as tmp:
+        models_dir = build_models(Path(tmp), [REST_MODEL, SECOND_MODEL])
+        runs = {
+            "rest": lambda: bench_rest(models_dir, repeats, job_s),
+            "routing": lambda: bench_routing(models_dir, jobs),
+            "swap": lambda: bench_swap(models_dir, repeats),
+            "batch": lambda: bench_batch(models_dir, max(3, repeats // 3)),
+        }
+        for name in sections:
+            started = time.perf_counter()
+            results[name] = runs[name]()
+            results[name]["section_s"] = time.perf_counter() - started
+    return results
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "platform": platform.platform(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def cpu_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(what, ours, baseline, ours / baseline) for each section that ran."""
+    rows = []
+    if "rest" in results:
+        r = results["rest"]
+        rows.append((
+            f"REST end to end vs bare pipeline call, s (median of {r['repeats']}; {r['model']} {r['size']}, "
+            f"{r['steps']} steps)",
+            f"{r['rest_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.3f}",
+        ))
+    if "routing" in results:
+        r = results["routing"]
+        rows.append((
+            f"model loads after warm-up, {r['jobs']} mixed jobs, 2 models on 2 slots: routing vs round-robin",
+            str(r["ours_loads"]), str(r["round_robin_loads"]), "",
+        ))
+    if "swap" in results:
+        r = results["swap"]
+        rows.append((
+            f"model swap, s (median of {r['swaps']}): RAM cache vs cold load from disk",
+            f"{r['cache_median_s']:.5f}", f"{r['cold_median_s']:.3f}",
+            f"{r['cache_median_s'] / r['cold_median_s']:.4f}",
+        ))
+    if "batch" in results:
+        r = results["batch"]
+        rows.append((
+            f"images/s, n={r['n']} in one call vs {r['n']} calls ({r['model']} {r['size']}, {r['steps']} steps)",
+            f"{r['batch_images_per_s']:.1f}", f"{r['singles_images_per_s']:.1f}",
+            f"{r['batch_images_per_s'] / r['singles_images_per_s']:.2f}",
+        ))
+    return rows
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table (it reads fine in a terminal and pastes into the README)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- (gpu) full-size random-weight models
+
+# The real architectures, from the hub repos' config.json files. Only the families below are
+# written out; the GPU path was reviewed, not run (no GPU was available when it was written).
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+VAE_BLOCKS = dict(
+    in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
+    force_upcast=True,
+)
+FLUX_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56),
+)
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+CLIP_BIG_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                  num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              feed_forward_proj="gated-gelu", dropout_rate=0.0)
+
+
+@contextlib.contextmanager
+def building_on(device: str, dtype) -> Iterator[None]:
+    """Create modules directly on ``device`` in ``dtype``: no fp32 copy in RAM, no transfer."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def full_size_pipeline(spec, device: str):
+    """The pipeline of ``spec`` at full size with random weights, built on ``device`` (``"meta"`` to check shapes)."""
+    import torch
+
+    dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
+    builders = {"sdxl": _full_sdxl, "flux": _full_flux}
+    if spec.family not in builders:
+        raise SystemExit(f"--gpu knows the full-size sdxl and flux families; {spec.id} is {spec.family}")
+    # Only the networks are built on the device in half precision; schedulers keep their float32
+    # tables on the CPU, as from_pretrained leaves them.
+    pipe = builders[spec.family](spec, lambda: building_on(device, dtype))
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _clip(config: dict, tokenizer, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        **config, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _full_sdxl(spec, on_device):
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from studio.tiny.sdxl import DEFAULT_SCHEDULER, SCHEDULERS, VAE_LATENT_STATS
+    from studio.tiny.tokenizers import clip_tokenizer
+
+    tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer()
+    tokenizer_2.pad_token = "!"
+    scheduler_class, scheduler_config = SCHEDULERS.get(spec.id, DEFAULT_SCHEDULER)
+    latents = VAE_LATENT_STATS.get(spec.id, {"scaling_factor": 0.13025})
+    with on_device():
+        networks = dict(
+            vae=AutoencoderKL(**VAE_BLOCKS, latent_channels=4, **latents),
+            text_encoder=_clip(CLIP_L, tokenizer, projection=False),
+            text_encoder_2=_clip(CLIP_BIG_G, tokenizer_2, projection=True),
+            unet=UNet2DConditionModel(**SDXL_UNET),
+        )
+    return StableDiffusionXLPipeline(
+        **networks,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=scheduler_class(**scheduler_config),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def _full_flux(spec, on_device):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from studio.tiny.flux import FLUX_DEV_SCHEDULER, FLUX_SCHNELL_SCHEDULER
+    from studio.tiny.tokenizers import clip_tokenizer, t5_tokenizer
+
+    tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer(max_length=spec.token_limit)
+    t5 = T5Config(**T5_XXL, pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id)
+    with on_device():
+        networks = dict(
+            vae=AutoencoderKL(
+                **VAE_BLOCKS, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                scaling_factor=0.3611, shift_factor=0.1159,
+            ),
+            text_encoder=_clip(CLIP_L, tokenizer, projection=False),
+            text_encoder_2=T5EncoderModel(t5),
+            transformer=FluxTransformer2DModel(**FLUX_TRANSFORMER, guidance_embeds=spec.cfg),
+        )
+    return FluxPipeline(
+        **networks,
+        scheduler=FlowMatchEulerDiscreteScheduler(**(FLUX_DEV_SCHEDULER if spec.cfg else FLUX_SCHNELL_SCHEDULER)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+    )
+
+
+def gpu_bench(model_id: str, repeats: int, options) -> dict:
+    """Seconds per image at the model's default size and steps: bare diffusers defaults, then ours."""
+    import torch
+
+    from studio import families, speed
+    from studio.catalog import load_catalog
+    from studio.schemas import GenerationRequest
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
+    device = "cuda"
+    spec = load_catalog().get(model_id)
+    request = spec.check(GenerationRequest(prompt=PROMPT, seed=0))
+    started = time.perf_counter()
+    pipe = full_size_pipeline(spec, device)
+    build_s = time.perf_counter() - started
+
+    def run() -> float:
+        speed.prepare(pipe, request)
+        return timed(lambda: families.generate(pipe, spec, request, lambda *_: None))
+
+    run()  # warm-up: kernel selection, allocator growth
+    bare_s = [run() for _ in range(repeats)]
+    applied = speed.optimize(pipe, spec, device, options)
+    run()  # warm-up again: compiles when --compile
+    ours_s = [run() for _ in range(repeats)]
+    return {
+        "machine": machine(), "model": spec.id, "size": f"{request.width}x{request.height}", "steps": request.steps,
+        "dtype": spec.dtype, "build_s": build_s, "options": applied, "repeats": repeats,
+        "bare_s": bare_s, "ours_s": ours_s, "bare_median_s": median(bare_s), "ours_median_s": median(ours_s),
+        "speedup": median(bare_s) / median(ours_s), "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def gpu_rows(r: dict) -> list[tuple[str, ...]]:
+    return [(
+        f"{r['model']} {r['size']}, {r['steps']} steps, {r['dtype']}: s/image (median of {r['repeats']}); "
+        f"ours = {', '.join(r['options']) or 'no options'}",
+        f"{r['ours_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['speedup']:.2f}x",
+    )]
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studio.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="also write every sample to this JSON file")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (after warm-up)")
+    parser.add_argument("--jobs", type=int, default=16, help="jobs in the mixed two-model workload")
+    parser.add_argument("--job-s", type=float, default=0.2, help="target seconds of the bare call in the REST test")
+    parser.add_argument("--only", default="rest,routing,swap,batch", help="comma list of CPU sections")
+    parser.add_argument("--gpu", action="store_true", help="full-size random-weight model on CUDA")
+    parser.add_argument("--model", default=REST_MODEL, help="with --gpu: the catalog id to build")
+    parser.add_argument("--compile", action="store_true", help="with --gpu: include torch.compile in ours")
+    parser.add_argument("--step-cache", action="store_true", help="with --gpu: include the first-block cache")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    if args.gpu:
+        from studio.speed import EngineOptions
+
+        results = gpu_bench(args.model, args.repeats, EngineOptions(compile=args.compile, step_cache=args.step_cache))
+        header = ("what", "ours", "bare diffusers", "speedup")
+        rows = gpu_rows(results)
+    else:
+        sections = [name.strip() for name in args.only.split(",") if name.strip()]
+        results = cpu_bench(args.repeats, args.jobs, args.job_s, sections)
+        header = ("what", "ours", "baseline", "ours / baseline")
+        rows = cpu_rows(results)
+    info = results["machine"]
+    print(f"{info['date']}, {info['platform']}, {info['cpu_cores']} CPU cores, torch {info['torch']}"
+          + (f", {info['cuda']}" if info["cuda"] else f", {results.get('threads')} torch threads"))
+    print(table(header, rows))
+    if args.json:
+        command = " ".join(["python -m studio.bench"] + (sys.argv[1:] if argv is None else argv))
+        args.json.write_text(json.dumps({"command": command, **results},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
