@@ -39,6 +39,7 @@ from studio.schemas import GenerationRequest
 
 WARM_UP_PROMPT = "warm-up"
 REMEMBERED_CANCELS = 64  # cancels can arrive before their job or after it ended; keep a few
+STEP_REPORT_S = 0.05  # at most this often a step message to the parent (the first and last always go)
 
 
 def worker_main(
@@ -164,9 +165,17 @@ class Worker:
             check_cancelled()
             self.conn.send(("stage", job_id, stage))
 
+        last_sent = 0.0
+
         def on_step(step: int, total: int) -> None:
-            check_cancelled()
-            self.conn.send(("step", job_id, step, total))
+            nonlocal last_sent
+            check_cancelled()  # every step: cancel must stop within one
+            # Progress at most every STEP_REPORT_S: a fast model makes hundreds of steps a second,
+            # and one pipe message each would cost more than the steps themselves.
+            now = time.monotonic()
+            if step == total or step == 1 or now - last_sent >= STEP_REPORT_S:
+                last_sent = now
+                self.conn.send(("step", job_id, step, total))
 
         try:
             check_cancelled()

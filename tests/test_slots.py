@@ -449,8 +449,11 @@ def test_events_follow_a_job_from_queue_to_encoding(one_slot, catalog):
 
     (first_events, first_result), (second_events, second_result) = asyncio.run(scenario())
     stages = [event.stage for event in first_events]
-    assert stages == ["loading", "generating", "step", "step", "step", "encoding"]
-    assert [event.step for event in first_events if event.stage == "step"] == [1, 2, 3]
+    assert [stage for stage in stages if stage != "step"] == ["loading", "generating", "encoding"]
+    assert stages.index("generating") < stages.index("step") and stages[-2] == "step"
+    # fast steps are reported at most every STEP_REPORT_S, but the first and the last always are
+    steps = [event.step for event in first_events if event.stage == "step"]
+    assert steps[0] == 1 and steps[-1] == 3 and steps == sorted(set(steps))
     assert all(event.slot == 0 for event in first_events)
     assert first_result.loaded_model and not second_result.loaded_model
     assert second_events[0].stage == "queued" and second_events[0].queue_position == 0

@@ -6,7 +6,9 @@ from typing import Callable
 
 import torch
 
+from studio import speed
 from studio.catalog import ModelSpec
+from studio.errors import ModelLoadFailed
 from studio.schemas import GenerationRequest
 
 OnStep = Callable[[int, int], None]
@@ -21,13 +23,33 @@ def torch_dtype(spec: ModelSpec, device: str) -> torch.dtype:
 
 def load_kwargs(spec: ModelSpec, device: str) -> dict:
     """Keyword arguments for ``from_pretrained``; variants and revisions apply to hub repos only."""
-    kwargs = {"torch_dtype": torch_dtype(spec, device), "use_safetensors": True}
+    kwargs = {"dtype": torch_dtype(spec, device), "use_safetensors": True, **speed.load_kwargs(device)}
     if spec.local_dir is None:
         if spec.variant:
             kwargs["variant"] = spec.variant
         if spec.revision:
             kwargs["revision"] = spec.revision
     return kwargs
+
+
+def check_pipeline(spec: ModelSpec, *pipeline_classes) -> type:
+    """The class the catalog names, if this adapter runs it; a mismatch is a catalog mistake,
+    reported before any weights are read."""
+    for pipeline_class in pipeline_classes:
+        if spec.pipeline == pipeline_class.__name__:
+            return pipeline_class
+    runs = ", ".join(cls.__name__ for cls in pipeline_classes)
+    raise ModelLoadFailed(
+        f"pipeline: {spec.id} names {spec.pipeline}, but the {spec.family} adapter runs {runs}", field="model"
+    )
+
+
+def from_pretrained(pipeline_class, spec: ModelSpec, device: str):
+    """``pipeline_class.from_pretrained`` of the spec's source, on ``device``, progress bars off."""
+    check_pipeline(spec, pipeline_class)
+    pipe = pipeline_class.from_pretrained(spec.source, **load_kwargs(spec, device))
+    pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
+    return pipe.to(device)
 
 
 def generators(request: GenerationRequest) -> list[torch.Generator]:

@@ -49,11 +49,7 @@ DECODER_GUIDANCE = 0.0  # the decoder is not guided, as in the model card's exam
 
 
 def load(spec: ModelSpec, device: str) -> StableCascadeCombinedPipeline:
-    if spec.pipeline != StableCascadeCombinedPipeline.__name__:
-        raise ModelLoadFailed(
-            f"pipeline: {spec.id} names {spec.pipeline}, but the cascade adapter runs StableCascadeCombinedPipeline",
-            field="model",
-        )
+    base.check_pipeline(spec, StableCascadeCombinedPipeline)
     if not spec.decoder_steps:
         raise ModelLoadFailed(f"decoder_steps: {spec.id} needs decoder_steps >= 1 in the catalog", field="model")
     prior_source, decoder_source = stage_sources(spec)

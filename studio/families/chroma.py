@@ -11,12 +11,12 @@ from diffusers import ChromaPipeline
 
 from studio.catalog import ModelSpec
 from studio.families import base
-from studio.families.flux import flow_call_kwargs, load_as
+from studio.families.flux import flow_call_kwargs
 from studio.schemas import GenerationRequest
 
 
 def load(spec: ModelSpec, device: str) -> ChromaPipeline:
-    return load_as(ChromaPipeline, spec, device)
+    return base.from_pretrained(ChromaPipeline, spec, device)
 
 
 def generate(pipe: ChromaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:

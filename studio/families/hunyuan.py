@@ -18,7 +18,6 @@ from __future__ import annotations
 from diffusers import HunyuanDiTPipeline
 
 from studio.catalog import ModelSpec
-from studio.errors import ModelLoadFailed
 from studio.families import base
 from studio.schemas import GenerationRequest
 
@@ -28,14 +27,7 @@ DEFAULT_NEGATIVE_PROMPT = "错误的眼睛，糟糕的人脸，毁容，糟糕�
 
 
 def load(spec: ModelSpec, device: str) -> HunyuanDiTPipeline:
-    if spec.pipeline != HunyuanDiTPipeline.__name__:
-        raise ModelLoadFailed(
-            f"pipeline: {spec.id} names {spec.pipeline}, but the hunyuan adapter runs HunyuanDiTPipeline",
-            field="model",
-        )
-    pipe = HunyuanDiTPipeline.from_pretrained(spec.source, **base.load_kwargs(spec, device))
-    pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
-    return pipe.to(device)
+    return base.from_pretrained(HunyuanDiTPipeline, spec, device)
 
 
 def generate(pipe: HunyuanDiTPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:

@@ -21,19 +21,12 @@ from __future__ import annotations
 from diffusers import LuminaPipeline
 
 from studio.catalog import ModelSpec
-from studio.errors import ModelLoadFailed
 from studio.families import base
 from studio.schemas import GenerationRequest
 
 
 def load(spec: ModelSpec, device: str) -> LuminaPipeline:
-    if spec.pipeline != LuminaPipeline.__name__:
-        raise ModelLoadFailed(
-            f"pipeline: {spec.id} names {spec.pipeline}, but the lumina adapter runs LuminaPipeline", field="model"
-        )
-    pipe = LuminaPipeline.from_pretrained(spec.source, **base.load_kwargs(spec, device))
-    pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
-    return pipe.to(device)
+    return base.from_pretrained(LuminaPipeline, spec, device)
 
 
 def generate(pipe: LuminaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:

@@ -4,27 +4,24 @@ Sizes are honoured exactly (``use_resolution_binning=False``; the catalog alread
 validated them) and above 2048 px on a side the VAE decodes in tiles, where a
 one-piece decode of a 4K image would need tens of GB. The pipeline predates
 ``callback_on_step_end``: progress and cancellation go through its per-step ``callback``.
-Sana shares ``use_vae_tiling``.
 """
 
 from __future__ import annotations
 
 from diffusers import PixArtSigmaPipeline
 
+from studio import speed
 from studio.catalog import ModelSpec
 from studio.families import base
-from studio.families.flux import load_as
 from studio.schemas import GenerationRequest
-
-TILED_DECODE_ABOVE = 2048  # px on the longer side
 
 
 def load(spec: ModelSpec, device: str) -> PixArtSigmaPipeline:
-    return load_as(PixArtSigmaPipeline, spec, device)
+    return base.from_pretrained(PixArtSigmaPipeline, spec, device)
 
 
 def generate(pipe: PixArtSigmaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
-    use_vae_tiling(pipe, request)
+    speed.prepare(pipe, request)  # tiled VAE decoding for its 4096 px images
     report = base.step_callback(on_step, request.steps)
     return pipe(
         prompt=request.prompt,
@@ -43,13 +40,3 @@ def generate(pipe: PixArtSigmaPipeline, spec: ModelSpec, request: GenerationRequ
     ).images
 
 
-def use_vae_tiling(pipe, request: GenerationRequest) -> None:
-    """Tiled VAE decoding for images larger than ``TILED_DECODE_ABOVE`` on a side, one-piece otherwise.
-
-    Set on every call: the pipeline stays resident, and a small image after a large one
-    should not pay for tiling.
-    """
-    if max(request.width, request.height) > TILED_DECODE_ABOVE:
-        pipe.vae.enable_tiling()
-    else:
-        pipe.vae.disable_tiling()

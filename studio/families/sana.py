@@ -10,19 +10,18 @@ from __future__ import annotations
 
 from diffusers import SanaPipeline
 
+from studio import speed
 from studio.catalog import ModelSpec
 from studio.families import base
-from studio.families.flux import load_as
-from studio.families.pixart import use_vae_tiling
 from studio.schemas import GenerationRequest
 
 
 def load(spec: ModelSpec, device: str) -> SanaPipeline:
-    return load_as(SanaPipeline, spec, device)
+    return base.from_pretrained(SanaPipeline, spec, device)
 
 
 def generate(pipe: SanaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
-    use_vae_tiling(pipe, request)
+    speed.prepare(pipe, request)  # tiled VAE decoding above 2048 px
     return pipe(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt or "",

@@ -21,9 +21,8 @@ PIPELINES = {"StableDiffusionXLPipeline": StableDiffusionXLPipeline}
 
 
 def load(spec: ModelSpec, device: str) -> StableDiffusionXLPipeline:
-    if spec.pipeline not in PIPELINES:
-        raise ValueError(f"{spec.id}: the sdxl family runs {', '.join(PIPELINES)}, not {spec.pipeline}")
-    pipe = PIPELINES[spec.pipeline].from_pretrained(spec.source, **base.load_kwargs(spec, device))
+    pipeline_class = base.check_pipeline(spec, *PIPELINES.values())
+    pipe = pipeline_class.from_pretrained(spec.source, **base.load_kwargs(spec, device))
     _ensure_scheduler(pipe, spec)
     pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not stderr
     return pipe.to(device)

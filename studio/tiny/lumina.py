@@ -24,9 +24,6 @@ GEMMA_WIDTH = 32  # the transformer's cross_attention_dim (2048 for Gemma-2B)
 def build(spec: ModelSpec, out_dir: Path) -> dict:
     """Save a tiny ``LuminaPipeline`` in ``out_dir``; the default tiny limits fit it as they are."""
     tokenizer = gemma_tokenizer(max_length=spec.token_limit)
-    # Gemma's own tokenizer starts every sequence with <bos>. Lumina relies on it: the empty
-    # negative prompt must keep one unmasked token, or its mean-pooled caption is 0/0.
-    tokenizer.add_bos_token = True
     pipe = LuminaPipeline(
         transformer=_transformer(),
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),

@@ -45,7 +45,11 @@ def gemma_tokenizer(max_length: int = 300) -> GemmaTokenizer:
         vocab.setdefault(token, len(vocab))
     for byte in range(256):
         vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
-    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=max_length, padding_side="right")
+    # <bos> first, as real Gemma: without it an empty negative prompt has no tokens at all
+    # and the pipelines' attention masks turn every image into NaN.
+    return GemmaTokenizer(
+        vocab=vocab, merges=[], model_max_length=max_length, padding_side="right", add_bos_token=True
+    )
 
 
 def bert_tokenizer(max_length: int = 77) -> BertTokenizer:
