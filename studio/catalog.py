@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.errors import InvalidRequest, UnknownModel
@@ -82,15 +82,16 @@ class ModelSpec:
         """Valid (width, height) choices for the UI: the allowed list, or common aspect ratios that fit."""
         if self.limits.allowed_sizes:
             return list(self.limits.allowed_sizes)
-        base = max(self.defaults.width, self.defaults.height)
-        sizes = []
+        # The default first, then common aspect ratios of the same pixel count as the default.
+        area = self.defaults.width * self.defaults.height
+        sizes = [(self.defaults.width, self.defaults.height)]
         for ratio_w, ratio_h in ((1, 1), (3, 4), (4, 3), (2, 3), (3, 2), (9, 16), (16, 9)):
-            scale = (base * base / (ratio_w * ratio_h)) ** 0.5
+            scale = (area / (ratio_w * ratio_h)) ** 0.5
             width, height = self._fit(ratio_w * scale), self._fit(ratio_h * scale)
-            if (width, height) not in sizes:
+            if (width, height) not in sizes and width * height <= self.limits.max_pixels:
                 sizes.append((width, height))
         for side in (2048, 4096):  # the big squares, for models that reach them (PixArt-Sigma, Sana)
-            if side > base and side <= self.limits.max_side and side * side <= self.limits.max_pixels:
+            if side * side > area and side <= self.limits.max_side and side * side <= self.limits.max_pixels:
                 sizes.append((side, side))
         return sizes
 
@@ -228,7 +229,3 @@ def load_catalog(models_dir: str | Path | None = None, path: Path | None = None)
         for alias in spec.aliases:
             aliases[alias.lower()] = model_id
     return Catalog(models=models, default=data["default"], aliases=aliases)
-
-
-def with_local_dir(spec: ModelSpec, local_dir: Path | None) -> ModelSpec:
-    return replace(spec, local_dir=local_dir)
