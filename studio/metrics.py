@@ -11,17 +11,19 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from studio.errors import StudioError
+from studio.errors import QueueFull, StudioError
 
 # Seconds; tiny CPU jobs finish in well under a second, big GPU renders take minutes.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 OK = "ok"
-REJECTED = "rejected"  # refused at admission (queue full): never became a job
+REJECTED = "rejected"  # refused at admission (queue full): never ran
 
 
 def outcome_of(result_or_exception) -> str:
-    """``ok``, or the error's code (``cancelled``, ``timeout``, ``out_of_memory``, ...)."""
+    """``ok``, ``rejected``, or the error's code (``cancelled``, ``timeout``, ``out_of_memory``, ...)."""
+    if isinstance(result_or_exception, QueueFull):
+        return REJECTED
     if isinstance(result_or_exception, StudioError):
         return result_or_exception.code or result_or_exception.type
     if isinstance(result_or_exception, BaseException):
@@ -55,9 +57,6 @@ class StudioMetrics:
         self.jobs.labels(model=model, outcome=outcome).inc()
         if outcome == OK:
             self.duration.labels(model=model).observe(max(0.0, float(duration_s)))
-
-    def rejected(self, model: str) -> None:
-        self.jobs.labels(model=model, outcome=REJECTED).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

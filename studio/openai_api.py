@@ -444,11 +444,7 @@ async def create_images(body: ImageGenerationRequest, request: Request):
     """Generate `n` images in one batch on one slot. Closing the connection cancels the job."""
     state = request.app.state
     spec, resolved = resolve(state.catalog, body)
-    try:
-        job = state.manager.submit(spec, resolved)
-    except QueueFull:
-        state.metrics.rejected(spec.id)
-        raise
+    job = state.manager.submit(spec, resolved)
     result = await wait_for_result(job, request, state.settings.job_timeout_s)
     if result is None:
         return Response(status_code=CLIENT_CLOSED)

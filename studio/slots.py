@@ -576,12 +576,17 @@ class SlotManager:
             if self._phase != "running":
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
             limit = self.settings.max_queue
+            job, refusal = Job(spec, request, self, next(self._seq)), None
             if len(self._queue) >= limit:
-                raise QueueFull(f"the queue is full: {len(self._queue)} jobs are waiting (limit {limit}); "
-                                "try again shortly")
-            job = Job(spec, request, self, next(self._seq))
-            self._queue.append(job)
-            self._dispatch(time.monotonic())
+                # Ended at once, so observers (metrics) count refusals from every face alike.
+                refusal = QueueFull(f"the queue is full: {len(self._queue)} jobs are waiting (limit {limit}); "
+                                    "try again shortly")
+                self._end(job, refusal)
+            else:
+                self._queue.append(job)
+                self._dispatch(time.monotonic())
+        if refusal is not None:
+            raise refusal  # after _locked() has settled it: observers have seen it
         return job
 
     def cancel(self, job: Job, error: StudioError | None = None) -> bool:
