@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from family_checks_t5 import (
+from family_checks import (
+    DenoiserCalls,
     TinyModels,
-    TransformerCalls,
     check_batch_is_one_call_matching_single_runs,
     check_loads_tiny_folder_and_draws_requested_size,
     check_progress_and_cancellation,
@@ -39,7 +39,8 @@ def test_two_images_come_from_one_call_and_match_single_runs(tiny, model_id):
 
 @pytest.mark.parametrize("model_id", CHROMA_IDS)
 def test_progress_reports_every_step_and_cancellation_stops_the_job(tiny, model_id):
-    check_progress_and_cancellation(tiny, model_id)
+    # Guidance runs the negative prompt as a call of its own: two calls per step.
+    check_progress_and_cancellation(tiny, model_id, calls_per_step=2)
 
 
 def test_t5_is_the_only_text_encoder(tiny):
@@ -53,7 +54,7 @@ def test_t5_is_the_only_text_encoder(tiny):
 def test_runs_real_classifier_free_guidance_with_the_negative_prompt(tiny):
     spec = tiny.spec("chroma")
     pipe = tiny.pipe("chroma")
-    with TransformerCalls(pipe) as calls:
+    with DenoiserCalls(pipe.transformer) as calls:
         plain = tiny.run("chroma", guidance=4.0, seed=3, steps=2)[0]
     assert pipe.guidance_scale == 4.0
     assert pipe.do_classifier_free_guidance
@@ -66,7 +67,7 @@ def test_runs_real_classifier_free_guidance_with_the_negative_prompt(tiny):
 
 def test_guidance_one_skips_the_unconditional_pass(tiny):
     pipe = tiny.pipe("chroma")
-    with TransformerCalls(pipe) as calls:
+    with DenoiserCalls(pipe.transformer) as calls:
         tiny.run("chroma", guidance=1.0, steps=2)
     assert not pipe.do_classifier_free_guidance
     assert calls.batches == [1, 1]

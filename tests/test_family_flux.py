@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
-from family_checks_t5 import (
+from family_checks import (
+    DenoiserCalls,
     TinyModels,
-    TransformerCalls,
+    check_another_pipeline_is_refused_before_loading,
     check_batch_is_one_call_matching_single_runs,
     check_loads_tiny_folder_and_draws_requested_size,
     check_progress_and_cancellation,
     check_seed_decides_the_image,
     differ,
 )
-from studio import families
-from studio.errors import InvalidRequest, ModelLoadFailed
+from studio.errors import InvalidRequest
 
 FLUX_IDS = ["flux-schnell", "flux-dev"]
 
@@ -61,7 +59,7 @@ def test_schnell_is_timestep_distilled_without_guidance(tiny):
     assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     assert not pipe.scheduler.config.use_dynamic_shifting
 
-    with TransformerCalls(pipe) as calls:
+    with DenoiserCalls(pipe.transformer) as calls:
         tiny.run("flux-schnell", steps=2)
     assert pipe.guidance_scale == 0.0
     assert calls.batches == [1, 1]  # one pass per step: no unconditional branch
@@ -79,7 +77,7 @@ def test_dev_feeds_guidance_to_the_transformer_embedding(tiny):
     assert pipe.transformer.config.guidance_embeds
     assert pipe.scheduler.config.use_dynamic_shifting  # the schedule shifts with image size
 
-    with TransformerCalls(pipe) as calls:
+    with DenoiserCalls(pipe.transformer) as calls:
         low = tiny.run("flux-dev", guidance=2.0, seed=5, num_images=2)[0]
     assert pipe.guidance_scale == 2.0
     assert calls.batches == [2, 2]  # guidance-distilled: no doubled batch, no second pass
@@ -91,9 +89,6 @@ def test_dev_feeds_guidance_to_the_transformer_embedding(tiny):
     assert differ(low, high)  # the embedding makes guidance change the image
 
 
-
 def test_a_pipeline_class_the_adapter_does_not_run_is_refused_before_loading(tiny):
-    spec = replace(tiny.spec("flux-dev"), pipeline="FluxKontextPipeline")
-    with pytest.raises(ModelLoadFailed) as error:
-        families.load_pipeline(spec, "cpu")
-    assert "FluxKontextPipeline" in error.value.message and "FluxPipeline" in error.value.message
+    error = check_another_pipeline_is_refused_before_loading(tiny, "flux-dev", "FluxKontextPipeline")
+    assert "FluxKontextPipeline" in error.message and "FluxPipeline" in error.message

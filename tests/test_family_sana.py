@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from family_checks_t5 import (
+from family_checks import (
+    DenoiserCalls,
     TinyModels,
-    TransformerCalls,
     check_batch_is_one_call_matching_single_runs,
     check_large_images_decode_in_tiles,
     check_loads_tiny_folder_and_draws_requested_size,
@@ -58,7 +58,7 @@ def test_sizes_come_in_multiples_of_32_and_are_denoised_as_is(tiny):
     assert error.value.field == "width"
 
     # Binning would denoise 224x32 (7:1) at its nearest trained bin and resize it back.
-    with TransformerCalls(pipe) as calls:
+    with DenoiserCalls(pipe.transformer) as calls:
         images = tiny.run("sana-1.5", width=224, height=32, steps=1)
     assert images[0].size == (224, 32)
     assert calls.latent_shapes == [(2, 32, 1, 7)]
@@ -74,7 +74,7 @@ def test_classifier_free_guidance_with_the_complex_human_instruction(tiny):
         lambda module, args, kwargs: gemma_lengths.append(args[0].shape[1]), with_kwargs=True
     )
     try:
-        with TransformerCalls(pipe) as calls:
+        with DenoiserCalls(pipe.transformer) as calls:
             plain = tiny.run("sana-1.5", guidance=4.5, seed=2, num_images=2)[0]
     finally:
         hook.remove()
