@@ -400,6 +400,11 @@ CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hid
               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
 CLIP_BIG_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                   num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+PIXART_SIGMA_TRANSFORMER = dict(
+    sample_size=128, in_channels=4, out_channels=8, patch_size=2, num_layers=28, num_attention_heads=16,
+    attention_head_dim=72, cross_attention_dim=1152, caption_channels=4096, norm_type="ada_norm_single",
+    use_additional_conditions=False, interpolation_scale=2,
+)
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
               feed_forward_proj="gated-gelu", dropout_rate=0.0)
 
@@ -423,9 +428,9 @@ def full_size_pipeline(spec, device: str):
     import torch
 
     dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
-    builders = {"sdxl": _full_sdxl, "flux": _full_flux}
+    builders = {"sdxl": _full_sdxl, "flux": _full_flux, "pixart": _full_pixart}
     if spec.family not in builders:
-        raise SystemExit(f"--gpu knows the full-size sdxl and flux families; {spec.id} is {spec.family}")
+        raise SystemExit(f"--gpu knows the full-size {', '.join(builders)} families; {spec.id} is {spec.family}")
     # Only the networks are built on the device in half precision; schedulers keep their float32
     # tables on the CPU, as from_pretrained leaves them.
     pipe = builders[spec.family](spec, lambda: building_on(device, dtype))
@@ -497,6 +502,26 @@ def _full_flux(spec, on_device):
         scheduler=FlowMatchEulerDiscreteScheduler(**(FLUX_DEV_SCHEDULER if spec.cfg else FLUX_SCHNELL_SCHEDULER)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
+    )
+
+
+def _full_pixart(spec, on_device):
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from studio.tiny.pixart import PIXART_SIGMA_SCHEDULER
+    from studio.tiny.tokenizers import t5_tokenizer
+
+    tokenizer = t5_tokenizer(max_length=spec.token_limit)
+    t5 = T5Config(**T5_XXL, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with on_device():
+        networks = dict(
+            vae=AutoencoderKL(**VAE_BLOCKS, latent_channels=4, scaling_factor=0.13025),  # SDXL's VAE
+            text_encoder=T5EncoderModel(t5),
+            transformer=PixArtTransformer2DModel(**PIXART_SIGMA_TRANSFORMER),
+        )
+    return PixArtSigmaPipeline(
+        **networks, tokenizer=tokenizer, scheduler=DPMSolverMultistepScheduler(**PIXART_SIGMA_SCHEDULER)
     )
 
 

@@ -66,6 +66,7 @@ def test_batch_section_and_table(models_dir, tmp_path):
         # Parameter counts of the real checkpoints, in billions.
         ("sdxl-base", {"unet": 2.567, "text_encoder": 0.123, "text_encoder_2": 0.695, "vae": 0.0837}),
         ("flux-dev", {"transformer": 11.90, "text_encoder": 0.123, "text_encoder_2": 4.762, "vae": 0.0838}),
+        ("pixart-sigma", {"transformer": 0.611, "text_encoder": 4.762, "vae": 0.0837}),
     ],
 )
 def test_full_size_configs_have_the_real_parameter_counts(model_id, expected):
