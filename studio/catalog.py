@@ -26,6 +26,7 @@ class Defaults:
     guidance: float
     width: int
     height: int
+    negative_prompt: str | None = None  # what an empty negative prompt becomes (HunyuanDiT's reference one)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,9 @@ class ModelSpec:
         negative = request.negative_prompt or None
         if negative and not self.negative_prompt:
             raise InvalidRequest(f"negative_prompt: {self.id} does not support a negative prompt", field="negative_prompt")
+        # The model's default negative is filled in here, not in the adapter, so the PNG metadata
+        # and the API's answer record the prompt that really guided the image.
+        negative = negative or d.negative_prompt
         seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
         return request.model_copy(
             update=dict(

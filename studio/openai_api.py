@@ -178,7 +178,10 @@ class ModelObject(BaseModel):
     negative_prompt: bool = Field(description="Whether `negative_prompt` is supported.")
     cfg: bool = Field(description="False for guidance-distilled models: `guidance` is fixed.")
     max_n: int
-    defaults: dict = Field(description="steps, guidance, width, height used when a request leaves them unset.")
+    defaults: dict = Field(
+        description="steps, guidance, width, height (and a negative_prompt where the model has one) used when "
+        "a request leaves them unset."
+    )
     limits: dict = Field(description="size_multiple, min_side, max_side, max_pixels, max_steps, guidance range.")
     sizes: list[str] = Field(description="Suggested sizes ('WxH'); the only ones allowed when limits.allowed_sizes.")
 
@@ -412,7 +415,8 @@ def model_object(spec: ModelSpec, created: int) -> ModelObject:
         negative_prompt=spec.negative_prompt,
         cfg=spec.cfg,
         max_n=MAX_IMAGES,
-        defaults={"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height},
+        defaults={"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height,
+                  **({"negative_prompt": d.negative_prompt} if d.negative_prompt else {})},
         limits={
             "size_multiple": lim.size_multiple,
             "min_side": lim.min_side,

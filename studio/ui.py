@@ -129,6 +129,12 @@ def size_hint(spec: ModelSpec) -> str:
     return f"Multiple of {lim.size_multiple}, {lim.min_side}..{lim.max_side} px, up to {lim.max_pixels / 1e6:.1f} MP."
 
 
+def negative_placeholder(spec: ModelSpec) -> str:
+    if spec.defaults.negative_prompt:
+        return f"Empty uses {spec.label}'s default: {spec.defaults.negative_prompt}"
+    return "What to avoid: blurry, text, watermark"
+
+
 def card_html(spec: ModelSpec, compact: bool = False) -> str:
     """A model's card: tier, strengths, best use, recommended settings, VRAM and repo id."""
     e = html.escape
@@ -395,8 +401,8 @@ class Studio:
         fixed = lim.min_guidance == lim.max_guidance
         return (
             card_html(spec, compact=True),
-            gr.update(visible=spec.negative_prompt, **({"value": values.get("negative_prompt") or ""}
-                                                        if "negative_prompt" in values else {})),
+            gr.update(visible=spec.negative_prompt, placeholder=negative_placeholder(spec),
+                      **({"value": values.get("negative_prompt") or ""} if "negative_prompt" in values else {})),
             gr.update(choices=size_choices(spec), value=size_value(spec, width, height)),
             gr.update(value=width, interactive=not lim.allowed_sizes, info=size_hint(spec)),
             gr.update(value=height, interactive=not lim.allowed_sizes),
@@ -526,7 +532,8 @@ def model_summary(spec: ModelSpec) -> dict:
         id=spec.id, label=spec.label, family=spec.family, repo=spec.repo, tier=spec.card.tier,
         strengths=spec.card.strengths, best_for=spec.card.best_for, recommended=spec.card.recommended,
         vram_gb=spec.vram_gb, negative_prompt=spec.negative_prompt, cfg=spec.cfg, aliases=list(spec.aliases),
-        defaults=dict(steps=d.steps, guidance=d.guidance, width=d.width, height=d.height),
+        defaults=dict(steps=d.steps, guidance=d.guidance, width=d.width, height=d.height,
+                      negative_prompt=d.negative_prompt),
         limits=dict(size_multiple=lim.size_multiple, min_side=lim.min_side, max_side=lim.max_side,
                     max_pixels=lim.max_pixels, max_steps=lim.max_steps, min_guidance=lim.min_guidance,
                     max_guidance=lim.max_guidance, allowed_sizes=[f"{w}x{h}" for w, h in lim.allowed_sizes]),
@@ -584,7 +591,7 @@ def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
                         prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
                                             placeholder="A lighthouse on a cliff at dusk, warm light in the windows")
                         negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative-prompt",
-                                              placeholder="What to avoid: blurry, text, watermark",
+                                              placeholder=negative_placeholder(default),
                                               visible=default.negative_prompt)
                         with gr.Row(elem_id="generate-row"):
                             generate = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=3)

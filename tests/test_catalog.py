@@ -52,6 +52,17 @@ def test_unset_fields_take_the_defaults_and_a_seed_is_drawn(catalog):
     assert GenerationRequest(prompt="x", seed=5, num_images=3).seeds == [5, 6, 7]
 
 
+def test_a_default_negative_prompt_is_filled_in_where_the_model_has_one(catalog):
+    # HunyuanDiT's reference negative is recorded in the resolved request (so in the PNG metadata).
+    _, resolved = catalog.resolve(GenerationRequest(prompt="x", model="hunyuan-dit"))
+    official = catalog.get("hunyuan-dit").defaults.negative_prompt
+    assert official and resolved.negative_prompt == official
+    _, resolved = catalog.resolve(GenerationRequest(prompt="x", model="hunyuan-dit", negative_prompt="blurry"))
+    assert resolved.negative_prompt == "blurry"
+    _, resolved = catalog.resolve(GenerationRequest(prompt="x", model="sdxl-base", negative_prompt=""))
+    assert resolved.negative_prompt is None
+
+
 @pytest.mark.parametrize(
     "fields, error, field, words",
     [

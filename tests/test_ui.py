@@ -211,6 +211,8 @@ def test_each_model_shows_only_the_controls_it_supports(studio):
     sizes = [value for _, value in hunyuan.size["choices"]]
     assert sizes == [f"{w}x{h}" for w, h in load_catalog().get("hunyuan-dit").limits.allowed_sizes]
     assert hunyuan.width["interactive"] is False  # only its ten sizes, picked with the buttons
+    assert "错误的眼睛" in hunyuan.negative["placeholder"]  # empty means its official negative prompt
+    assert "错误的眼睛" not in sdxl.negative["placeholder"]
 
     pixart = _controls(studio, "pixart-sigma")
     assert "4096x4096" in [value for _, value in pixart.size["choices"]]

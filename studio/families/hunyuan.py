@@ -8,7 +8,8 @@ The family rules:
   the size the caller was promised is the size it gets.
 * Without a negative prompt the official inference code (Tencent/HunyuanDiT,
   ``hydit/constants.py``) guides away from its default negative prompt rather than from an
-  empty one; a caller's negative prompt replaces it. Diffusers leaves this to the caller.
+  empty one. Diffusers leaves this to the caller; the catalog keeps it as the model's default
+  ``negative_prompt``, so the request arrives here with it already filled in.
 * Classifier-free guidance above 1, as the pipeline decides; both text encoders see the
   prompt (77 BERT tokens, 256 mT5 tokens, fixed by the pipeline).
 """
@@ -21,10 +22,6 @@ from studio.catalog import ModelSpec
 from studio.families import base
 from studio.schemas import GenerationRequest
 
-# "wrong eyes, bad face, disfigured, bad art, deformed, extra limbs, blurry colours, blurry,
-# duplicate, morbid, mutilated": the reference inference's negative prompt, verbatim.
-DEFAULT_NEGATIVE_PROMPT = "错误的眼睛，糟糕的人脸，毁容，糟糕的艺术，变形，多余的肢体，模糊的颜色，模糊，重复，病态，残缺，"
-
 
 def load(spec: ModelSpec, device: str) -> HunyuanDiTPipeline:
     return base.from_pretrained(HunyuanDiTPipeline, spec, device)
@@ -33,7 +30,7 @@ def load(spec: ModelSpec, device: str) -> HunyuanDiTPipeline:
 def generate(pipe: HunyuanDiTPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     result = pipe(
         prompt=request.prompt,
-        negative_prompt=request.negative_prompt or DEFAULT_NEGATIVE_PROMPT,
+        negative_prompt=request.negative_prompt,
         width=request.width,
         height=request.height,
         num_inference_steps=request.steps,
