@@ -13,7 +13,10 @@ so the choice uses what is true at that moment:
    used; that slot swaps models.
 
 A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
-back-off when it keeps dying (and without its preloads once a restart failed to come up). A job running past ``settings.job_timeout_s`` is cancelled and
+back-off when it keeps dying (and without its preloads once a restart failed to come up).
+While every slot is down (its last workers died before they were ready), jobs are refused with ``WorkerFailed`` rather
+than left waiting for a recovery that may never come; the restarts go on, and the first worker
+that comes up serves again. A job running past ``settings.job_timeout_s`` is cancelled and
 fails with ``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed.
 
 Runs in the parent process: never imports torch.
@@ -55,6 +58,7 @@ CANCEL_GRACE_S = 10.0  # a worker gets this long to honour a timeout's cancel be
 RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as long each time ...
 RESTART_CAP_S = 60.0  # ... up to this
 STABLE_S = 60.0  # a worker that lived this long before dying starts its back-off afresh
+DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
 STOP_JOIN_S = 10.0  # shutdown waits this long for workers to exit before killing them
 
@@ -374,6 +378,7 @@ class Slot:
     counts_before: tuple[int, int] = (0, 0)  # loads and cache hits of earlier incarnations: counts never go back
     restarts: int = 0
     crashes_in_row: int = 0
+    failed_starts: int = 0  # workers in a row that died before their handshake
     restart_at: float | None = None
     killed: bool = False  # we killed it (a job ignored its timeout): not a crash
     unreachable: bool = False  # a send failed: the process is on its way out
@@ -575,6 +580,9 @@ class SlotManager:
         with self._locked():
             if self._phase != "running":
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
+            down = self._down_reason(time.monotonic())
+            if down:
+                raise WorkerFailed(down)
             limit = self.settings.max_queue
             job, refusal = Job(spec, request, self, next(self._seq)), None
             if len(self._queue) >= limit:
@@ -712,7 +720,7 @@ class SlotManager:
         kind = message[0]
         if kind == "ready":
             info = message[1]
-            slot.state = "ready"
+            slot.state, slot.failed_starts = "ready", 0
             self._apply_state(slot, info)
             for model_id, seconds in info["timings"]:
                 self.estimates.record_load(model_id, seconds)
@@ -774,6 +782,7 @@ class SlotManager:
         how = describe_exit(exitcode)
         if was == "starting":
             slot.last_error = slot.last_error or f"the worker {how} before it was ready"
+            slot.failed_starts += 1
         else:
             slot.last_error = f"the worker {how}"
         log.warning("slot %d (%s): %s", slot.index, slot.device, slot.last_error)
@@ -802,7 +811,27 @@ class SlotManager:
         if delay:
             log.warning("slot %d (%s): restarting in %.0f s (%d crashes in a row)",
                         slot.index, slot.device, delay, slot.crashes_in_row)
+        down = self._down_reason(now)
+        if down:
+            # Nobody can serve the queue: waiting jobs learn it now instead of hanging.
+            for queued in self._queue:
+                self._end(queued, WorkerFailed(down))
+            self._queue.clear()
         self._cond.notify_all()
+
+    def _down_reason(self, now: float) -> str | None:
+        """Why no job can run now (every slot's workers keep dying at start), or None while one could.
+
+        A job that crashes its worker does not count: the next worker comes up, and the jobs behind it run.
+        """
+        if not all(slot.state == "dead" and slot.failed_starts >= DOWN_AFTER_FAILED_STARTS for slot in self._slots):
+            return None
+        slots = "; ".join(
+            f"slot {slot.index} ({slot.device}): {slot.last_error}, next restart in "
+            f"{max(0.0, (slot.restart_at or now) - now):.0f} s"
+            for slot in self._slots
+        )
+        return f"no slot can run jobs, every worker keeps failing ({slots}); try again later"
 
     # -- threads ------------------------------------------------------------------------
 

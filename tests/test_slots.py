@@ -505,6 +505,15 @@ def test_a_worker_that_ignores_its_timeout_is_killed_and_replaced(one_slot, cata
 # ---------------------------------------------------------------- crash loops
 
 
+def test_jobs_behind_one_that_crashes_its_worker_still_run(one_slot, catalog):
+    for _ in range(2):  # twice in a row: job crashes are not start-up failures, the slot is not "down"
+        crasher = submit(one_slot, catalog, BASE, prompt=faults.SEGFAULT)
+        behind = submit(one_slot, catalog, BASE)
+        with pytest.raises(WorkerFailed, match="killed by SIGSEGV"):
+            crasher.wait(START_S)
+        assert behind.wait(START_S).images
+
+
 def test_a_crash_loop_backs_off_and_recovers(one_slot, catalog):
     old_pid = slot_status(one_slot, 0)["pid"]
     one_slot.crash_marker.touch()
@@ -518,9 +527,11 @@ def test_a_crash_loop_backs_off_and_recovers(one_slot, catalog):
         restarts = status["restarts"]
         time.sleep(1.0)
         assert slot_status(one_slot, 0)["restarts"] <= restarts + 1
-        waiting = submit(one_slot, catalog, BASE)  # waits in the queue for the slot
+        # With every slot down a job is refused (at submit, or when the restart it waited for dies).
+        with pytest.raises(WorkerFailed, match=r"no slot can run jobs.*slot 0 \(cpu\).*before it was ready"):
+            submit(one_slot, catalog, BASE).wait(START_S)
     finally:
         one_slot.crash_marker.unlink()
     status = wait_restarted(one_slot, 0, old_pid)
     assert status["model"] is None  # a restart that failed to come up drops the preload
-    assert waiting.wait(START_S).images
+    assert submit(one_slot, catalog, BASE).wait(START_S).images
