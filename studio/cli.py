@@ -6,9 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from studio import pngmeta
 from studio.catalog import load_catalog
-from studio.errors import StudioError
+from studio.errors import InvalidRequest, StudioError
 from studio.schemas import parse_request
+
+# The output file's suffix picks its format; every format keeps the generation parameters.
+SUFFIX_FORMATS = {"": "png", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -22,7 +26,7 @@ def _size(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio")
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate images to PNG files")
+    gen = commands.add_parser("generate", help="generate images to PNG (or JPEG, WebP) files")
     gen.add_argument("--model", default=None, help="model id or alias (default: the catalog's default)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default=None)
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=int, default=1, help="number of images (1..4), one batched call")
     gen.add_argument("--models-dir", default=None, help="local folder of <model-id>/ pipelines")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    gen.add_argument("-o", "--output", required=True, help="OUT.png; several images become OUT-1.png, OUT-2.png ...")
+    gen.add_argument("-o", "--output", required=True, help="OUT.png (or .jpg, .webp); several images become OUT-1.png, OUT-2.png ...")
     commands.add_parser("models", help="list the catalog")
     return parser
 
@@ -45,7 +49,16 @@ def output_paths(output: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(1, count + 1)]
 
 
+def output_format(output: str) -> str:
+    suffix = Path(output).suffix.lower()
+    if suffix not in SUFFIX_FORMATS:
+        allowed = ", ".join(s for s in SUFFIX_FORMATS if s)
+        raise InvalidRequest(f"output: '{suffix}' files are not supported; use {allowed}", field="output")
+    return SUFFIX_FORMATS[suffix]
+
+
 def generate(args) -> int:
+    image_format = output_format(args.output)
     catalog = load_catalog(args.models_dir)
     width, height = args.size or (None, None)
     request = parse_request(
@@ -62,7 +75,7 @@ def generate(args) -> int:
     result = Engine(device).run(spec, request, on_step=lambda step, total: print(f"step {step}/{total}", file=sys.stderr))
     for path, png, seed in zip(output_paths(args.output, len(result.images)), result.images, result.seeds):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
+        path.write_bytes(pngmeta.convert(png, image_format, quality=95))
         print(f"{path}  seed={seed}")
     return 0
 

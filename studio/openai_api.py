@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import io
 import logging
 import re
 import time
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from studio import pngmeta
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized
 from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, allowed_range, parse_request
@@ -101,7 +101,7 @@ class ImageGenerationRequest(BaseModel):
         "this server keeps no public file host, so no http URL is ever returned.",
     )
     output_format: Literal["png", "jpeg", "webp"] | None = Field(
-        None, description="'png' (default) keeps the generation parameters inside the file; jpeg and webp do not."
+        None, description="'png' (default), 'jpeg' or 'webp'; all keep the generation parameters inside the file (PNG text, or EXIF as A1111 writes them)."
     )
     output_compression: int | None = Field(
         None, ge=0, le=100, description="Quality 0..100 of jpeg and webp output (default 100); ignored for png."
@@ -368,25 +368,13 @@ async def wait_for_result(job, request: Request, timeout_s: float) -> JobResult 
             outcome.cancel()
 
 
-def encode_image(png: bytes, output_format: str, quality: int) -> bytes:
-    """PNG as is (its metadata kept); jpeg/webp re-encoded at ``quality``."""
-    if output_format == "png":
-        return png
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format=output_format.upper(), quality=quality)
-    return buffer.getvalue()
-
-
 def build_response(body: ImageGenerationRequest, result: JobResult) -> ImagesResponse:
     resolved = result.request
     output_format = body.output_format or "png"
     quality = 100 if body.output_compression is None else body.output_compression
     data = []
     for png, seed in zip(result.images, resolved.seeds):
-        encoded = base64.b64encode(encode_image(png, output_format, quality)).decode("ascii")
+        encoded = base64.b64encode(pngmeta.convert(png, output_format, quality)).decode("ascii")
         if body.response_format == "url":
             payload = {"url": f"data:{MEDIA_TYPES[output_format]};base64,{encoded}"}
         else:

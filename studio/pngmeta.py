@@ -1,7 +1,9 @@
-"""PNG files that carry their generation parameters, and the reader for them.
+"""Image files that carry their generation parameters, and the reader for them.
 
-Two text chunks: ``parameters`` in the A1111 layout (so tools that show
-"PNG info" read it) and ``studio`` with the exact parameters as JSON.
+Every image is first a PNG with two text chunks: ``parameters`` in the A1111 layout (so
+tools that show "PNG info" read it) and ``studio`` with the exact parameters as JSON.
+``convert`` makes a JPEG or WebP of it that keeps both, where A1111 keeps them in those
+formats: the text in EXIF ``UserComment`` (UTF-16), the JSON in EXIF ``ImageDescription``.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import io
 import json
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import ExifTags, Image, PngImagePlugin
 
 from studio.schemas import GenerationRequest
 
 A1111_KEY = "parameters"
 JSON_KEY = "studio"
+FORMATS = ("png", "jpeg", "webp")
+USER_COMMENT_UNICODE = b"UNICODE\0"  # EXIF's character-code prefix for UTF-16 text
 
 
 def parameters_text(request: GenerationRequest, seed: int, label: str) -> str:
@@ -52,12 +56,47 @@ def encode(image: Image.Image, request: GenerationRequest, seed: int, label: str
     return buffer.getvalue()
 
 
+def convert(png: bytes, output_format: str, quality: int = 100) -> bytes:
+    """``png`` (from ``encode``) as ``output_format`` ("png", "jpeg", "webp"), its parameters kept."""
+    if output_format == "png":
+        return png
+    if output_format not in FORMATS:
+        raise ValueError(f"output_format: {output_format!r} is not one of {', '.join(FORMATS)}")
+    with Image.open(io.BytesIO(png)) as image:
+        text = _texts(image)
+        exif = Image.Exif()
+        if JSON_KEY in text:
+            exif[ExifTags.Base.ImageDescription] = text[JSON_KEY]  # json.dumps output is ASCII
+        if A1111_KEY in text:
+            exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = (
+                USER_COMMENT_UNICODE + text[A1111_KEY].encode("utf-16-be")
+            )
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format=output_format.upper(), quality=quality, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
 def read(source: bytes | str | Path) -> dict:
-    """The parameters stored in a PNG (``{}`` when it has none): the JSON chunk, plus the A1111 text."""
+    """The parameters stored in an image (``{}`` when it has none): the JSON, plus the A1111 text."""
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(handle) as image:
-        text = dict(getattr(image, "text", {}) or {})
+        text = _texts(image)
     params = json.loads(text[JSON_KEY]) if JSON_KEY in text else {}
     if A1111_KEY in text:
         params[A1111_KEY] = text[A1111_KEY]
     return params
+
+
+def _texts(image: Image.Image) -> dict[str, str]:
+    """The PNG text chunks, or the same two texts from a JPEG's or WebP's EXIF."""
+    text = dict(getattr(image, "text", {}) or {})
+    if text or image.format == "PNG":
+        return text
+    exif = image.getexif()
+    description = exif.get(ExifTags.Base.ImageDescription)
+    if isinstance(description, str) and description.startswith("{"):
+        text[JSON_KEY] = description
+    comment = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+    if isinstance(comment, bytes) and comment.startswith(USER_COMMENT_UNICODE):
+        text[A1111_KEY] = comment[len(USER_COMMENT_UNICODE):].decode("utf-16-be", errors="replace")
+    return text

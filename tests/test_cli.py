@@ -41,6 +41,19 @@ def test_several_images_are_numbered_and_reproducible(tiny_models, tmp_path):
     assert np.abs(batch - alone).max() <= 2
 
 
+def test_the_output_suffix_picks_the_format_and_the_parameters_stay(tiny_models, tmp_path):
+    models_dir = str(tiny_models("sdxl-turbo"))
+    args = ["generate", "--models-dir", models_dir, "--model", "sdxl-turbo", "--prompt", "a red fox", "--seed", "5"]
+    assert cli.main(args + ["--n", "2", "-o", str(tmp_path / "fox.webp")]) == 0
+    assert cli.main(args + ["-o", str(tmp_path / "fox.JPG")]) == 0
+    for name, pil_format, seed in (("fox-1.webp", "WEBP", 5), ("fox-2.webp", "WEBP", 6), ("fox.JPG", "JPEG", 5)):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == pil_format
+        params = pngmeta.read(tmp_path / name)
+        assert (params["seed"], params["model"]) == (seed, "sdxl-turbo")
+        assert "Seed: " in params["parameters"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -50,6 +63,7 @@ def test_several_images_are_numbered_and_reproducible(tiny_models, tmp_path):
         (["--model", "sdxl-base", "--n", "5"], "num_images: Input should be less than or equal to 4 (allowed 1..4)"),
         (["--model", "sdxl-base", "--steps", "0"], "steps: Input should be greater than or equal to 1"),
         (["--model", "flux-schnell", "--negative-prompt", "blurry"], "negative_prompt: flux-schnell does not support"),
+        (["--model", "sdxl-base", "-o", "x.gif"], "output: '.gif' files are not supported; use .png, .jpg"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):

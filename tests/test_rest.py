@@ -191,6 +191,8 @@ def test_jpeg_and_webp(http, output_format, pil_format):
         assert body["output_format"] == output_format
         image = decode(body["data"][0]["b64_json"])
         assert image.format == pil_format and image.size == (64, 64)
+        params = pngmeta.read(base64.b64decode(body["data"][0]["b64_json"]))
+        assert (params["prompt"], params["seed"], params["model"]) == ("a kite", 3, "sdxl-turbo")
         sizes[compression] = len(body["data"][0]["b64_json"])
     assert sizes[10] < sizes[95]  # output_compression really is the encoder's quality
 
