@@ -50,6 +50,13 @@ class QueueFull(StudioError):
     type = "rate_limit_error"
     code = "queue_full"
 
+    def __init__(self, message: str, field: str | None = None, retry_after_s: int = 5):
+        super().__init__(message, field)
+        self.retry_after_s = retry_after_s  # when a queue place is expected to free (the Retry-After header)
+
+    def __reduce__(self):
+        return (self.__class__, (self.message, self.field, self.retry_after_s))
+
 
 class JobCancelled(StudioError):
     # 499: nginx's "client closed request"; only seen by a caller that polls a cancelled job.

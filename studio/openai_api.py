@@ -37,7 +37,6 @@ from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, a
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = 5  # what a 429 tells the client to wait; the OpenAI SDK honours it when it retries
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks whether its client is still there
 TIMEOUT_GRACE_S = 5.0  # the slot manager times jobs out itself; this only backs it up
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but logs show what happened
@@ -249,7 +248,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     error = as_studio_error(exc)
     headers = {}
     if isinstance(error, QueueFull):
-        headers["Retry-After"] = str(RETRY_AFTER_S)
+        headers["Retry-After"] = str(error.retry_after_s)  # the OpenAI SDK honours it when it retries
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)

@@ -29,6 +29,7 @@ import atexit
 import bisect
 import itertools
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -58,6 +59,8 @@ CANCEL_GRACE_S = 10.0  # a worker gets this long to honour a timeout's cancel be
 RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as long each time ...
 RESTART_CAP_S = 60.0  # ... up to this
 STABLE_S = 60.0  # a worker that lived this long before dying starts its back-off afresh
+RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint when no job is running to estimate from
+RETRY_AFTER_MAX_S = 300
 DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
 STOP_JOIN_S = 10.0  # shutdown waits this long for workers to exit before killing them
@@ -587,8 +590,9 @@ class SlotManager:
             job, refusal = Job(spec, request, self, next(self._seq)), None
             if len(self._queue) >= limit:
                 # Ended at once, so observers (metrics) count refusals from every face alike.
+                retry_s = self._queue_place_in_s(time.monotonic())
                 refusal = QueueFull(f"the queue is full: {len(self._queue)} jobs are waiting (limit {limit}); "
-                                    "try again shortly")
+                                    f"try again in about {retry_s} s", retry_after_s=retry_s)
                 self._end(job, refusal)
             else:
                 self._queue.append(job)
@@ -622,6 +626,8 @@ class SlotManager:
                     "loading": slot.job.spec.id if slot.phase == "loading" and slot.job else None,
                     "busy": slot.busy,
                     "job": slot.job.id if slot.job else None,
+                    "step": slot.step if slot.job else 0,  # of "total", while the job generates
+                    "total": slot.total if slot.job else 0,
                     "jobs_done": slot.jobs_done,
                     "jobs_failed": slot.jobs_failed,
                     "loads": slot.loads,
@@ -818,6 +824,13 @@ class SlotManager:
                 self._end(queued, WorkerFailed(down))
             self._queue.clear()
         self._cond.notify_all()
+
+    def _queue_place_in_s(self, now: float) -> int:
+        """Whole seconds until a place in the full queue frees: the first busy slot to finish takes a job."""
+        remaining = [self.estimates.remaining_s(slot, now) for slot in self._slots if slot.busy]
+        if not remaining:  # nothing running (slots restarting): a short, honest guess
+            return RETRY_AFTER_DEFAULT_S
+        return max(1, min(RETRY_AFTER_MAX_S, math.ceil(min(remaining))))
 
     def _down_reason(self, now: float) -> str | None:
         """Why no job can run now (every slot's workers keep dying at start), or None while one could.

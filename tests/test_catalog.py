@@ -3,7 +3,7 @@
 import pytest
 
 from studio.catalog import load_catalog
-from studio.errors import InvalidRequest, UnknownModel
+from studio.errors import InvalidRequest, QueueFull, UnknownModel
 from studio.schemas import GenerationRequest, parse_request
 
 EXPECTED_IDS = {
@@ -113,6 +113,8 @@ def test_studio_errors_survive_pickling():
     assert (error.message, error.field, error.status) == ("steps: too many", "steps", 400)
     assert error.to_dict() == {"message": "steps: too many", "type": "invalid_request_error", "param": "steps",
                                "code": "invalid_value"}
+    full = pickle.loads(pickle.dumps(QueueFull("the queue is full", retry_after_s=12)))
+    assert (full.message, full.retry_after_s, full.status) == ("the queue is full", 12, 429)
 
 
 def test_models_folder_overrides_only_the_models_it_holds(tmp_path):

@@ -438,9 +438,14 @@ def test_a_full_queue_refuses_with_the_limit(one_slot, catalog):
     one_slot.add_observer(lambda job, outcome, duration: seen.append(outcome))
     running = submit(one_slot, catalog, BASE, **LONG)
     waiting = [submit(one_slot, catalog, BASE, seed=i) for i in range(2)]
+    wait_until(lambda: slot_status(one_slot, 0)["step"] >= 3, START_S, "the long job's first steps")
     with pytest.raises(QueueFull, match="limit 2") as caught:
         submit(one_slot, catalog, BASE)
     assert caught.value.status == 429
+    # The retry hint is when the running job should end (150 steps of >= 0.2 s), from its live progress.
+    expected_s = LONG["steps"] * faults.SLOW_STEP_S
+    assert expected_s / 2 < caught.value.retry_after_s <= expected_s * 2
+    assert f"try again in about {caught.value.retry_after_s} s" in caught.value.message
     assert seen == [caught.value]  # observers (metrics) count a refusal from any face
     assert [job.queue_position for job in waiting] == [0, 1]
     running.cancel()
