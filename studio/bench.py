@@ -36,8 +36,8 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 REST_MODEL = "flux-schnell"  # the catalog's default model
 SECOND_MODEL = "pixart-sigma"  # the other half of the mixed workload and of the swaps

@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

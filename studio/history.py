@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from studio import pngmeta
@@ -88,7 +88,7 @@ class History:
         # Microseconds plus a per-process counter keep names ordered even within one batch.
         with self._lock:
             sequence = next(self._counter) % 1000
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
         model = _safe(str(params.get("model") or "image"))
         seed = params.get("seed")
         suffix = f"-{seed}" if seed is not None else ""
@@ -103,7 +103,7 @@ def _sort_key(path: Path) -> str:
         mtime = path.stat().st_mtime
     except OSError:
         return ""
-    return datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y%m%d-%H%M%S-%f") + "999-" + path.name
+    return datetime.fromtimestamp(mtime, UTC).strftime("%Y%m%d-%H%M%S-%f") + "999-" + path.name
 
 
 def _safe(text: str) -> str:

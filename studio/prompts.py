@@ -19,9 +19,9 @@ truncated; the negative prompt is padded to the same length. A prompt compel can
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-import dataclasses
 
 import torch
 from compel import Compel, ReturnedEmbeddingsType

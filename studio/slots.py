@@ -39,9 +39,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
@@ -175,7 +176,7 @@ class Estimates:
         if units > 0:
             self._unit_s[model_id] = self._blend(self._unit_s.get(model_id), seconds / units)
 
-    def remaining_s(self, slot: "Slot", now: float) -> float:
+    def remaining_s(self, slot: Slot, now: float) -> float:
         """How long until the busy ``slot`` finishes its job: live progress when there is some."""
         job = slot.job
         if job is None:
@@ -204,7 +205,7 @@ class Job:
     result()`` and ``async for event in events()``; any number of either may follow one job.
     """
 
-    def __init__(self, spec: ModelSpec, request: GenerationRequest, manager: "SlotManager | None" = None,
+    def __init__(self, spec: ModelSpec, request: GenerationRequest, manager: SlotManager | None = None,
                  seq: int = 0):
         self.id = uuid.uuid4().hex
         self.spec = spec

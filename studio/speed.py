@@ -45,7 +45,7 @@ class EngineOptions:
     step_cache_threshold: float = 0.05  # diffusers' default: higher skips more steps and drifts more
 
     @classmethod
-    def from_settings(cls, settings) -> "EngineOptions":
+    def from_settings(cls, settings) -> EngineOptions:
         return cls(ram_cache_gb=settings.ram_cache_gb, compile=settings.compile, step_cache=settings.step_cache)
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
 from family_checks import (
     AllDenoiserCalls,
     TinyModels,
@@ -18,11 +17,12 @@ from family_checks import (
     check_seed_decides_the_image,
     differ,
 )
+
 from studio import families
 from studio.catalog import load_catalog
 from studio.errors import InvalidRequest, ModelLoadFailed
-from studio.families.cascade import stage_sources
 from studio.families.base import load_kwargs
+from studio.families.cascade import stage_sources
 from studio.schemas import GenerationRequest
 
 MODEL_ID = "stable-cascade"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from family_checks import (
     DenoiserCalls,
     TinyModels,
@@ -15,6 +14,7 @@ from family_checks import (
     check_seed_decides_the_image,
     differ,
 )
+
 from studio.errors import InvalidRequest
 
 FLUX_IDS = ["flux-schnell", "flux-dev"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from family_checks import (
     PROMPT,
     DenoiserCalls,
@@ -16,6 +15,7 @@ from family_checks import (
     check_seed_decides_the_image,
     differ,
 )
+
 from studio.catalog import load_catalog
 from studio.errors import InvalidRequest
 from studio.schemas import GenerationRequest

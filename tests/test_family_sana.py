@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from family_checks import (
     DenoiserCalls,
     TinyModels,
@@ -14,6 +13,7 @@ from family_checks import (
     check_seed_decides_the_image,
     differ,
 )
+
 from studio.errors import InvalidRequest
 
 SANA_IDS = ["sana-1.5"]

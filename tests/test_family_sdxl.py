@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 
 import pytest
-
 from family_checks import (
     DenoiserCalls,
     TinyModels,
@@ -16,6 +15,7 @@ from family_checks import (
     check_seed_decides_the_image,
     ignore_steps,
 )
+
 from studio import families
 from studio.catalog import load_catalog
 from studio.errors import InvalidRequest

@@ -20,10 +20,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import faults
 import pytest
 from PIL import Image
 
-import faults
 from studio import pngmeta
 from studio.catalog import load_catalog
 from studio.config import Settings

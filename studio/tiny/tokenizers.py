@@ -12,10 +12,7 @@ import string
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import BertTokenizer, CLIPTokenizer, GemmaTokenizer, T5Tokenizer
 
-WORDS = (
-    "a an the of in on and with red blue green fox cat dog photo painting portrait dark light "
-    "city forest sky sea mountain night day golden hour cinematic detailed style"
-).split()
+WORDS = ["a", "an", "the", "of", "in", "on", "and", "with", "red", "blue", "green", "fox", "cat", "dog", "photo", "painting", "portrait", "dark", "light", "city", "forest", "sky", "sea", "mountain", "night", "day", "golden", "hour", "cinematic", "detailed", "style"]
 CHARS = string.ascii_lowercase + string.digits + string.punctuation
 
 
