@@ -16,6 +16,17 @@ def _csv(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
+def _logins(text: str | None) -> list[tuple[str, str]]:
+    """``"ann:secret,bob:hunter2"`` as ``[("ann", "secret"), ("bob", "hunter2")]``."""
+    logins = []
+    for number, entry in enumerate(_csv(text), start=1):
+        user, colon, password = entry.partition(":")
+        if not (user and colon and password):  # the message never echoes the entry: it may be a password
+            raise argparse.ArgumentTypeError(f"login {number} must be USER:PASSWORD (logins are comma-separated)")
+        logins.append((user, password))
+    return logins
+
+
 @dataclass
 class Settings:
     host: str = "0.0.0.0"
@@ -27,6 +38,7 @@ class Settings:
     max_queue: int = 32
     job_timeout_s: float = 600.0
     api_key: str | None = None
+    ui_auth: list[tuple[str, str]] = field(default_factory=list)  # logins for the web UI and the Gradio API
     outputs_dir: Path = Path("outputs")
     ram_cache_gb: float = 0.0
     compile: bool = False
@@ -36,7 +48,7 @@ class Settings:
     fault_hook: str | None = None
 
     @classmethod
-    def from_args(cls, argv: list[str] | None = None) -> "Settings":
+    def from_args(cls, argv: list[str] | None = None) -> Settings:
         parser = build_parser()
         args = parser.parse_args(argv)
         return cls(
@@ -49,6 +61,7 @@ class Settings:
             max_queue=args.max_queue,
             job_timeout_s=args.job_timeout,
             api_key=args.api_key or None,
+            ui_auth=args.ui_auth or [],
             outputs_dir=Path(args.outputs_dir),
             ram_cache_gb=args.ram_cache_gb,
             compile=args.compile,
@@ -73,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")))
     parser.add_argument("--job-timeout", type=float, default=float(_env("JOB_TIMEOUT", "600")), help="seconds")
     parser.add_argument("--api-key", default=_env("API_KEY"), help="require this bearer key on /v1 routes")
+    parser.add_argument(
+        "--ui-auth", type=_logins, default=_env("UI_AUTH"), metavar="USER:PASSWORD[,...]",
+        help="require a login for the web UI and the Gradio API (gradio_client's auth=)",
+    )
     parser.add_argument("--outputs-dir", default=_env("OUTPUTS_DIR", "outputs"))
     parser.add_argument("--ram-cache-gb", type=float, default=float(_env("RAM_CACHE_GB", "0")))
     parser.add_argument("--compile", action="store_true", default=_flag(_env("COMPILE")), help="torch.compile (CUDA)")

@@ -69,6 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
         response_class=Response, responses={200: {"content": {"text/plain": {}}}},
     )
     mount_ui(app, catalog, manager, settings)
+    if settings.api_key and not settings.ui_auth:
+        log.warning("--api-key guards /v1 only: the web UI and the Gradio API are open (add --ui-auth USER:PASSWORD)")
     return app
 
 

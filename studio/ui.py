@@ -79,11 +79,13 @@ def load_styles(path: Path = STYLES_FILE) -> dict[str, Style]:
 
 
 def mount_options(settings: Settings) -> dict:
-    """Keyword arguments for ``gr.mount_gradio_app``: the styling and the outputs folder it may serve.
+    """Keyword arguments for ``gr.mount_gradio_app``: styling, the outputs folder it may serve, logins.
 
     Gradio 6 takes css/js/theme at mount time, not in ``gr.Blocks``, so the server passes these on.
     """
     return dict(
+        auth=list(settings.ui_auth) or None,
+        auth_message="Image Studio: sign in with a login from the server's --ui-auth." if settings.ui_auth else None,
         css_paths=[ASSETS_DIR / "studio.css"],
         js=(ASSETS_DIR / "studio.js").read_text(),
         allowed_paths=[str(Path(settings.outputs_dir).resolve())],

@@ -34,6 +34,7 @@ from studio.config import Settings
 from tests.live import ROOT, run_app, serve
 
 API_KEY = "test-key"
+UI_LOGIN = ("ann", "ui-secret")  # --ui-auth: the web UI and the Gradio API
 MODELS = ("sdxl-turbo", "sdxl-base")  # sdxl-turbo: no negative prompt, no guidance; sdxl-base: both
 JOB_TIMEOUT_S = 20.0
 LONG_SIDE = 512
@@ -71,6 +72,7 @@ def server(models_dir, tmp_path_factory):
         max_queue=1,
         job_timeout_s=JOB_TIMEOUT_S,
         api_key=API_KEY,
+        ui_auth=[UI_LOGIN],
         outputs_dir=tmp_path_factory.mktemp("outputs"),
     )
     with serve(settings) as base_url:
@@ -268,6 +270,20 @@ def test_api_key_guards_v1_only(server):
         assert anonymous.get("/health").status_code == 200
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_ui_auth_guards_the_web_ui_and_the_gradio_api(server):
+    from gradio_client import Client
+
+    with httpx.Client(base_url=server, timeout=30) as anonymous:
+        assert anonymous.get("/config").status_code == 401  # what the page needs before it can show anything
+        assert anonymous.post("/login", data={"username": UI_LOGIN[0], "password": "wrong"}).status_code == 400
+    with pytest.raises(ValueError, match="credentials were not provided"):
+        Client(server + "/", verbose=False)
+    with pytest.raises(ValueError, match="Could not login"):
+        Client(server + "/", auth=(UI_LOGIN[0], "wrong"), verbose=False)
+    models = Client(server + "/", auth=UI_LOGIN, verbose=False).predict(api_name="/models")
+    assert len(models) == 15
 
 
 # ---------------------------------------------------------------- models, health, metrics, docs
