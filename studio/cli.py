@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=int, default=1, help="number of images (1..4), one batched call")
     gen.add_argument("--models-dir", default=None, help="local folder of <model-id>/ pipelines")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    gen.add_argument("-o", "--output", required=True, help="OUT.png (or .jpg, .webp); several images become OUT-1.png, OUT-2.png ...")
+    gen.add_argument("-o", "--output", required=True,
+                     help="OUT.png (or .jpg, .webp); several images become OUT-1.png, OUT-2.png ...")
     commands.add_parser("models", help="list the catalog")
     return parser
 

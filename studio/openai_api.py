@@ -100,7 +100,9 @@ class ImageGenerationRequest(BaseModel):
         "this server keeps no public file host, so no http URL is ever returned.",
     )
     output_format: Literal["png", "jpeg", "webp"] | None = Field(
-        None, description="'png' (default), 'jpeg' or 'webp'; all keep the generation parameters inside the file (PNG text, or EXIF as A1111 writes them)."
+        None,
+        description="'png' (default), 'jpeg' or 'webp'; all keep the generation parameters inside the file "
+        "(PNG text, or EXIF as A1111 writes them).",
     )
     output_compression: int | None = Field(
         None, ge=0, le=100, description="Quality 0..100 of jpeg and webp output (default 100); ignored for png."

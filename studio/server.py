@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     mount_ui(app, catalog, manager, settings)
     if settings.api_key and not settings.ui_auth:
-        log.warning("--api-key guards /v1 only: the web UI and the Gradio API are open (add --ui-auth USER:PASSWORD)")
+        log.warning("--api-key guards /v1 only: the web UI and the Gradio API are open (--ui-auth closes them)")
     return app
 
 

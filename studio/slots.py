@@ -14,9 +14,9 @@ so the choice uses what is true at that moment:
 
 A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
 back-off when it keeps dying (and without its preloads once a restart failed to come up).
-While every slot is down (its last workers died before they were ready), jobs are refused with ``WorkerFailed`` rather
-than left waiting for a recovery that may never come; the restarts go on, and the first worker
-that comes up serves again. A job running past ``settings.job_timeout_s`` is cancelled and
+While every slot is down (its last workers died before they were ready), jobs are refused with
+``WorkerFailed`` rather than left waiting for a recovery that may never come; the restarts go
+on, and the first worker that comes up serves again. A job running past ``settings.job_timeout_s`` is cancelled and
 fails with ``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed.
 
 Runs in the parent process: never imports torch.
@@ -579,25 +579,26 @@ class SlotManager:
     def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
         """Queue a job (``request`` already resolved by ``spec.check``); never blocks.
 
-        Raises ``QueueFull`` when ``settings.max_queue`` jobs are already waiting.
+        Raises ``QueueFull`` when ``settings.max_queue`` jobs are already waiting, and
+        ``WorkerFailed`` while every slot is down.
         """
         with self._locked():
             if self._phase != "running":
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
-            down = self._down_reason(time.monotonic())
-            if down:
-                raise WorkerFailed(down)
-            limit = self.settings.max_queue
+            now, limit = time.monotonic(), self.settings.max_queue
             job, refusal = Job(spec, request, self, next(self._seq)), None
-            if len(self._queue) >= limit:
-                # Ended at once, so observers (metrics) count refusals from every face alike.
-                retry_s = self._queue_place_in_s(time.monotonic())
+            down = self._down_reason(now)
+            if down:
+                refusal = WorkerFailed(down)
+            elif len(self._queue) >= limit:
+                retry_s = self._queue_place_in_s(now)
                 refusal = QueueFull(f"the queue is full: {len(self._queue)} jobs are waiting (limit {limit}); "
                                     f"try again in about {retry_s} s", retry_after_s=retry_s)
-                self._end(job, refusal)
+            if refusal is not None:
+                self._end(job, refusal)  # ended at once, so observers (metrics) count refusals from every face
             else:
                 self._queue.append(job)
-                self._dispatch(time.monotonic())
+                self._dispatch(now)
         if refusal is not None:
             raise refusal  # after _locked() has settled it: observers have seen it
         return job

@@ -85,7 +85,7 @@ def mount_options(settings: Settings) -> dict:
     """
     return dict(
         auth=list(settings.ui_auth) or None,
-        auth_message="Image Studio: sign in with a login from the server's --ui-auth." if settings.ui_auth else None,
+        auth_message="Image Studio: sign in with a login of the server's --ui-auth." if settings.ui_auth else None,
         css_paths=[ASSETS_DIR / "studio.css"],
         js=(ASSETS_DIR / "studio.js").read_text(),
         allowed_paths=[str(Path(settings.outputs_dir).resolve())],
