@@ -28,6 +28,11 @@ class Defaults:
     height: int
     negative_prompt: str | None = None  # what an empty negative prompt becomes (HunyuanDiT's reference one)
 
+    def as_dict(self) -> dict:
+        """For the APIs' model listings: the negative prompt only where the model has one."""
+        data = dict(steps=self.steps, guidance=self.guidance, width=self.width, height=self.height)
+        return data | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
+
 
 @dataclass(frozen=True)
 class Limits:

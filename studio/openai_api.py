@@ -404,8 +404,7 @@ def model_object(spec: ModelSpec, created: int) -> ModelObject:
         negative_prompt=spec.negative_prompt,
         cfg=spec.cfg,
         max_n=MAX_IMAGES,
-        defaults={"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height,
-                  **({"negative_prompt": d.negative_prompt} if d.negative_prompt else {})},
+        defaults=d.as_dict(),
         limits={
             "size_multiple": lim.size_multiple,
             "min_side": lim.min_side,

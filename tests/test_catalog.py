@@ -57,6 +57,8 @@ def test_a_default_negative_prompt_is_filled_in_where_the_model_has_one(catalog)
     _, resolved = catalog.resolve(GenerationRequest(prompt="x", model="hunyuan-dit"))
     official = catalog.get("hunyuan-dit").defaults.negative_prompt
     assert official and resolved.negative_prompt == official
+    assert catalog.get("hunyuan-dit").defaults.as_dict()["negative_prompt"] == official  # listed by both APIs
+    assert "negative_prompt" not in catalog.get("sdxl-base").defaults.as_dict()
     _, resolved = catalog.resolve(GenerationRequest(prompt="x", model="hunyuan-dit", negative_prompt="blurry"))
     assert resolved.negative_prompt == "blurry"
     _, resolved = catalog.resolve(GenerationRequest(prompt="x", model="sdxl-base", negative_prompt=""))
