@@ -17,6 +17,34 @@ from pathlib import Path
 from studio import pngmeta
 
 DEFAULT_LIMIT = 100  # what a listing returns at most; the folder itself is never pruned
+OWNER_KINDS = ("users", "api")  # web UI logins, named REST API keys
+
+
+def owner_dir(outputs_dir: str | Path, owner: str | None, kind: str = "users") -> Path:
+    """The folder that holds one owner's images: the only place their history reads and writes.
+
+    No owner (no logins, unnamed API key): ``outputs/`` itself for the UI, ``outputs/api/`` for REST.
+    A login ``ann``: ``outputs/users/ann/``; an API key named ``ci``: ``outputs/api/ci/``. Names are
+    encoded one-to-one into a file-name part (``safe_name``), so no login can reach another's folder.
+    """
+    if kind not in OWNER_KINDS:
+        raise ValueError(f"owner kind must be one of {OWNER_KINDS}, not {kind!r}")
+    root = Path(outputs_dir)
+    if owner is None:
+        return root / "api" if kind == "api" else root
+    return root / kind / safe_name(owner)
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one path part, one-to-one: ASCII letters, digits and ``-`` stay, anything else
+    (``_`` included, so the escape itself is unambiguous) becomes ``_`` and two hex digits per UTF-8 byte.
+    """
+    if not name:
+        raise ValueError("an owner name must not be empty")
+    return "".join(
+        ch if (ch.isascii() and ch.isalnum()) or ch == "-" else "".join(f"_{b:02x}" for b in ch.encode())
+        for ch in name
+    )
 
 
 @dataclass(frozen=True)

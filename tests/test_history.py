@@ -69,3 +69,19 @@ def test_foreign_and_broken_files_do_not_break_the_listing(tmp_path):
 
 def test_missing_folder_is_an_empty_history(tmp_path):
     assert History(tmp_path / "never-created").entries() == []
+
+
+def test_owner_dir_gives_each_login_and_api_key_its_own_folder(tmp_path):
+    from studio.history import owner_dir
+
+    assert owner_dir(tmp_path, None) == tmp_path
+    assert owner_dir(tmp_path, None, kind="api") == tmp_path / "api"
+    assert owner_dir(tmp_path, "ann") == tmp_path / "users" / "ann"
+    assert owner_dir(tmp_path, "ci", kind="api") == tmp_path / "api" / "ci"
+    # Names that would escape or collide as plain path parts stay inside, one folder each.
+    hostile = ["..", ".", "a/b", "a_2fb", "A", "a b", "ann/../bob", "é"]
+    folders = [owner_dir(tmp_path, name) for name in hostile]
+    assert len(set(folders)) == len(hostile)
+    for folder in folders:
+        assert folder.parent == tmp_path / "users"
+        assert folder.name not in {".", ".."} and "/" not in folder.name
