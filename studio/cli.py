@@ -1,12 +1,15 @@
-"""``python -m studio generate ...``: generate images from a script, in-process on one device."""
+"""``python -m studio generate / models / pull``: images from a script (in-process, one device), the
+catalog with what is on disk, and model downloads into the Hugging Face cache."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from studio import pngmeta
+from studio import hub, pngmeta
 from studio.catalog import load_catalog
 from studio.errors import InvalidRequest, StudioError
 from studio.schemas import parse_request
@@ -39,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("-o", "--output", required=True,
                      help="OUT.png (or .jpg, .webp); several images become OUT-1.png, OUT-2.png ...")
-    commands.add_parser("models", help="list the catalog")
+    listing = commands.add_parser("models", help="list the catalog: on disk or not, download size")
+    listing.add_argument("--models-dir", default=None, help="local folder of <model-id>/ pipelines")
+    pull = commands.add_parser("pull", help="download models into the Hugging Face cache (HF_HOME), resumable")
+    pull.add_argument("ids", nargs="*", metavar="ID", help="model ids or aliases")
+    pull.add_argument("--all", action="store_true", help="every model of the catalog")
     return parser
 
 
@@ -87,18 +94,96 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def list_models() -> int:
-    for spec in load_catalog():
+def list_models(args) -> int:
+    """One line per model: id, label, repo, defaults, then whether it is on disk and its download size."""
+    catalog = load_catalog(args.models_dir)
+    specs = list(catalog)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one hub listing per repo: ask for them together
+        disk = list(pool.map(hub.disk_status, specs))
+    for spec, (state, _) in zip(specs, disk):
         aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
         d = spec.defaults
-        print(f"{spec.id:<16} {spec.label}{aliases}: {spec.repo}, {d.width}x{d.height}, {d.steps} steps")
+        print(f"{spec.id:<16} {spec.label}{aliases}: {spec.source}, {d.width}x{d.height}, {d.steps} steps; {state}")
+    problems = {problem for _, problem in disk if problem}
+    for problem in sorted(problems):
+        print(f"note: {problem}", file=sys.stderr)
     return 0
+
+
+def pull(args) -> int:
+    """Download each model (all with --all); a failed model does not stop the others; exit 2 if any failed."""
+    catalog = load_catalog()
+    if args.all == bool(args.ids):
+        raise InvalidRequest("pull: name model ids, or --all for the whole catalog", field="ids")
+    specs = list(catalog) if args.all else [catalog.get(model_id) for model_id in args.ids]
+    failed = 0
+    for spec in specs:
+        try:
+            _pull_one(spec)
+        except StudioError as exc:
+            failed += 1
+            print(f"error: {spec.id}: {exc.message}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _pull_one(spec) -> None:
+    plan = hub.plan_model(spec)
+    missing = plan.missing()
+    if not missing:
+        print(f"{spec.id}: on disk ({hub.format_size(plan.total)})")
+        return
+    bar = ProgressBar(sys.stderr)
+    started = time.monotonic()
+    try:
+        hub.download(spec, plan, bar.show)
+    except KeyboardInterrupt:
+        bar.end()
+        print(f"{spec.id}: interrupted; finished files stay in the cache: run the same command to go on",
+              file=sys.stderr)
+        raise
+    bar.end()
+    took = hub.format_duration(time.monotonic() - started)
+    print(f"{spec.id}: on disk ({hub.format_size(plan.total)}; downloaded {hub.format_size(missing)} in {took})")
+
+
+class ProgressBar:
+    """A one-line bar redrawn in place on a terminal; elsewhere (logs, CI) a line every 10 s."""
+
+    WIDTH = 24
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_line = 0.0
+        self.drawn = False
+
+    def show(self, progress: hub.Progress) -> None:
+        filled = int(self.WIDTH * progress.done / progress.total) if progress.total else self.WIDTH
+        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.describe()}"
+        if self.tty:
+            self.stream.write(f"\r{line:<100}")
+            self.drawn = True
+        elif time.monotonic() - self.last_line >= 10:
+            self.stream.write(line + "\n")
+            self.last_line = time.monotonic()
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+COMMANDS = {"generate": generate, "models": list_models, "pull": pull}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return generate(args) if args.command == "generate" else list_models()
+        return COMMANDS[args.command](args)
     except StudioError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
