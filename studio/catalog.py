@@ -8,16 +8,21 @@ model's defaults and limits (the tiny test models use this to stay tiny).
 
 from __future__ import annotations
 
+import math
 import random
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio import families
 from studio.errors import InvalidRequest, UnknownModel
 from studio.schemas import MAX_SEED, GenerationRequest
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 OVERRIDE_FILE = "studio.toml"
+# How much of the input image an edit repaints when the request leaves strength unset: image-to-image
+# keeps its composition (A1111's default denoising strength), inpainting repaints the masked area fully.
+DEFAULT_STRENGTH = {families.IMAGE_TO_IMAGE: 0.75, families.INPAINTING: 1.0}
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,26 @@ class ModelSpec:
         """What ``from_pretrained`` gets: the local folder when there is one, else the hub repo."""
         return str(self.local_dir) if self.local_dir else self.repo
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What this model can do: "text-to-image", and "image-to-image" / "inpainting" where its family can."""
+        return families.tasks(self.family)
+
+    def fit_size(self, width: int, height: int) -> tuple[int, int]:
+        """An input image's size made valid for this model: the same aspect ratio scaled into the side and
+        pixel limits, rounded down to the size multiple (the nearest allowed size for fixed-size models)."""
+        lim = self.limits
+        if lim.allowed_sizes:
+            return min(lim.allowed_sizes, key=lambda size: abs(math.log((size[0] / size[1]) / (width / height))))
+        scale = min(1.0, lim.max_side / max(width, height), (lim.max_pixels / (width * height)) ** 0.5)
+        scale = max(scale, lim.min_side / min(width, height))
+        multiple = lim.size_multiple
+
+        def side(value: float) -> int:
+            return max(lim.min_side, min(lim.max_side, int(value // multiple) * multiple))
+
+        return side(width * scale), side(height * scale)
+
     def size_presets(self) -> list[tuple[int, int]]:
         """Valid (width, height) choices for the UI: the allowed list, or common aspect ratios that fit."""
         if self.limits.allowed_sizes:
@@ -115,7 +140,11 @@ class ModelSpec:
         d, lim = self.defaults, self.limits
         width = request.width if request.width is not None else d.width
         height = request.height if request.height is not None else d.height
+        strength = self._check_strength(request)
         steps = request.steps if request.steps is not None else d.steps
+        if strength is not None and request.steps is None:
+            # An edit runs steps x strength of the schedule: the default must still run at least one.
+            steps = min(lim.max_steps, max(steps, math.ceil(1 / strength)))
         guidance = request.guidance if request.guidance is not None else d.guidance
 
         if lim.allowed_sizes:
@@ -142,6 +171,12 @@ class ModelSpec:
                 )
         if not 1 <= steps <= lim.max_steps:
             raise InvalidRequest(f"steps: {steps} is out of range for {self.id}; allowed 1..{lim.max_steps}", field="steps")
+        if strength is not None and steps * strength < 1:
+            raise InvalidRequest(
+                f"strength: {strength:g} of {steps} steps runs no denoising step; "
+                f"raise strength or steps (steps x strength must be at least 1)",
+                field="strength",
+            )
         if not lim.min_guidance <= guidance <= lim.max_guidance:
             if not self.cfg:
                 reason = f"{self.id} is guidance-distilled; guidance must be {lim.min_guidance:g}"
@@ -158,9 +193,24 @@ class ModelSpec:
         return request.model_copy(
             update=dict(
                 model=self.id, width=width, height=height, steps=steps, guidance=guidance,
-                negative_prompt=negative, seed=seed,
+                negative_prompt=negative, seed=seed, strength=strength,
             )
         )
+
+    def _check_strength(self, request: GenerationRequest) -> float | None:
+        """The edit's strength (its task's default when unset); None for text-to-image, which has none."""
+        if request.mask is not None and request.image is None:
+            raise InvalidRequest("mask: a mask needs an image to apply to", field="mask")
+        if request.task not in self.tasks:
+            raise InvalidRequest(f"image: {self.id} cannot do {request.task}", field="image")
+        if request.task == families.TEXT_TO_IMAGE:
+            if request.strength is not None:
+                raise InvalidRequest("strength: only edits (an input image) have a strength", field="strength")
+            return None
+        strength = request.strength if request.strength is not None else DEFAULT_STRENGTH[request.task]
+        if strength <= 0:
+            raise InvalidRequest("strength: must be above 0 (allowed 0..1; 0 would return the input)", field="strength")
+        return strength
 
 
 @dataclass
@@ -181,7 +231,14 @@ class Catalog:
     def resolve(self, request: GenerationRequest) -> tuple[ModelSpec, GenerationRequest]:
         """The one validation step of the data flow: find the model, check and fill the request."""
         spec = self.get(request.model)
+        if request.task not in spec.tasks:
+            able = ", ".join(self.able(request.task)) or "none"
+            raise InvalidRequest(f"model: {spec.id} cannot do {request.task}; models that can: {able}", field="model")
         return spec, spec.check(request)
+
+    def able(self, task: str) -> list[str]:
+        """The ids of the models that can run ``task``."""
+        return [spec.id for spec in self if task in spec.tasks]
 
     def __iter__(self):
         return iter(self.models.values())

@@ -11,6 +11,7 @@ Imports torch, so never import this module in the parent server process.
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import time
 from collections import OrderedDict
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, int], None]
 OnStage = Callable[[str], None]
+OnPreview = Callable[[int, int, int, bytes], None]  # (index, step, total, PNG of the preview)
 
 
 def _ignore(*_args) -> None:
@@ -84,6 +86,7 @@ class Engine:
         self.loads = 0  # pipelines read from disk
         self.cache_hits = 0  # swaps served from the RAM cache
         self.cache = PipelineCache(self.options.ram_cache_bytes)
+        self._task_pipes: dict[str, object] = {}  # edit pipelines made from the resident one
         self._on_cpu = torch.device(device).type == "cpu"
 
     @property
@@ -105,9 +108,16 @@ class Engine:
         self.spec = spec
         return True
 
+    def task_pipe(self, task: str):
+        """The resident model's pipeline for ``task``, made once per load with ``from_pipe`` (shared weights)."""
+        if task not in self._task_pipes:
+            self._task_pipes[task] = families.task_pipeline(self.pipe, self.spec.family, task)
+        return self._task_pipes[task]
+
     def unload(self) -> None:
         """Drop the resident pipeline (the RAM cache keeps its own) and give its memory back."""
         self.pipe, self.spec = None, None
+        self._task_pipes.clear()
         self._free()
 
     def clear_cache(self) -> None:
@@ -120,16 +130,21 @@ class Engine:
         request: GenerationRequest,
         on_step: OnStep = _ignore,
         on_stage: OnStage = _ignore,
+        on_preview: OnPreview = _ignore,
     ) -> JobResult:
-        """Load if needed, generate ``request.num_images`` images in one call, encode them as PNGs."""
+        """Load if needed, generate ``request.num_images`` images in one call, encode them as PNGs.
+
+        ``request.previews`` previews of the first image, spread over the run, go to ``on_preview``.
+        """
         started = time.perf_counter()
         if self.spec != spec:
             on_stage("loading")
         loaded = self.ensure(spec)
         on_stage("generating")
         try:
-            speed.prepare(self.pipe, request)
-            images = families.generate(self.pipe, spec, request, on_step)
+            pipe = self.task_pipe(request.task)
+            speed.prepare(pipe, request)
+            images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))
         except JobCancelled:
             raise
         except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -179,6 +194,7 @@ class Engine:
         """Move the resident pipeline into the RAM cache when it fits there, else drop it."""
         pipe, spec = self.pipe, self.spec
         self.pipe, self.spec = None, None
+        self._task_pipes.clear()  # they hold the old model's components
         if pipe is None:
             return
         if self.cache.max_bytes > 0:
@@ -204,3 +220,33 @@ class Engine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+
+def preview_steps(count: int, total: int) -> set[int]:
+    """The steps after which ``count`` previews are made: evenly spread, never after the last step
+    (that one is the image itself); fewer when the run has fewer steps."""
+    return {round(total * (i + 1) / (count + 1)) for i in range(count)} - {0, total}
+
+
+class StepReporter:
+    """The adapters' ``on_step`` with previews: progress after every step, and at ``count`` evenly spread
+    steps a preview (PNG) for ``on_preview(index, step, total, png)``."""
+
+    def __init__(self, count: int, on_step: OnStep, on_preview: OnPreview):
+        self.count, self.on_step, self.on_preview = count, on_step, on_preview
+        self.sent = 0
+        self._at: tuple[int, int] = (0, 0)
+
+    def __call__(self, step: int, total: int) -> None:
+        self._at = (step, total)
+        self.on_step(step, total)
+
+    def wants_preview(self, step: int, total: int) -> bool:
+        return self.sent < self.count and step in preview_steps(self.count, total)
+
+    def preview(self, image) -> None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)  # small and made often: speed over size
+        self.on_preview(self.sent, *self._at, buffer.getvalue())
+        self.sent += 1

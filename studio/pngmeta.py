@@ -32,6 +32,7 @@ def parameters_text(request: GenerationRequest, seed: int, label: str) -> str:
         ("CFG scale", f"{request.guidance:g}"),
         ("Seed", seed),
         ("Size", f"{request.width}x{request.height}"),
+        *([("Denoising strength", f"{request.strength:g}"), ("Task", request.task)] if request.image else []),
         ("Model", label),
         ("Model id", request.model),
         ("Version", "Image Studio"),
@@ -41,9 +42,10 @@ def parameters_text(request: GenerationRequest, seed: int, label: str) -> str:
 
 
 def metadata(request: GenerationRequest, seed: int) -> dict:
-    """The JSON parameters of one image: the request as resolved, with this image's own seed and n=1."""
+    """The JSON parameters of one image: the request as resolved, with this image's own seed and n=1,
+    and its task (the input image and mask themselves are not kept)."""
     data = request.model_dump()
-    data.update(seed=seed, num_images=1)
+    data.update(seed=seed, num_images=1, task=request.task)
     return data
 
 

@@ -14,6 +14,8 @@ from studio.errors import InvalidRequest
 
 MAX_SEED = 2**32 - 1  # what A1111-style tools and most UIs accept
 MAX_IMAGES = 4
+MAX_PREVIEWS = 8  # partial images per job: enough to watch it form, few enough to cost nothing
+TASKS = ("text-to-image", "image-to-image", "inpainting")
 
 
 class GenerationRequest(BaseModel):
@@ -30,6 +32,23 @@ class GenerationRequest(BaseModel):
     guidance: float | None = Field(None, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i.")
     num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="Images generated in one batched call.")
+    # -- edits: an input image makes it image-to-image, a mask too makes it inpainting
+    strength: float | None = Field(
+        None, ge=0.0, le=1.0, description="How much of the input image is repainted (edits only); 1 = all of it."
+    )
+    image: bytes | None = Field(None, exclude=True, repr=False, description="The input image file (edits only).")
+    mask: bytes | None = Field(
+        None, exclude=True, repr=False, description="The mask file (inpainting): alpha 0, or white where opaque, is repainted."
+    )
+    # -- delivery, not a parameter of the image (so not in its metadata)
+    previews: int = Field(0, ge=0, le=MAX_PREVIEWS, exclude=True, description="Preview images sent during the run.")
+
+    @property
+    def task(self) -> str:
+        """ "text-to-image", "image-to-image" (an input image) or "inpainting" (an image and a mask)."""
+        if self.image is None:
+            return "text-to-image"
+        return "inpainting" if self.mask is not None else "image-to-image"
 
     @property
     def seeds(self) -> list[int]:

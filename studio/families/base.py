@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import torch
 
-from studio import speed
+from studio import speed, uploads
 from studio.catalog import ModelSpec
 from studio.errors import ModelLoadFailed
+from studio.families import preview
 from studio.schemas import GenerationRequest
 
 OnStep = Callable[[int, int], None]
@@ -58,11 +59,37 @@ def generators(request: GenerationRequest) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
 
 
-def step_callback(on_step: OnStep, total: int):
-    """A ``callback_on_step_end`` that reports progress; ``on_step`` may raise to cancel."""
+def step_callback(on_step: OnStep, request: GenerationRequest, spec: ModelSpec):
+    """A ``callback_on_step_end`` that reports progress; ``on_step`` may raise to cancel.
+
+    When ``on_step`` also has ``wants_preview(step, total)`` and ``preview(image)`` (the engine's
+    ``StepReporter``), the steps it wants get a preview image of the latents.
+    """
+    wants_preview = getattr(on_step, "wants_preview", None)
 
     def callback(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        # Edits run steps x strength of the schedule; the pipeline knows how many that is.
+        total = getattr(pipe, "_num_timesteps", None) or request.steps
         on_step(step + 1, total)
+        latents = callback_kwargs.get("latents")
+        if wants_preview is not None and latents is not None and wants_preview(step + 1, total):
+            image = preview.latents_to_image(pipe, spec.family, latents, request)
+            if image is not None:
+                on_step.preview(image)
         return {}
 
     return callback
+
+
+def edit_arguments(request: GenerationRequest, size: bool = True) -> dict:
+    """The pipeline arguments of an edit: the input image (and mask) at the request's size, the strength.
+    ``size=False`` for pipelines that take the size from the image (SDXL image-to-image)."""
+    if request.image is None:
+        return {}
+    width_height = (request.width, request.height)
+    arguments = {"image": uploads.load_rgb(request.image, width_height), "strength": request.strength}
+    if request.mask is not None:
+        arguments["mask_image"] = uploads.repaint_mask(request.mask, width_height)
+    if not size:
+        return arguments
+    return arguments | {"width": request.width, "height": request.height}

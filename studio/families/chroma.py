@@ -19,6 +19,13 @@ def load(spec: ModelSpec, device: str) -> ChromaPipeline:
     return base.from_pretrained(ChromaPipeline, spec, device)
 
 
+def fix_task_pipeline(pipe, task: str) -> None:
+    """``ChromaInpaintPipeline`` (diffusers 0.42) reads ``transformer.config.guidance_embeds``, which
+    Chroma's transformer config does not have (Chroma has no guidance embedding): say so explicitly."""
+    if "guidance_embeds" not in pipe.transformer.config:
+        pipe.transformer.register_to_config(guidance_embeds=False)
+
+
 def generate(pipe: ChromaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     # Without a negative prompt the unconditional pass encodes "" (the pipeline's own default).
     return pipe(**flow_call_kwargs(spec, request, on_step), negative_prompt=request.negative_prompt).images

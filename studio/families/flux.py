@@ -6,7 +6,8 @@ embedding in its transformer), [dev] is guidance-distilled (the pipeline feeds
 ``guidance_scale`` to the transformer's guidance embedding; one forward per step).
 The T5 prompt length is the catalog's ``token_limit``: 256 for [schnell], 512 for [dev].
 
-Chroma, a FLUX.1 [schnell] derivative, shares ``flow_call_kwargs``.
+Chroma, a FLUX.1 [schnell] derivative, shares ``flow_call_kwargs``, edits included: the
+image-to-image and inpainting pipelines of both take the same arguments plus image, mask, strength.
 """
 
 from __future__ import annotations
@@ -26,18 +27,18 @@ def generate(pipe: FluxPipeline, spec: ModelSpec, request: GenerationRequest, on
     return pipe(**flow_call_kwargs(spec, request, on_step)).images
 
 
-
-
 def flow_call_kwargs(spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> dict:
-    """The pipeline arguments FLUX and Chroma share: size, steps, guidance, seeds, T5 length, progress."""
+    """The pipeline arguments FLUX and Chroma share: size, edit inputs, steps, guidance, seeds, T5 length,
+    progress."""
     return dict(
         prompt=request.prompt,
         width=request.width,
         height=request.height,
+        **base.edit_arguments(request, size=False),  # the size is above; the image is resized to it
         num_inference_steps=request.steps,
         guidance_scale=request.guidance,
         num_images_per_prompt=request.num_images,  # n images are one batched call
         generator=base.generators(request),
         max_sequence_length=spec.token_limit,
-        callback_on_step_end=base.step_callback(on_step, request.steps),
+        callback_on_step_end=base.step_callback(on_step, request, spec),
     )

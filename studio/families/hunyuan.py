@@ -37,7 +37,7 @@ def generate(pipe: HunyuanDiTPipeline, spec: ModelSpec, request: GenerationReque
         guidance_scale=request.guidance,
         num_images_per_prompt=request.num_images,  # n images are one batched call
         generator=base.generators(request),
-        callback_on_step_end=base.step_callback(on_step, request.steps),
+        callback_on_step_end=base.step_callback(on_step, request, spec),
         use_resolution_binning=False,  # the catalog already allowed exactly this size
         output_type="pil",
     )

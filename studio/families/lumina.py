@@ -39,7 +39,7 @@ def generate(pipe: LuminaPipeline, spec: ModelSpec, request: GenerationRequest, 
         guidance_scale=request.guidance,
         num_images_per_prompt=request.num_images,  # n images are one batched call
         generator=base.generators(request),
-        callback_on_step_end=base.step_callback(on_step, request.steps),
+        callback_on_step_end=base.step_callback(on_step, request, spec),
         clean_caption=False,
         output_type="pil",
     )

@@ -22,7 +22,7 @@ def load(spec: ModelSpec, device: str) -> PixArtSigmaPipeline:
 
 def generate(pipe: PixArtSigmaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     speed.prepare(pipe, request)  # tiled VAE decoding for its 4096 px images
-    report = base.step_callback(on_step, request.steps)
+    report = base.step_callback(on_step, request, spec)
     return pipe(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt or "",
@@ -35,7 +35,7 @@ def generate(pipe: PixArtSigmaPipeline, spec: ModelSpec, request: GenerationRequ
         max_sequence_length=spec.token_limit,
         use_resolution_binning=False,
         clean_caption=False,  # the caption cleaner needs bs4 and ftfy, and lower-cases the prompt
-        callback=lambda step, timestep, latents: report(pipe, step, timestep, {}),
+        callback=lambda step, timestep, latents: report(pipe, step, timestep, {"latents": latents}),
         callback_steps=1,
     ).images
 

@@ -33,5 +33,5 @@ def generate(pipe: SanaPipeline, spec: ModelSpec, request: GenerationRequest, on
         generator=base.generators(request),
         max_sequence_length=spec.token_limit,
         use_resolution_binning=False,
-        callback_on_step_end=base.step_callback(on_step, request.steps),
+        callback_on_step_end=base.step_callback(on_step, request, spec),
     ).images

@@ -4,7 +4,9 @@ All run ``StableDiffusionXLPipeline`` with the scheduler their repo ships. The f
 guidance-distilled SDXL Turbo runs at guidance 0, so no classifier-free guidance and no
 negative (the catalog enforces both); a catalog ``scheduler`` (Playground v2.5's EDM DPM++)
 is the one the model must run with; prompts go through compel (``studio.prompts``) when the
-catalog says so, for weights, ``AND`` and prompts longer than 77 tokens.
+catalog says so, for weights, ``AND`` and prompts longer than 77 tokens. Edits run the same
+call on ``StableDiffusionXLImg2ImgPipeline`` / ``StableDiffusionXLInpaintPipeline`` made from the
+loaded pipeline (``studio.families.task_pipeline``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import diffusers
 from diffusers import StableDiffusionXLPipeline
 
-from studio import prompts
+from studio import families, prompts
 from studio.catalog import ModelSpec
 from studio.families import base
 from studio.schemas import GenerationRequest
@@ -42,15 +44,17 @@ def generate(pipe, spec: ModelSpec, request: GenerationRequest, on_step: base.On
         text = prompts.sdxl_embeddings(pipe, request.prompt, request.negative_prompt, guided)
     else:
         text = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
+    # Image-to-image takes its size from the (resized) input image; the others are told it.
+    size = {} if request.task == families.IMAGE_TO_IMAGE else {"width": request.width, "height": request.height}
     result = pipe(
         **text,
-        width=request.width,
-        height=request.height,
+        **size,
+        **base.edit_arguments(request, size=False),
         num_inference_steps=request.steps,
         guidance_scale=request.guidance,
         num_images_per_prompt=request.num_images,
         generator=base.generators(request),
-        callback_on_step_end=base.step_callback(on_step, request.steps),
+        callback_on_step_end=base.step_callback(on_step, request, spec),
         output_type="pil",
     )
     return result.images
