@@ -195,7 +195,8 @@ def bench_routing(models_dir: Path, jobs: int) -> dict:
     from studio.catalog import load_catalog
     from studio.config import Settings
     from studio.schemas import GenerationRequest
-    from studio.slots import SlotManager, preload_plan
+    from studio.devices import preload_plan
+    from studio.slots import SlotManager
 
     catalog = load_catalog(models_dir)
     models = (REST_MODEL, SECOND_MODEL)
@@ -206,12 +207,12 @@ def bench_routing(models_dir: Path, jobs: int) -> dict:
     manager = SlotManager(settings, catalog)
     manager.start()
     try:
-        before = sum(slot["loads"] for slot in manager.status()["slots"])
+        before = sum(slot.loads for slot in manager.status().slots)
         started = time.perf_counter()
         submitted = [manager.submit(spec, request) for spec, request in requests]
         results = [job.wait(timeout=600) for job in submitted]
         ours_s = time.perf_counter() - started
-        ours_loads = sum(slot["loads"] for slot in manager.status()["slots"]) - before
+        ours_loads = sum(slot.loads for slot in manager.status().slots) - before
     finally:
         manager.shutdown()
 
@@ -303,7 +304,7 @@ def bench_batch(models_dir: Path, repeats: int, n: int = 4) -> dict:
 def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str]) -> dict:
     import torch
 
-    from studio.slots import cpu_threads
+    from studio.devices import cpu_threads
 
     torch.set_num_threads(cpu_threads(1))  # what a one-slot worker uses: the bare call gets the same
     results: dict = {"machine": machine(), "threads": torch.get_num_threads()}

@@ -1,8 +1,8 @@
 """Prometheus metrics of one app: jobs by outcome, durations, queue depth, busy slots, model loads.
 
 Each app owns its ``CollectorRegistry`` (two apps in one process, as in the tests, must not
-share counters). Job counters are fed by a slot-manager observer, so UI, Gradio API and REST
-jobs all count; the gauges are read from ``manager.status()`` at scrape time, so they are
+share counters). Job counters are fed by a backend observer, so UI, Gradio API and REST
+jobs all count; the gauges are read from ``backend.status()`` at scrape time, so they are
 never stale.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from studio.backend import Backend
 from studio.errors import QueueFull, StudioError
 
 # Seconds; tiny CPU jobs finish in well under a second, big GPU renders take minutes.
@@ -36,7 +37,7 @@ class StudioMetrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, manager=None):
+    def __init__(self, backend: Backend | None = None):
         self.registry = CollectorRegistry()
         self.jobs = Counter(
             "studio_jobs", "Generation jobs by model and outcome (ok, rejected, or the error code).",
@@ -46,12 +47,12 @@ class StudioMetrics:
             "studio_job_duration_seconds", "Wall time of finished jobs, queueing included.",
             ["model"], buckets=DURATION_BUCKETS, registry=self.registry,
         )
-        self.manager = manager
-        if manager is not None:
-            self.registry.register(_SlotCollector(manager))
+        self.backend = backend
+        if backend is not None:
+            self.registry.register(_SlotCollector(backend))
 
     def observe(self, job, result_or_exception, duration_s: float) -> None:
-        """A slot-manager observer: called once per finished job, from whichever thread finished it."""
+        """A backend observer: called once per finished job, from whichever thread finished it."""
         model = getattr(getattr(job, "spec", None), "id", None) or "unknown"
         outcome = outcome_of(result_or_exception)
         self.jobs.labels(model=model, outcome=outcome).inc()
@@ -63,10 +64,10 @@ class StudioMetrics:
 
 
 class _SlotCollector:
-    """Gauges and load counters read from the slot manager's snapshot at scrape time."""
+    """Gauges and load counters read from the backend's snapshot at scrape time."""
 
-    def __init__(self, manager):
-        self.manager = manager
+    def __init__(self, backend: Backend):
+        self.backend = backend
 
     def describe(self):
         return _families()
@@ -74,15 +75,15 @@ class _SlotCollector:
     def collect(self):
         queue, busy, alive, loads = _families()
         try:
-            status = self.manager.status()
-        except Exception:  # a manager not started or shutting down: report nothing rather than fail the scrape
+            status = self.backend.status()
+        except Exception:  # a backend not started or shutting down: report nothing rather than fail the scrape
             return []
-        queue.add_metric([], float(status.get("queue_depth", 0)))
-        for slot in status.get("slots", []) or []:
-            labels = [str(slot.get("index", "")), str(slot.get("device", ""))]
-            busy.add_metric(labels, 1.0 if slot.get("busy") else 0.0)
-            alive.add_metric(labels, 1.0 if slot.get("alive") else 0.0)
-            loads.add_metric(labels, float(slot.get("loads", 0) or 0))
+        queue.add_metric([], float(status.queue_depth))
+        for slot in status.slots:
+            labels = [str(slot.index), slot.device]
+            busy.add_metric(labels, 1.0 if slot.busy else 0.0)
+            alive.add_metric(labels, 1.0 if slot.alive else 0.0)
+            loads.add_metric(labels, float(slot.loads))
         return [queue, busy, alive, loads]
 
 

@@ -3,10 +3,10 @@
 The request model mirrors ``POST /v1/images/generations`` of the OpenAI Images API field by
 field, then adds Image Studio's own fields in a marked block. Each request becomes ONE
 ``GenerationRequest``, is resolved by the catalog (the one validation step), submitted to the
-slot manager and awaited. ``error_response`` is the one place where an exception becomes an
+backend and awaited. ``error_response`` is the one place where an exception becomes an
 OpenAI error object ``{"error": {"message", "type", "param", "code"}}`` with its HTTP status.
 
-The app keeps its services on ``app.state``: ``settings``, ``catalog``, ``manager``,
+The app keeps its services on ``app.state``: ``settings``, ``catalog``, ``backend``,
 ``metrics`` and ``started_at`` (set by ``studio.server.create_app``).
 
 Runs in the parent process: never imports torch.
@@ -436,7 +436,7 @@ async def create_images(body: ImageGenerationRequest, request: Request):
     """Generate `n` images in one batch on one slot. Closing the connection cancels the job."""
     state = request.app.state
     spec, resolved = resolve(state.catalog, body)
-    job = state.manager.submit(spec, resolved)
+    job = state.backend.submit(spec, resolved)
     result = await wait_for_result(job, request, state.settings.job_timeout_s)
     if result is None:
         return Response(status_code=CLIENT_CLOSED)

@@ -1,6 +1,7 @@
 """``create_app(settings) -> FastAPI``: the one app behind every face of the studio.
 
-Catalog -> SlotManager (started and stopped by the app's lifespan) -> the OpenAI-compatible
+Catalog -> the ``Backend`` (started and stopped by the app's lifespan; ``make_backend`` is the one
+place that picks it) -> the OpenAI-compatible
 ``/v1`` router, ``/health`` and ``/metrics`` -> the Gradio UI mounted at ``/``. FastAPI's own
 routes (``/docs``, ``/openapi.json``, ``/v1/...``) are registered before the mount, so they win
 over the UI's catch-all.
@@ -25,7 +26,8 @@ from studio.catalog import load_catalog
 from studio.config import Settings
 from studio.errors import StudioError
 from studio.metrics import StudioMetrics
-from studio.slots import SlotManager
+from studio.backend import Backend
+from studio.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +43,23 @@ runs with `--api-key`, `/v1` routes need `Authorization: Bearer <key>`; `/health
 
 def create_app(settings: Settings) -> FastAPI:
     catalog = load_catalog(settings.models_dir)
-    manager = SlotManager(settings, catalog)
-    metrics = StudioMetrics(manager)
-    manager.add_observer(metrics.observe)
+    backend = make_backend(settings, catalog)
+    metrics = StudioMetrics(backend)
+    backend.add_observer(metrics.observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # start() blocks until every worker is READY (or raises): keep the event loop free meanwhile.
-        await run_in_threadpool(manager.start)
+        await run_in_threadpool(backend.start)
         try:
             yield
         finally:
-            await run_in_threadpool(manager.shutdown)
+            await run_in_threadpool(backend.shutdown)
 
     app = FastAPI(title="Image Studio", description=DESCRIPTION, version="1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.catalog = catalog
-    app.state.manager = manager
+    app.state.backend = backend
     app.state.metrics = metrics
     app.state.started_at = int(time.time())
 
@@ -68,10 +70,17 @@ def create_app(settings: Settings) -> FastAPI:
         "/metrics", prometheus_metrics, methods=["GET"], tags=["operations"], summary="Prometheus metrics",
         response_class=Response, responses={200: {"content": {"text/plain": {}}}},
     )
-    mount_ui(app, catalog, manager, settings)
+    mount_ui(app, catalog, backend, settings)
     if settings.api_key and not settings.ui_auth:
         log.warning("--api-key guards /v1 only: the web UI and the Gradio API are open (--ui-auth closes them)")
     return app
+
+
+def make_backend(settings: Settings, catalog: Catalog) -> Backend:
+    """The backend that runs the jobs: local worker processes, one per device."""
+    from studio.slots import LocalBackend
+
+    return LocalBackend(settings, catalog)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -84,34 +93,33 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, handle)
 
 
-def mount_ui(app: FastAPI, catalog, manager, settings: Settings) -> None:
+def mount_ui(app: FastAPI, catalog, backend: Backend, settings: Settings) -> None:
     """Mount the Gradio UI at ``/``, with the styling and file access the UI module asks for."""
     import gradio as gr
 
     from studio.ui import build_ui, mount_options
 
     gr.mount_gradio_app(
-        app, build_ui(catalog, manager, settings), path="/",
+        app, build_ui(catalog, backend, settings), path="/",
         server_name=settings.host, server_port=settings.port, **mount_options(settings),
     )
 
 
 async def health(request: Request) -> JSONResponse:
     """200 while at least one worker is alive (``degraded`` when some are down), else 503; with the slots."""
-    manager = request.app.state.manager
+    backend: Backend = request.app.state.backend
     try:
-        snapshot = await run_in_threadpool(manager.status)
-    except Exception as exc:  # a manager that cannot even report is down
+        snapshot = await run_in_threadpool(backend.status)
+    except Exception as exc:  # a backend that cannot even report is down
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
-    slots = snapshot.get("slots", []) or []
-    alive = sum(1 for slot in slots if slot.get("alive"))
+    slots, alive = snapshot.slots, snapshot.alive
     if slots and alive == len(slots):
         status, code = "ok", 200
     elif alive:
         status, code = "degraded", 200
     else:
         status, code = "unavailable", 503
-    return JSONResponse({"status": status, **snapshot}, status_code=code)
+    return JSONResponse({"status": status, **snapshot.as_dict()}, status_code=code)
 
 
 async def prometheus_metrics(request: Request) -> Response:

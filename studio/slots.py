@@ -1,16 +1,9 @@
-"""``SlotManager``: one spawned worker process per device, one central queue, late binding.
+"""``SlotManager`` (the local ``Backend``): one spawned worker process per device, one central queue.
 
-Jobs wait in one FIFO queue in the parent and are bound to a slot only when a slot is free,
-so the choice uses what is true at that moment:
-
-1. a job that waited past ``starvation_s`` takes any idle slot first;
-2. a job whose model an idle slot already holds goes there (no load);
-3. a job whose model a busy slot holds (or is about to hold) waits for it when that slot is
-   expected free sooner than a swap would take (estimated per model from measured load times,
-   from disk or from a worker's RAM cache, and job durations);
-4. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
-   an empty one, then one holding a model nobody in the queue wants, then the least recently
-   used; that slot swaps models.
+Jobs wait in one FIFO queue in the parent and are bound to a slot only when a slot is free
+(late binding); which job goes where is ``studio.routing``'s decision, the devices come from
+``studio.devices``, the messages to and from the workers are ``studio.protocol``'s. This module
+supervises: it spawns the workers, reads their messages, enforces timeouts and restarts.
 
 A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
 back-off when it keeps dying (and without its preloads once a restart failed to come up).
@@ -24,38 +17,46 @@ Runs in the parent process: never imports torch.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import bisect
 import itertools
 import logging
 import math
 import multiprocessing
-import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.backend import BackendStatus, Observer, SlotStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
+from studio.devices import cpu_threads, preload_plan, resolve_devices
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
-from studio.schemas import GenerationRequest, JobResult, Progress
+from studio.jobs import Job
+from studio.protocol import (
+    CancelJob,
+    Done,
+    Failed,
+    FromWorker,
+    Ready,
+    RunJob,
+    Stage,
+    StartFailed,
+    Step,
+    Stop,
+    ToWorker,
+    WorkerState,
+)
+from studio.routing import STARVATION_S, Estimates, Slot, plan_dispatch
+from studio.schemas import GenerationRequest, Progress
 from studio.speed import EngineOptions
 from studio.worker import worker_main
 
 log = logging.getLogger(__name__)
 
-Observer = Callable[["Job", Any, float], None]
-
-STARVATION_S = 60.0  # past this wait a job takes any idle slot, whatever the estimates say
 CANCEL_GRACE_S = 10.0  # a worker gets this long to honour a timeout's cancel before it is killed
 RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as long each time ...
 RESTART_CAP_S = 60.0  # ... up to this
@@ -67,61 +68,6 @@ TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waitin
 STOP_JOIN_S = 10.0  # shutdown waits this long for workers to exit before killing them
 
 
-# ---------------------------------------------------------------- devices and plans
-
-
-def visible_gpus() -> int:
-    """How many CUDA devices a child process would see, without importing torch here.
-
-    ``CUDA_VISIBLE_DEVICES`` is honoured by asking a short-lived child (torch counts MIG and
-    masked devices right); ``nvidia-smi -L`` is the fallback. No NVIDIA driver: zero.
-    """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return 0
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    try:
-        probe = subprocess.run(
-            [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-            capture_output=True, text=True, timeout=120,
-        )
-        return int(probe.stdout.strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        pass
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    count = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
-    if visible is not None:
-        count = min(count, len([part for part in visible.split(",") if part.strip()]))
-    return count
-
-
-def resolve_devices(settings: Settings, gpu_count: Callable[[], int] = visible_gpus) -> list[str]:
-    """The device of each slot: ``settings.devices``, else the first ``num_gpus`` GPUs, else every GPU, else one CPU."""
-    if settings.devices:
-        return list(settings.devices)
-    available = gpu_count()
-    if settings.num_gpus is not None:
-        if settings.num_gpus > available:
-            raise WorkerFailed(f"num_gpus: {settings.num_gpus} GPUs requested but {available} visible")
-        if settings.num_gpus > 0:
-            return [f"cuda:{index}" for index in range(settings.num_gpus)]
-        return ["cpu"]
-    return [f"cuda:{index}" for index in range(available)] or ["cpu"]
-
-
-def preload_plan(model_ids: Sequence[str], slot_count: int) -> list[list[str]]:
-    """Spread preloads over slots: fewer ids than slots repeat (every slot starts warm); more ids share slots."""
-    if not model_ids:
-        return [[] for _ in range(slot_count)]
-    if len(model_ids) <= slot_count:
-        return [[model_ids[index % len(model_ids)]] for index in range(slot_count)]
-    return [list(model_ids[index::slot_count]) for index in range(slot_count)]
-
-
 def restart_delay(crashes_in_row: int, base_s: float = RESTART_BASE_S, cap_s: float = RESTART_CAP_S) -> float:
     """The first crash restarts at once; each further one in a row doubles the wait, up to ``cap_s``."""
     if crashes_in_row <= 1:
@@ -129,252 +75,18 @@ def restart_delay(crashes_in_row: int, base_s: float = RESTART_BASE_S, cap_s: fl
     return min(cap_s, base_s * 2 ** (crashes_in_row - 2))
 
 
-def cpu_threads(slot_count: int) -> int:
-    """Torch threads per worker so the slots share the cores instead of fighting over them."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, slot_count))
-
-
-# ---------------------------------------------------------------- estimates
-
-
-def work_units(request: GenerationRequest) -> float:
-    """Megapixel-steps: what a job's duration scales with."""
-    return request.steps * request.num_images * request.width * request.height / 1e6
-
-
-class Estimates:
-    """Per-model moving averages of swap time (from disk, or from a worker's RAM cache) and of
-    seconds per megapixel-step, for routing. Guesses stand in until something was measured."""
-
-    SMOOTHING = 0.3
-
-    def __init__(self, default_load_s: float = 20.0, default_cached_load_s: float = 3.0,
-                 default_unit_s: float = 0.5):
-        self.default_load_s = default_load_s
-        self.default_cached_load_s = default_cached_load_s
-        self.default_unit_s = default_unit_s
-        self._load_s: dict[tuple[str, bool], float] = {}
-        self._unit_s: dict[str, float] = {}
-
-    def load_s(self, model_id: str, cached: bool = False) -> float:
-        default = self.default_cached_load_s if cached else self.default_load_s
-        return self._load_s.get((model_id, cached), default)
-
-    def job_s(self, model_id: str, request: GenerationRequest) -> float:
-        return work_units(request) * self._unit_s.get(model_id, self.default_unit_s)
-
-    def record_load(self, model_id: str, seconds: float, cached: bool = False) -> None:
-        key = (model_id, cached)
-        self._load_s[key] = self._blend(self._load_s.get(key), seconds)
-
-    def record_run(self, model_id: str, request: GenerationRequest, seconds: float) -> None:
-        units = work_units(request)
-        if units > 0:
-            self._unit_s[model_id] = self._blend(self._unit_s.get(model_id), seconds / units)
-
-    def remaining_s(self, slot: Slot, now: float) -> float:
-        """How long until the busy ``slot`` finishes its job: live progress when there is some."""
-        job = slot.job
-        if job is None:
-            return 0.0
-        model = job.spec.id
-        if slot.step > 0 and slot.total > 0 and slot.generating_at is not None:
-            per_step = (now - slot.generating_at) / slot.step
-            return per_step * max(0, slot.total - slot.step)
-        if slot.generating_at is None and (slot.phase == "loading" or slot.model != model):  # a swap first
-            swap_s = self.load_s(model, cached=model in slot.cached)
-            return max(0.0, swap_s - (now - slot.phase_since)) + self.job_s(model, job.request)
-        started = slot.generating_at if slot.generating_at is not None else slot.phase_since
-        return max(0.0, self.job_s(model, job.request) - (now - started))
-
-    def _blend(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.SMOOTHING * (new - old)
-
-
-# ---------------------------------------------------------------- jobs
-
-
-class Job:
-    """One submitted generation: a handle to cancel it, follow its progress and get its result.
-
-    Thread-safe. Sync callers use ``wait()`` and ``iter_events()``; async callers ``await
-    result()`` and ``async for event in events()``; any number of either may follow one job.
-    """
-
-    def __init__(self, spec: ModelSpec, request: GenerationRequest, manager: SlotManager | None = None,
-                 seq: int = 0):
-        self.id = uuid.uuid4().hex
-        self.spec = spec
-        self.request = request
-        self.seq = seq  # submission order: the queue stays sorted by it
-        self.submitted_at = time.time()
-        self.queued_at = time.monotonic()
-        self.slot: int | None = None  # set when bound to a slot
-        self._manager = manager
-        self._position: int | None = None  # maintained by the manager while queued
-        self._cond = threading.Condition()
-        self._events: list[Progress] = []
-        self._done = False
-        self._ending = False  # set by the manager, under its lock, when it decides the outcome
-        self._outcome: JobResult | BaseException | None = None
-        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id[:8]} {self.spec.id} {'done' if self._done else 'pending'}>"
-
-    # -- control ---------------------------------------------------------------
-
-    def cancel(self) -> bool:
-        """Queued: leaves the queue at once. Running: stops at its next step, freeing the slot.
-        The job then fails with ``JobCancelled``. False when the job had already ended."""
-        if self._manager is None:
-            return self._finish(JobCancelled(f"job {self.id} was cancelled"))
-        return self._manager.cancel(self)
-
-    @property
-    def queue_position(self) -> int | None:
-        """0 for the next job to start; None once running or ended."""
-        return None if self._done or self.slot is not None else self._position
-
-    def done(self) -> bool:
-        return self._done
-
-    # -- results -----------------------------------------------------------------
-
-    def wait(self, timeout: float | None = None) -> JobResult:
-        """Block until the job ends; returns its result or raises its ``StudioError``.
-        ``TimeoutError`` when it is still running after ``timeout`` seconds (the job goes on)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._done, timeout):
-                raise TimeoutError(f"job {self.id} has not finished after {timeout:g} s")
-        return self._unwrap()
-
-    async def result(self) -> JobResult:
-        """Await the job's end; returns its result or raises its ``StudioError``."""
-        while True:
-            with self._cond:
-                if self._done:
-                    break
-                seen = len(self._events)
-            await self._changed(seen)
-        return self._unwrap()
-
-    # -- progress ----------------------------------------------------------------
-
-    async def events(self):
-        """``Progress`` events from the start (queued, loading, generating, step, encoding); ends with the job."""
-        seen = 0
-        while True:
-            with self._cond:
-                batch, done = self._events[seen:], self._done
-            seen += len(batch)
-            for event in batch:
-                yield event
-            if done:
-                return
-            await self._changed(seen)
-
-    def iter_events(self, timeout: float | None = None) -> Iterator[Progress]:
-        """The same events for sync code (Gradio generator handlers). ``TimeoutError`` when the job
-        has not ended within ``timeout`` seconds of the call (the job goes on)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen = 0
-        while True:
-            with self._cond:
-                while len(self._events) == seen and not self._done:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError(f"job {self.id} has not finished after {timeout:g} s")
-                    self._cond.wait(left)
-                batch, done = self._events[seen:], self._done
-            seen += len(batch)
-            yield from batch
-            if done:
-                return
-
-    # -- called by the manager -----------------------------------------------------
-
-    def _emit(self, event: Progress) -> None:
-        with self._cond:
-            if self._done:
-                return
-            self._events.append(event)
-            self._wake()
-
-    def _finish(self, outcome: JobResult | BaseException) -> bool:
-        with self._cond:
-            if self._done:
-                return False
-            self._outcome, self._done = outcome, True
-            self._wake()
-            return True
-
-    def _unwrap(self) -> JobResult:
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        return self._outcome
-
-    def _wake(self) -> None:
-        self._cond.notify_all()
-        waiters, self._async_waiters = self._async_waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that event loop is closed: its consumer is gone
-                pass
-
-    async def _changed(self, seen: int) -> None:
-        """Sleep until there are more than ``seen`` events or the job ended (no polling)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        with self._cond:
-            if self._done or len(self._events) > seen:
-                return
-            self._async_waiters.append((loop, future))
-        try:
-            await future
-        finally:
-            if not future.done():  # our consumer was cancelled: drop the registration
-                with self._cond:
-                    if (loop, future) in self._async_waiters:
-                        self._async_waiters.remove((loop, future))
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-# ---------------------------------------------------------------- slots
-
 
 @dataclass(eq=False)
-class Slot:
-    """The parent's view of one worker process and what it is doing."""
+class WorkerSlot(Slot):
+    """A routing ``Slot`` plus what supervising its worker process takes."""
 
-    index: int
-    device: str
     preload: list[ModelSpec] = field(default_factory=list)
     process: Any = None
     conn: Any = None
     generation: int = 0  # which process incarnation messages must come from
-    state: str = "stopped"  # starting | ready | dead | stopped
     started_at: float = 0.0
-    model: str | None = None  # resident model
-    cached: list[str] = field(default_factory=list)  # models parked in the worker's RAM cache
-    job: Job | None = None  # the job the worker is running (it may already be cancelled)
-    phase: str = ""  # "starting" (sent), then the worker's stages
-    phase_since: float = 0.0
     loading_at: float | None = None
-    generating_at: float | None = None
-    step: int = 0
-    total: int = 0
     job_started_at: float = 0.0
-    last_used: float = 0.0
     jobs_done: int = 0
     jobs_failed: int = 0
     loads: int = 0
@@ -385,21 +97,7 @@ class Slot:
     failed_starts: int = 0  # workers in a row that died before their handshake
     restart_at: float | None = None
     killed: bool = False  # we killed it (a job ignored its timeout): not a crash
-    unreachable: bool = False  # a send failed: the process is on its way out
     last_error: str | None = None
-
-    @property
-    def available(self) -> bool:
-        return self.state == "ready" and self.job is None and not self.unreachable
-
-    @property
-    def busy(self) -> bool:
-        return self.job is not None
-
-    @property
-    def next_model(self) -> str | None:
-        """The model the slot will hold once its current job is done."""
-        return self.job.spec.id if self.job is not None else self.model
 
     @property
     def pid(self) -> int | None:
@@ -411,64 +109,11 @@ class Slot:
         return self.state == "ready" and self.process is not None
 
 
-def plan_dispatch(
-    queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S
-) -> list[tuple[Job, Slot]]:
-    """Which queued jobs start now, and where (see the module docstring for the rules)."""
-    idle = [slot for slot in slots if slot.available]
-    if not idle or not queue:
-        return []
-    busy = [slot for slot in slots if slot.state == "ready" and slot.job is not None and not slot.unreachable]
-    free_at = {slot.index: now + estimates.remaining_s(slot, now) for slot in busy}
-    plan: list[tuple[Job, Slot]] = []
-    waiting = list(queue)
-
-    def bind(job: Job, slot: Slot) -> None:
-        plan.append((job, slot))
-        idle.remove(slot)
-        waiting.remove(job)
-
-    for job in [job for job in waiting if now - job.queued_at >= starvation_s]:
-        if not idle:
-            return plan
-        bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id))
-    for job in list(waiting):
-        match = _same_model(idle, job)
-        if match:
-            bind(job, match)
-    for job in list(waiting):
-        if not idle:
-            break
-        model = job.spec.id
-        holders = [slot for slot in busy if slot.next_model == model]
-        if holders:
-            soonest = min(holders, key=lambda slot: free_at[slot.index])
-            swap_s = min(estimates.load_s(model, cached=model in slot.cached) for slot in idle)
-            if free_at[soonest.index] - now < swap_s:
-                free_at[soonest.index] += estimates.job_s(model, job.request)
-                continue
-        bind(job, _victim(idle, waiting, model))
-    return plan
-
-
-def _same_model(idle: list[Slot], job: Job) -> Slot | None:
-    return next((slot for slot in idle if slot.model == job.spec.id), None)
-
-
-def _victim(idle: list[Slot], waiting: list[Job], model: str) -> Slot:
-    """The idle slot to swap to ``model``: one with it in its RAM cache, else the one whose
-    resident model is cheapest to give up: none, unwanted, least recently used."""
-    wanted = {job.spec.id for job in waiting}
-    return min(idle, key=lambda slot: (
-        model not in slot.cached, slot.model is not None, slot.model in wanted, slot.last_used,
-    ))
-
-
 # ---------------------------------------------------------------- the manager
 
 
 class SlotManager:
-    """One worker process per device, a central queue, model-affinity routing, restarts.
+    """The local ``Backend``: one worker process per device, a central queue, model-affinity routing, restarts.
 
     Thread-safe; never blocks the caller except in ``start()``, ``shutdown()`` and ``Job.wait()``.
     """
@@ -494,7 +139,7 @@ class SlotManager:
         self.engine_options = EngineOptions.from_settings(settings)
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot live in a forked child
         self._cond = threading.Condition()
-        self._slots = [Slot(index, device) for index, device in enumerate(self.devices)]
+        self._slots = [WorkerSlot(index, device) for index, device in enumerate(self.devices)]
         self._queue: list[Job] = []
         self._seq = itertools.count()
         self._observers: list[Observer] = []
@@ -554,7 +199,7 @@ class SlotManager:
             self._supervisor.join()  # after this no restart can begin
         with self._cond:
             for slot in self._slots:
-                self._send(slot, ("stop",))  # also cancels the running job, at its next step
+                self._send(slot, Stop())  # also cancels the running job, at its next step
         deadline = time.monotonic() + join_s
         for slot in self._slots:
             process = slot.process
@@ -586,7 +231,7 @@ class SlotManager:
             if self._phase != "running":
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
             now, limit = time.monotonic(), self.settings.max_queue
-            job, refusal = Job(spec, request, self, next(self._seq)), None
+            job, refusal = Job(spec, request, self.cancel, next(self._seq)), None
             down = self._down_reason(now)
             if down:
                 refusal = WorkerFailed(down)
@@ -613,41 +258,41 @@ class SlotManager:
         with self._cond:
             self._observers.append(observer)
 
-    def status(self) -> dict:
+    def status(self) -> BackendStatus:
         """A snapshot for /health, the UI and metrics."""
         with self._cond:
             now = time.monotonic()
-            slots = [
-                {
-                    "index": slot.index,
-                    "device": slot.device,
-                    "pid": slot.pid,
-                    "alive": slot.alive(),
-                    "state": slot.state,
-                    "model": slot.model,
-                    "loading": slot.job.spec.id if slot.phase == "loading" and slot.job else None,
-                    "busy": slot.busy,
-                    "job": slot.job.id if slot.job else None,
-                    "step": slot.step if slot.job else 0,  # of "total", while the job generates
-                    "total": slot.total if slot.job else 0,
-                    "jobs_done": slot.jobs_done,
-                    "jobs_failed": slot.jobs_failed,
-                    "loads": slot.loads,
-                    "cache_hits": slot.cache_hits,
-                    "cached": list(slot.cached),
-                    "restarts": slot.restarts,
-                    "crashes_in_row": slot.crashes_in_row,
-                    "restart_in_s": None if slot.restart_at is None else max(0.0, slot.restart_at - now),
-                    "last_error": slot.last_error,
-                }
+            slots = tuple(
+                SlotStatus(
+                    index=slot.index,
+                    device=slot.device,
+                    pid=slot.pid,
+                    alive=slot.alive(),
+                    state=slot.state,
+                    model=slot.model,
+                    loading=slot.job.spec.id if slot.phase == "loading" and slot.job else None,
+                    busy=slot.busy,
+                    job=slot.job.id if slot.job else None,
+                    step=slot.step if slot.job else 0,
+                    total=slot.total if slot.job else 0,
+                    jobs_done=slot.jobs_done,
+                    jobs_failed=slot.jobs_failed,
+                    loads=slot.loads,
+                    cache_hits=slot.cache_hits,
+                    cached=tuple(slot.cached),
+                    restarts=slot.restarts,
+                    crashes_in_row=slot.crashes_in_row,
+                    restart_in_s=None if slot.restart_at is None else max(0.0, slot.restart_at - now),
+                    last_error=slot.last_error,
+                )
                 for slot in self._slots
-            ]
-            return {
-                "slots": slots,
-                "queue_depth": len(self._queue),
-                "max_queue": self.settings.max_queue,
-                "accepting": self._phase == "running",
-            }
+            )
+            return BackendStatus(
+                slots=slots,
+                queue_depth=len(self._queue),
+                max_queue=self.settings.max_queue,
+                accepting=self._phase == "running",
+            )
 
     # -- locking and ending jobs ---------------------------------------------------------
 
@@ -678,7 +323,7 @@ class SlotManager:
                     observer(job, outcome, duration)
                 except Exception:  # a broken metric must not break the job
                     log.exception("slot-manager observer %r failed", observer)
-            job._finish(outcome)
+            job.finish(outcome)
 
     # -- under the lock: routing, cancelling, messages -------------------------------------------
 
@@ -689,7 +334,7 @@ class SlotManager:
             slot.phase, slot.phase_since, slot.job_started_at = "starting", now, now
             slot.loading_at = slot.generating_at = None
             slot.step = slot.total = 0
-            if not self._send(slot, ("job", job.id, job.spec, job.request)):
+            if not self._send(slot, RunJob(job.id, job.spec, job.request)):
                 # The worker died between jobs and never got this one: it goes back to its place.
                 slot.job, job.slot = None, None
                 bisect.insort(self._queue, job, key=lambda queued: queued.seq)
@@ -699,9 +344,9 @@ class SlotManager:
         for position, job in enumerate(self._queue):
             if job._position != position:
                 job._position = position
-                job._emit(Progress("queued", queue_position=position))
+                job.emit(Progress("queued", queue_position=position))
 
-    def _send(self, slot: Slot, message: tuple) -> bool:
+    def _send(self, slot: WorkerSlot, message: ToWorker) -> bool:
         if slot.conn is None or slot.unreachable:
             return False
         try:
@@ -720,63 +365,63 @@ class SlotManager:
         else:
             slot = next((slot for slot in self._slots if slot.job is job), None)
             if slot is not None:
-                self._send(slot, ("cancel", job.id))  # the slot stays busy until the worker confirms
+                self._send(slot, CancelJob(job.id))  # the slot stays busy until the worker confirms
         self._end(job, error)
         return True
 
-    def _handle(self, slot: Slot, message: tuple, now: float) -> None:
-        kind = message[0]
-        if kind == "ready":
-            info = message[1]
+    def _handle(self, slot: WorkerSlot, message: FromWorker, now: float) -> None:
+        if isinstance(message, Ready):
             slot.state, slot.failed_starts = "ready", 0
-            self._apply_state(slot, info)
-            for model_id, seconds in info["timings"]:
+            self._apply_state(slot, message.state)
+            for model_id, seconds in message.timings:
                 self.estimates.record_load(model_id, seconds)
             self._cond.notify_all()  # start() waits on this
             if self._phase == "running":
                 log.info("slot %d (%s): worker %s ready again", slot.index, slot.device, slot.pid)
                 self._dispatch(now)
             return
-        if kind == "error":
-            slot.last_error = message[1]
+        if isinstance(message, StartFailed):
+            slot.last_error = message.message
             return
         job = slot.job
-        if job is None or job.id != message[1]:
+        if job is None or job.id != message.job_id:
             return  # a late message about a job this slot no longer runs
-        if kind == "stage":
-            stage = message[2]
+        if isinstance(message, Stage):
+            stage = message.stage
             slot.phase, slot.phase_since = stage, now
             if stage == "loading":
                 slot.loading_at, slot.model = now, None
             elif stage == "generating":
                 slot.generating_at, slot.model = now, job.spec.id
-            job._emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=slot.index))
-        elif kind == "step":
-            slot.step, slot.total = message[2], message[3]
-            job._emit(Progress("step", step=slot.step, total=slot.total, slot=slot.index))
-        elif kind in ("done", "failed"):
-            outcome, state = message[2], message[3]
+            job.emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=slot.index))
+        elif isinstance(message, Step):
+            slot.step, slot.total = message.step, message.total
+            job.emit(Progress("step", step=slot.step, total=slot.total, slot=slot.index))
+        elif isinstance(message, (Done, Failed)):
+            state = message.state
             if slot.loading_at is not None and slot.generating_at is not None:
-                from_cache = slot.counts_before[1] + state["cache_hits"] > slot.cache_hits
+                from_cache = slot.counts_before[1] + state.cache_hits > slot.cache_hits
                 self.estimates.record_load(job.spec.id, slot.generating_at - slot.loading_at, cached=from_cache)
             slot.job, slot.last_used, slot.crashes_in_row = None, now, 0
             self._apply_state(slot, state)
-            if kind == "done":
+            if isinstance(message, Done):
                 slot.jobs_done += 1
                 if slot.generating_at is not None:
                     self.estimates.record_run(job.spec.id, job.request, now - slot.generating_at)
+                outcome = message.result
             else:
                 slot.jobs_failed += 1
+                outcome = message.error
             self._end(job, outcome)
             self._dispatch(now)
 
-    def _apply_state(self, slot: Slot, state: dict) -> None:
+    def _apply_state(self, slot: WorkerSlot, state: WorkerState) -> None:
         """What the worker says it holds, and its counters on top of earlier incarnations'."""
         loads_before, hits_before = slot.counts_before
-        slot.model, slot.cached = state["model"], list(state["cached"])
-        slot.loads, slot.cache_hits = loads_before + state["loads"], hits_before + state["cache_hits"]
+        slot.model, slot.cached = state.model, list(state.cached)
+        slot.loads, slot.cache_hits = loads_before + state.loads, hits_before + state.cache_hits
 
-    def _on_exit(self, slot: Slot, exitcode: int | None, now: float) -> None:
+    def _on_exit(self, slot: WorkerSlot, exitcode: int | None, now: float) -> None:
         """The worker process is gone: fail its job, and plan a restart unless we are stopping."""
         was = slot.state
         slot.state, slot.model, slot.cached = "dead", None, []
@@ -850,7 +495,7 @@ class SlotManager:
 
     # -- threads ------------------------------------------------------------------------
 
-    def _spawn(self, slot: Slot) -> None:
+    def _spawn(self, slot: WorkerSlot) -> None:
         """Start a worker process for ``slot`` and the thread that reads its messages."""
         parent_conn, child_conn = self._context.Pipe()
         process = self._context.Process(
@@ -886,7 +531,7 @@ class SlotManager:
         self._threads = [thread for thread in self._threads if thread.is_alive()] + [reader]
         reader.start()
 
-    def _read(self, slot: Slot, generation: int, process, conn) -> None:
+    def _read(self, slot: WorkerSlot, generation: int, process, conn) -> None:
         while True:
             try:
                 message = conn.recv()
@@ -951,3 +596,7 @@ def describe_exit(exitcode: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-exitcode}"
     return f"exited with code {exitcode}"
+
+
+
+LocalBackend = SlotManager  # the name ``studio.server`` chooses it by

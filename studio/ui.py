@@ -1,4 +1,4 @@
-"""The Gradio studio: ``build_ui(catalog, manager, settings) -> gr.Blocks``.
+"""The Gradio studio: ``build_ui(catalog, backend, settings) -> gr.Blocks``.
 
 Laid out as constants, then the ``Studio`` handlers (``on_<thing>_<event>``,
 plain functions of component values that return component updates), then the
@@ -24,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from studio import pngmeta
+from studio.backend import Backend, BackendStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import InvalidRequest, JobCancelled, StudioError
@@ -223,13 +224,13 @@ def _float(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
-def slot_count(manager, settings: Settings) -> int:
-    """How many jobs can run at once: the manager's slots, else the configured devices, else one."""
+def slot_count(backend: Backend | None, settings: Settings) -> int:
+    """How many jobs can run at once: the backend's slots, else the configured devices, else one."""
     try:
-        slots = manager.status().get("slots")
-    except Exception:  # a manager not started yet: fall back to the settings
-        slots = None
-    if isinstance(slots, (list, tuple)) and slots:
+        slots = backend.status().slots
+    except Exception:  # no backend, or one that cannot report yet: fall back to the settings
+        slots = ()
+    if slots:
         return len(slots)
     return max(1, len(settings.devices))
 
@@ -238,11 +239,11 @@ def slot_count(manager, settings: Settings) -> int:
 
 
 class Studio:
-    """The handlers behind every event of the page, bound to one catalog, slot manager and outputs folder."""
+    """The handlers behind every event of the page, bound to one catalog, backend and outputs folder."""
 
-    def __init__(self, catalog: Catalog, manager, settings: Settings, styles: dict[str, Style] | None = None):
+    def __init__(self, catalog: Catalog, backend: Backend | None, settings: Settings, styles: dict[str, Style] | None = None):
         self.catalog = catalog
-        self.manager = manager
+        self.backend = backend
         self.settings = settings
         self.styles = styles or load_styles()
         self.history = History(settings.outputs_dir, limit=HISTORY_SHOWN)
@@ -286,7 +287,7 @@ class Studio:
 
         Leaving early (Gradio cancelled the event, the browser went away) cancels the job in its worker.
         """
-        job = self.manager.submit(spec, request)
+        job = self.backend.submit(spec, request)
         self._jobs.setdefault(session, set()).add(job)
         try:
             async for event in job.events():
@@ -480,7 +481,7 @@ class Studio:
 
     def on_status_tick(self) -> str:
         try:
-            status = self.manager.status()
+            status = self.backend.status()
         except Exception as exc:  # status is a nicety; never break the page over it
             return f'<span title="{html.escape(str(exc))}">status unavailable</span>'
         return slots_html(status)
@@ -491,7 +492,7 @@ class Studio:
 
     def api_status(self) -> dict:
         """The slots (device, model, busy) and how many jobs wait in the queue."""
-        return self.manager.status()
+        return self.backend.status().as_dict()
 
     # -- small helpers ---------------------------------------------------------
 
@@ -542,32 +543,32 @@ def model_summary(spec: ModelSpec) -> dict:
     )
 
 
-def slots_html(status: dict) -> str:
-    """One pill per slot ("cuda:0 · sdxl-base · busy") and the queue depth, from ``manager.status()``."""
+def slots_html(status: BackendStatus) -> str:
+    """One pill per slot ("cuda:0 · sdxl-base · busy") and the queue depth, from ``backend.status()``."""
     pills = []
-    for slot in status.get("slots") or []:
-        model = slot.get("model") or "no model"
-        if slot.get("loading"):
-            text, css = f"loading {slot['loading']}", "busy"
-        elif slot.get("busy"):
+    for slot in status.slots:
+        model = slot.model or "no model"
+        if slot.loading:
+            text, css = f"loading {slot.loading}", "busy"
+        elif slot.busy:
             text, css = f"{model} · busy", "busy"
-        elif slot.get("state", "ready") == "ready":
+        elif slot.state == "ready":
             text, css = f"{model} · idle", "idle"
         else:  # starting, or dead and waiting for its restart
-            text, css = "restarting" if slot.get("state") == "dead" else str(slot.get("state")), "busy"
-        device = html.escape(str(slot.get("device", "?")))
+            text, css = "restarting" if slot.state == "dead" else slot.state, "busy"
+        device = html.escape(slot.device)
         pills.append(f'<span class="slot {css}">{device} · {html.escape(text)}</span>')
-    queued = status.get("queue_depth", 0) or 0
+    queued = status.queue_depth
     return f'{"".join(pills)} <span class="queue">{queued} queued</span>'
 
 
 # ---------------------------------------------------------------- layout and wiring
 
 
-def build_ui(catalog: Catalog, manager, settings: Settings) -> gr.Blocks:
-    studio = Studio(catalog, manager, settings)
+def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Blocks:
+    studio = Studio(catalog, backend, settings)
     default = catalog.get(None)
-    slots = slot_count(manager, settings)
+    slots = slot_count(backend, settings)
     private = dict(api_visibility="private", queue=False)
     model_choices = [(f"{spec.label} · {spec.card.tier}", spec.id) for spec in catalog]
     style_choices = [(style.label, style.id) for style in studio.styles.values()]

@@ -4,24 +4,7 @@
 This module stays torch-free at import time (the parent imports it to name the entry point);
 torch and the engine are imported inside the child only.
 
-The protocol is plain tuples over a ``multiprocessing`` connection, kind first:
-
-parent -> worker
-    ("job", job_id, spec, request)     run one job (the request is already resolved)
-    ("cancel", job_id)                 stop that job at its next step (it may also be queued or over)
-    ("stop",)                          cancel the running job and exit
-
-worker -> parent
-    ("ready", info)                    once, after preloading; info: pid, model, loads, timings
-    ("error", message)                 instead of "ready": start-up failed; the process exits
-    ("stage", job_id, stage)           "loading" | "generating" | "encoding"
-    ("step", job_id, step, total)      after each denoising step
-    ("done", job_id, result, state)    a ``JobResult`` with PNG bytes
-    ("failed", job_id, error, state)   a picklable ``StudioError``
-
-``state`` is ``{"model": resident id or None, "loads": disk loads so far, "cache_hits": swaps
-served from the RAM cache, "cached": ids parked in that cache}``; "ready" carries it too, with
-``timings``: ``(model_id, load_s)`` of each preloaded model.
+The messages over the pipe are defined once, in ``studio.protocol``.
 """
 
 from __future__ import annotations
@@ -35,6 +18,18 @@ import time
 from collections import OrderedDict
 
 from studio.errors import JobCancelled, OutOfMemory, StudioError
+from studio.protocol import (
+    CancelJob,
+    Done,
+    Failed,
+    Ready,
+    RunJob,
+    Stage,
+    StartFailed,
+    Step,
+    Stop,
+    WorkerState,
+)
 from studio.schemas import GenerationRequest
 
 WARM_UP_PROMPT = "warm-up"
@@ -57,11 +52,11 @@ def worker_main(
             call_hook(fault_hook, slot_index, device)
         engine, timings = start_engine(device, preload_specs, threads, engine_options)
     except BaseException as exc:  # anything at all: the parent must hear why, not just see an exit
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))
         conn.close()
         raise SystemExit(1) from None
     worker = Worker(slot_index, engine, conn)
-    conn.send(("ready", {"pid": os.getpid(), "timings": timings, **worker.state()}))
+    conn.send(Ready(os.getpid(), worker.state(), tuple(timings)))
     worker.serve()
 
 
@@ -132,8 +127,7 @@ class Worker:
     def serve(self) -> None:
         threading.Thread(target=self.listen, name="worker-listener", daemon=True).start()
         while (message := self.jobs.get()) is not None:
-            _, job_id, spec, request = message
-            self.run_job(job_id, spec, request)
+            self.run_job(message.job_id, message.spec, message.request)
         self.conn.close()
 
     def listen(self) -> None:
@@ -143,12 +137,11 @@ class Worker:
             except (EOFError, OSError):
                 # The parent is gone (killed, crashed): nobody will read our results; leave now.
                 os._exit(0)
-            kind = message[0]
-            if kind == "job":
+            if isinstance(message, RunJob):
                 self.jobs.put(message)
-            elif kind == "cancel":
-                self.cancelled.add(message[1])
-            elif kind == "stop":
+            elif isinstance(message, CancelJob):
+                self.cancelled.add(message.job_id)
+            elif isinstance(message, Stop):
                 if self.current:
                     self.cancelled.add(self.current)
                 self.jobs.put(None)
@@ -163,7 +156,7 @@ class Worker:
 
         def on_stage(stage: str) -> None:
             check_cancelled()
-            self.conn.send(("stage", job_id, stage))
+            self.conn.send(Stage(job_id, stage))
 
         last_sent = 0.0
 
@@ -175,17 +168,17 @@ class Worker:
             now = time.monotonic()
             if step == total or step == 1 or now - last_sent >= STEP_REPORT_S:
                 last_sent = now
-                self.conn.send(("step", job_id, step, total))
+                self.conn.send(Step(job_id, step, total))
 
         try:
             check_cancelled()
             result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage)
             result.slot = self.slot_index
-            message = ("done", job_id, result, self.state())
+            message = Done(job_id, result, self.state())
         except BaseException as exc:  # no job may take the worker down with it
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            message = ("failed", job_id, self.as_studio_error(exc, spec), self.state())
+            message = Failed(job_id, self.as_studio_error(exc, spec), self.state())
         finally:
             self.current = None
             self.cancelled.discard(job_id)
@@ -207,7 +200,6 @@ class Worker:
             error = StudioError(str(error))
         return error
 
-    def state(self) -> dict:
+    def state(self) -> WorkerState:
         engine = self.engine
-        return {"model": engine.model_id, "loads": engine.loads, "cache_hits": engine.cache_hits,
-                "cached": engine.cache.model_ids}
+        return WorkerState(engine.model_id, engine.loads, engine.cache_hits, tuple(engine.cache.model_ids))

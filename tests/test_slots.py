@@ -26,20 +26,13 @@ from PIL import Image
 
 from studio import pngmeta
 from studio.catalog import load_catalog
+from studio.backend import SlotStatus
 from studio.config import Settings
 from studio.errors import JobCancelled, JobTimeout, OutOfMemory, QueueFull, WorkerFailed
 from studio.schemas import GenerationRequest, JobResult
-from studio.slots import (
-    Estimates,
-    Job,
-    Slot,
-    SlotManager,
-    plan_dispatch,
-    preload_plan,
-    resolve_devices,
-    restart_delay,
-    visible_gpus,
-)
+from studio.devices import preload_plan
+from studio.jobs import Job
+from studio.slots import SlotManager, restart_delay
 
 BASE, TURBO = "sdxl-base", "sdxl-turbo"
 # A job that would run for 30 s if nobody stopped it: sdxl-base's step limit, each step slowed down.
@@ -56,12 +49,12 @@ def submit(manager, catalog, model: str, **fields) -> Job:
     return manager.submit(*request_for(catalog, model, **fields))
 
 
-def slot_status(manager, index: int) -> dict:
-    return manager.status()["slots"][index]
+def slot_status(manager, index: int) -> SlotStatus:
+    return manager.status().slots[index]
 
 
 def slot_holding(manager, model: str) -> int:
-    return next(slot["index"] for slot in manager.status()["slots"] if slot["model"] == model)
+    return next(slot.index for slot in manager.status().slots if slot.model == model)
 
 
 def slot_serving(manager, catalog, model: str) -> int:
@@ -89,7 +82,7 @@ def first_step(job: Job) -> None:
 
 def wait_restarted(manager, index: int, old_pid: int) -> dict:
     return wait_until(
-        lambda: (lambda s: s if s["alive"] and s["pid"] != old_pid else None)(slot_status(manager, index)),
+        lambda: (lambda s: s if s.alive and s.pid != old_pid else None)(slot_status(manager, index)),
         START_S, f"slot {index} to restart",
     )
 
@@ -147,125 +140,13 @@ def presets():
     return load_catalog()
 
 
-def queued_job(presets, model: str, waited_s: float = 0.0, now: float = 1000.0, **fields) -> Job:
-    spec, request = request_for(presets, model, seed=1, **fields)
-    job = Job(spec, request)
-    job.queued_at = now - waited_s
-    return job
-
-
-def busy_slot(index: int, job: Job, now: float, step: int, total: int, per_step_s: float) -> Slot:
-    return Slot(index, "cpu", state="ready", model=job.spec.id, job=job, phase="step",
-                generating_at=now - step * per_step_s, step=step, total=total)
-
-
-def test_plan_prefers_the_idle_slot_that_holds_the_model(presets):
-    job = queued_job(presets, BASE)
-    empty, holder = Slot(0, "cpu", state="ready"), Slot(1, "cpu", state="ready", model=BASE)
-    assert plan_dispatch([job], [empty, holder], Estimates(), now=1000.0) == [(job, holder)]
-
-
-def test_plan_waits_for_a_busy_holder_only_when_that_beats_a_load(presets):
-    now = 1000.0
-    running = queued_job(presets, BASE)
-    busy = busy_slot(0, running, now, step=5, total=10, per_step_s=0.2)  # about 1 s left
-    idle = Slot(1, "cpu", state="ready", model=TURBO)
-    job = queued_job(presets, BASE)
-    slow_loads, fast_loads = Estimates(), Estimates()
-    slow_loads.record_load(BASE, 10.0)
-    fast_loads.record_load(BASE, 0.5)
-    assert plan_dispatch([job], [busy, idle], slow_loads, now) == []
-    assert plan_dispatch([job], [busy, idle], fast_loads, now) == [(job, idle)]
-
-
-def test_plan_counts_the_jobs_already_waiting_for_a_busy_slot(presets):
-    now = 1000.0
-    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
-    idle = Slot(1, "cpu", state="ready", model=TURBO)
-    first, second = queued_job(presets, BASE, waited_s=2), queued_job(presets, BASE, waited_s=1)
-    estimates = Estimates()
-    estimates.record_load(BASE, 1.5)
-    estimates.record_run(BASE, first.request, 1.0)  # each waiting job adds 1 s to the busy slot
-    assert plan_dispatch([first, second], [busy, idle], estimates, now) == [(second, idle)]
-
-
-def test_plan_lets_a_starving_job_take_any_idle_slot(presets):
-    now = 1000.0
-    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)
-    idle = Slot(1, "cpu", state="ready", model=TURBO)
-    job = queued_job(presets, BASE, waited_s=61)
-    estimates = Estimates()
-    estimates.record_load(BASE, 10.0)
-    assert plan_dispatch([job], [busy, idle], estimates, now, starvation_s=60) == [(job, idle)]
-
-
-def test_plan_binds_affinity_before_fifo_and_swaps_the_least_useful_slot(presets):
-    now = 1000.0
-    newcomer = queued_job(presets, "flux-schnell", waited_s=3)  # oldest, held nowhere
-    turbo = queued_job(presets, TURBO, waited_s=2)
-    base_slot = Slot(0, "cpu", state="ready", model=BASE, last_used=now - 5)
-    turbo_slot = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 50)
-    # The turbo job keeps its model's slot; the older newcomer evicts the other one, not turbo.
-    assert plan_dispatch([newcomer, turbo], [base_slot, turbo_slot], Estimates(), now) == [
-        (turbo, turbo_slot), (newcomer, base_slot)
-    ]
-    empty = Slot(2, "cpu", state="ready")
-    lru = Slot(3, "cpu", state="ready", model="pixart-sigma", last_used=now - 50)
-    recent = Slot(4, "cpu", state="ready", model="sana-1.5", last_used=now - 1)
-    assert plan_dispatch([newcomer], [recent, lru, empty], Estimates(), now) == [(newcomer, empty)]
-    assert plan_dispatch([newcomer], [recent, lru], Estimates(), now) == [(newcomer, lru)]
-
-
-def test_plan_sends_a_job_to_the_slot_with_its_model_in_ram(presets):
-    now = 1000.0
-    job = queued_job(presets, BASE)
-    empty = Slot(0, "cpu", state="ready")
-    parked = Slot(1, "cpu", state="ready", model=TURBO, cached=[BASE], last_used=now)
-    assert plan_dispatch([job], [empty, parked], Estimates(), now) == [(job, parked)]
-    # A swap from RAM beats waiting for a busy holder that a disk load would not beat.
-    busy = busy_slot(2, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.4)  # 2 s left
-    estimates = Estimates()
-    estimates.record_load(BASE, 10.0)
-    estimates.record_load(BASE, 0.5, cached=True)
-    assert plan_dispatch([job], [busy, empty], estimates, now) == []
-    assert plan_dispatch([job], [busy, empty, parked], estimates, now) == [(job, parked)]
-
-
-def test_plan_skips_dead_and_busy_slots(presets):
-    job = queued_job(presets, BASE)
-    dead = Slot(0, "cpu", state="dead", model=BASE)
-    busy = busy_slot(1, queued_job(presets, TURBO), 1000.0, step=1, total=2, per_step_s=0.1)
-    assert plan_dispatch([job], [dead, busy], Estimates(), now=1000.0) == []
-
-
 def test_restart_delay_backs_off_to_a_cap():
     delays = [restart_delay(crashes, base_s=1.0, cap_s=60.0) for crashes in range(1, 10)]
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
 
 
-def test_preload_plan_spreads_models_over_slots():
-    assert preload_plan([], 2) == [[], []]
-    assert preload_plan(["a"], 3) == [["a"], ["a"], ["a"]]
-    assert preload_plan(["a", "b"], 2) == [["a"], ["b"]]
-    assert preload_plan(["a", "b", "c"], 2) == [["a", "c"], ["b"]]
-
-
-def test_devices_follow_settings_then_visible_gpus():
-    assert resolve_devices(Settings(devices=["cpu", "cpu"]), gpu_count=lambda: 4) == ["cpu", "cpu"]
-    assert resolve_devices(Settings(), gpu_count=lambda: 2) == ["cuda:0", "cuda:1"]
-    assert resolve_devices(Settings(), gpu_count=lambda: 0) == ["cpu"]
-    assert resolve_devices(Settings(num_gpus=1), gpu_count=lambda: 2) == ["cuda:0"]
-    with pytest.raises(WorkerFailed, match="3 GPUs requested but 2 visible"):
-        resolve_devices(Settings(num_gpus=3), gpu_count=lambda: 2)
-
-
-def test_hidden_gpus_count_as_none(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert visible_gpus() == 0
-
-
 def test_parent_process_never_imports_torch():
-    code = "import sys, studio.slots, studio.worker; sys.exit('torch' in sys.modules)"
+    code = "import sys, studio.server, studio.slots, studio.worker; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
 
 
@@ -273,7 +154,7 @@ def test_submit_needs_a_running_manager(presets):
     manager = SlotManager(Settings(devices=["cpu"]), presets)
     with pytest.raises(WorkerFailed, match="not running"):
         submit(manager, presets, BASE)
-    assert manager.status()["slots"][0]["alive"] is False
+    assert manager.status().slots[0].alive is False
 
 
 # ---------------------------------------------------------------- start-up failures
@@ -283,7 +164,7 @@ def test_a_worker_dying_at_start_up_fails_start_with_its_slot_named(catalog):
     manager = SlotManager(Settings(devices=["cpu", "cpu"], fault_hook="faults:exit_on_slot_1"), catalog)
     with pytest.raises(WorkerFailed, match=r"slot 1 \(cpu\) failed to start: .*exited with code 3 before it was ready"):
         manager.start()
-    assert not any(slot["alive"] for slot in manager.status()["slots"])
+    assert not any(slot.alive for slot in manager.status().slots)
 
 
 def test_a_worker_start_up_error_reaches_the_caller(catalog):
@@ -296,13 +177,13 @@ def test_a_worker_start_up_error_reaches_the_caller(catalog):
 
 
 def test_preloads_are_spread_and_warm(two_slots):
-    slots = two_slots.status()["slots"]
-    assert sorted(slot["model"] for slot in slots) == [BASE, TURBO]
-    assert all(slot["alive"] and slot["loads"] == 1 and slot["pid"] for slot in slots)
+    slots = two_slots.status().slots
+    assert sorted(slot.model for slot in slots) == [BASE, TURBO]
+    assert all(slot.alive and slot.loads == 1 and slot.pid for slot in slots)
 
 
 def test_alternating_models_cause_no_reloads(two_slots, catalog):
-    loads_before = [slot["loads"] for slot in two_slots.status()["slots"]]
+    loads_before = [slot.loads for slot in two_slots.status().slots]
     # Pairs of the two models, in alternating order, each pair running at once on the two slots.
     # (Ten jobs submitted in one go would be a different test: once one model's queue is longer
     # than a load takes, moving a slot over is the right call, and timing decides it.)
@@ -312,7 +193,7 @@ def test_alternating_models_cause_no_reloads(two_slots, catalog):
         batch = [submit(two_slots, catalog, model, seed=pair * 2 + i) for i, model in enumerate(models)]
         jobs += batch
         results += [job.wait(START_S) for job in batch]
-    assert [slot["loads"] for slot in two_slots.status()["slots"]] == loads_before
+    assert [slot.loads for slot in two_slots.status().slots] == loads_before
     for job, result in zip(jobs, results):
         assert result.slot == slot_holding(two_slots, job.spec.id)
         assert not result.loaded_model
@@ -368,18 +249,18 @@ def test_observers_see_every_outcome(two_slots, catalog):
 
 def test_cancel_frees_a_busy_slot_within_a_step(two_slots, catalog):
     index = slot_serving(two_slots, catalog, BASE)
-    failed_before = slot_status(two_slots, index)["jobs_failed"]
+    failed_before = slot_status(two_slots, index).jobs_failed
     job = submit(two_slots, catalog, BASE, **LONG)
     first_step(job)
-    assert slot_status(two_slots, index)["job"] == job.id
+    assert slot_status(two_slots, index).job == job.id
     cancelled_at = time.monotonic()
     assert job.cancel()
     with pytest.raises(JobCancelled):
         job.wait(0)  # the caller hears at once
-    wait_until(lambda: not slot_status(two_slots, index)["busy"], ROOM_S, "the slot to free")
+    wait_until(lambda: not slot_status(two_slots, index).busy, ROOM_S, "the slot to free")
     assert time.monotonic() - cancelled_at < ROOM_S
     # The worker itself stopped the job (it was not killed) and serves the next one.
-    assert slot_status(two_slots, index)["jobs_failed"] == failed_before + 1
+    assert slot_status(two_slots, index).jobs_failed == failed_before + 1
     assert submit(two_slots, catalog, BASE).wait(START_S).slot == index
     assert not job.cancel()  # already over
 
@@ -389,23 +270,23 @@ def test_cancel_of_a_queued_job_removes_it(one_slot, catalog):
     queued = submit(one_slot, catalog, BASE)
     assert queued.queue_position == 0
     assert queued.cancel()
-    assert one_slot.status()["queue_depth"] == 0 and queued.queue_position is None
+    assert one_slot.status().queue_depth == 0 and queued.queue_position is None
     with pytest.raises(JobCancelled):
         queued.wait(0)
     running.cancel()
-    wait_until(lambda: not slot_status(one_slot, 0)["busy"], ROOM_S, "the slot to free")
+    wait_until(lambda: not slot_status(one_slot, 0).busy, ROOM_S, "the slot to free")
 
 
 @pytest.mark.parametrize("fault", [faults.OOM, faults.CUDA_OOM])
 def test_an_out_of_memory_fails_only_its_job(two_slots, catalog, fault):
     index = slot_serving(two_slots, catalog, BASE)
-    pid = slot_status(two_slots, index)["pid"]
+    pid = slot_status(two_slots, index).pid
     with pytest.raises(OutOfMemory, match="out of memory") as caught:
         submit(two_slots, catalog, BASE, prompt=fault).wait(START_S)
     assert caught.value.status == 503
     status = slot_status(two_slots, index)
-    assert status["pid"] == pid and status["alive"]
-    assert status["model"] is None  # the engine dropped the pipeline to start clean
+    assert status.pid == pid and status.alive
+    assert status.model is None  # the engine dropped the pipeline to start clean
     assert submit(two_slots, catalog, BASE, seed=5).wait(START_S).images
 
 
@@ -416,7 +297,7 @@ def test_kill_9_fails_only_the_running_job_and_the_slot_comes_back(two_slots, ca
     victim = submit(two_slots, catalog, BASE, **LONG)
     first_step(victim)
     bystanders = [submit(two_slots, catalog, TURBO, seed=i) for i in range(4)]
-    old_pid = slot_status(two_slots, index)["pid"]
+    old_pid = slot_status(two_slots, index).pid
     os.kill(old_pid, signal.SIGKILL)
 
     with pytest.raises(WorkerFailed, match=rf"slot {index} \(cpu\) failed .*killed by SIGKILL") as caught:
@@ -424,10 +305,10 @@ def test_kill_9_fails_only_the_running_job_and_the_slot_comes_back(two_slots, ca
     assert caught.value.status == 503
     assert all(job.wait(START_S).slot == other for job in bystanders)
     status = wait_restarted(two_slots, index, old_pid)
-    assert status["restarts"] == 1 and status["model"] == preload_plan([BASE, TURBO], 2)[index][0]
-    assert slot_status(two_slots, other)["pid"] == other_before["pid"]
-    assert slot_status(two_slots, other)["jobs_failed"] == other_before["jobs_failed"]
-    assert submit(two_slots, catalog, status["model"]).wait(START_S).slot == index
+    assert status.restarts == 1 and status.model == preload_plan([BASE, TURBO], 2)[index][0]
+    assert slot_status(two_slots, other).pid == other_before.pid
+    assert slot_status(two_slots, other).jobs_failed == other_before.jobs_failed
+    assert submit(two_slots, catalog, status.model).wait(START_S).slot == index
 
 
 # ---------------------------------------------------------------- queue limit, timeouts, events
@@ -438,7 +319,7 @@ def test_a_full_queue_refuses_with_the_limit(one_slot, catalog):
     one_slot.add_observer(lambda job, outcome, duration: seen.append(outcome))
     running = submit(one_slot, catalog, BASE, **LONG)
     waiting = [submit(one_slot, catalog, BASE, seed=i) for i in range(2)]
-    wait_until(lambda: slot_status(one_slot, 0)["step"] >= 3, START_S, "the long job's first steps")
+    wait_until(lambda: slot_status(one_slot, 0).step >= 3, START_S, "the long job's first steps")
     with pytest.raises(QueueFull, match="limit 2") as caught:
         submit(one_slot, catalog, BASE)
     assert caught.value.status == 429
@@ -478,32 +359,32 @@ def test_events_follow_a_job_from_queue_to_encoding(one_slot, catalog):
 def test_a_swap_back_comes_from_the_ram_cache(one_slot, catalog):
     submit(one_slot, catalog, TURBO).wait(START_S)
     before = slot_status(one_slot, 0)
-    assert before["model"] == TURBO and BASE in before["cached"]
+    assert before.model == TURBO and BASE in before.cached
     assert submit(one_slot, catalog, BASE).wait(START_S).loaded_model
     after = slot_status(one_slot, 0)
-    assert (after["loads"], after["cache_hits"]) == (before["loads"], before["cache_hits"] + 1)
-    assert after["model"] == BASE and TURBO in after["cached"]
+    assert (after.loads, after.cache_hits) == (before.loads, before.cache_hits + 1)
+    assert after.model == BASE and TURBO in after.cached
 
 
 def test_a_job_past_its_timeout_is_cancelled(one_slot, catalog, monkeypatch):
     monkeypatch.setattr(one_slot.settings, "job_timeout_s", 2)
-    pid = slot_status(one_slot, 0)["pid"]
+    pid = slot_status(one_slot, 0).pid
     job = submit(one_slot, catalog, BASE, **LONG)
     with pytest.raises(JobTimeout, match="longer than 2 s") as caught:
         job.wait(START_S)
     assert caught.value.status == 504
-    wait_until(lambda: not slot_status(one_slot, 0)["busy"], ROOM_S, "the slot to free")
-    assert slot_status(one_slot, 0)["pid"] == pid  # the worker honoured the cancel
+    wait_until(lambda: not slot_status(one_slot, 0).busy, ROOM_S, "the slot to free")
+    assert slot_status(one_slot, 0).pid == pid  # the worker honoured the cancel
 
 
 def test_a_worker_that_ignores_its_timeout_is_killed_and_replaced(one_slot, catalog, monkeypatch):
     monkeypatch.setattr(one_slot.settings, "job_timeout_s", 2)
-    old_pid = slot_status(one_slot, 0)["pid"]
+    old_pid = slot_status(one_slot, 0).pid
     with pytest.raises(JobTimeout):
         submit(one_slot, catalog, BASE, prompt=faults.HANG).wait(START_S)
     status = wait_restarted(one_slot, 0, old_pid)
     monkeypatch.undo()  # the next job may pay for a cold load
-    assert status["crashes_in_row"] == 0  # our own kill is not a crash
+    assert status.crashes_in_row == 0  # our own kill is not a crash
     assert submit(one_slot, catalog, BASE).wait(START_S).images
 
 
@@ -520,23 +401,23 @@ def test_jobs_behind_one_that_crashes_its_worker_still_run(one_slot, catalog):
 
 
 def test_a_crash_loop_backs_off_and_recovers(one_slot, catalog):
-    old_pid = slot_status(one_slot, 0)["pid"]
+    old_pid = slot_status(one_slot, 0).pid
     one_slot.crash_marker.touch()
     try:
         with pytest.raises(WorkerFailed, match="killed by SIGSEGV"):
             submit(one_slot, catalog, BASE, prompt=faults.SEGFAULT).wait(START_S)
-        wait_until(lambda: slot_status(one_slot, 0)["crashes_in_row"] >= 4, 30, "four crashes in a row")
+        wait_until(lambda: slot_status(one_slot, 0).crashes_in_row >= 4, 30, "four crashes in a row")
         status = slot_status(one_slot, 0)
-        assert not status["alive"] and "exited with code 3 before it was ready" in status["last_error"]
+        assert not status.alive and "exited with code 3 before it was ready" in status.last_error
         # Restarts now come 2 s apart (the cap), not back to back.
-        restarts = status["restarts"]
+        restarts = status.restarts
         time.sleep(1.0)
-        assert slot_status(one_slot, 0)["restarts"] <= restarts + 1
+        assert slot_status(one_slot, 0).restarts <= restarts + 1
         # With every slot down a job is refused (at submit, or when the restart it waited for dies).
         with pytest.raises(WorkerFailed, match=r"no slot can run jobs.*slot 0 \(cpu\).*before it was ready"):
             submit(one_slot, catalog, BASE).wait(START_S)
     finally:
         one_slot.crash_marker.unlink()
     status = wait_restarted(one_slot, 0, old_pid)
-    assert status["model"] is None  # a restart that failed to come up drops the preload
+    assert status.model is None  # a restart that failed to come up drops the preload
     assert submit(one_slot, catalog, BASE).wait(START_S).images

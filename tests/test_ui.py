@@ -188,7 +188,7 @@ def test_cancel_in_the_browser_stops_the_job_and_frees_the_slot(page, client):
 
 @pytest.fixture
 def studio(tmp_path):
-    return Studio(load_catalog(), manager=None, settings=Settings(outputs_dir=tmp_path / "outputs"))
+    return Studio(load_catalog(), backend=None, settings=Settings(outputs_dir=tmp_path / "outputs"))
 
 
 def _controls(studio, model_id):
@@ -258,7 +258,7 @@ def test_history_tab_lists_images_from_before_a_restart(server, client, tmp_path
     copy = tmp_path / "outputs"
     shutil.copytree(server.outputs, copy)
 
-    fresh = Studio(load_catalog(), manager=None, settings=Settings(outputs_dir=copy))  # as after a restart
+    fresh = Studio(load_catalog(), backend=None, settings=Settings(outputs_dir=copy))  # as after a restart
     items, _ = fresh.on_history_refresh()
 
     assert len(items) == len(list(copy.glob("*.png")))

@@ -1,0 +1,92 @@
+"""``Backend``: what the front ends (REST, UI, metrics, /health) may ask of whatever runs the jobs.
+
+``studio.server`` picks the backend (today ``studio.slots.SlotManager``, local worker processes);
+nothing else names one. A backend:
+
+- ``start()`` blocks until it can run jobs (or raises ``WorkerFailed``); ``shutdown()`` cancels
+  what is queued and running and releases everything; both are idempotent enough to call twice.
+- ``submit(spec, request) -> Job`` takes a request already resolved by ``spec.check`` and never
+  blocks; it raises ``QueueFull`` / ``WorkerFailed`` when it refuses (observers see refusals too).
+- ``status() -> BackendStatus`` is a typed snapshot; ``as_dict()`` is the JSON of ``/health`` and
+  of the Gradio ``/status`` endpoint.
+- ``add_observer(observer)``: ``observer(job, result_or_exception, duration_s)`` runs once per
+  ended job, refusals included, before the job's waiters wake.
+
+Runs in the parent process: never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from studio.catalog import ModelSpec
+from studio.jobs import Job
+from studio.schemas import GenerationRequest
+
+Observer = Callable[[Job, Any, float], None]
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    """One place a job can run (a local worker process, a Ray replica) as the front ends see it."""
+
+    index: int
+    device: str
+    state: str  # starting | ready | dead | stopped
+    alive: bool  # up and able to take jobs
+    pid: int | None = None
+    model: str | None = None  # the resident model
+    loading: str | None = None  # the model being loaded for the running job
+    busy: bool = False
+    job: str | None = None  # the running job's id
+    step: int = 0  # of ``total``, while the job generates
+    total: int = 0
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    loads: int = 0  # pipelines loaded from disk (preloads and swaps), all incarnations together
+    cache_hits: int = 0  # swaps served from the RAM cache
+    cached: tuple[str, ...] = ()  # models parked in the RAM cache
+    restarts: int = 0
+    crashes_in_row: int = 0
+    restart_in_s: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """A snapshot of the backend: its slots and its queue."""
+
+    slots: tuple[SlotStatus, ...] = ()
+    queue_depth: int = 0  # jobs admitted and waiting for a slot
+    max_queue: int = 0
+    accepting: bool = False  # running (not starting up or shutting down)
+
+    @property
+    def alive(self) -> int:
+        """How many slots can take jobs now."""
+        return sum(1 for slot in self.slots if slot.alive)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready data (lists, not tuples): the body of ``/health`` and the Gradio ``/status``."""
+        data = asdict(self)
+        for slot in data["slots"]:
+            slot["cached"] = list(slot["cached"])
+        data["slots"] = list(data["slots"])
+        return data
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs jobs somewhere: local worker processes, or a Ray Serve deployment."""
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job: ...
+
+    def status(self) -> BackendStatus: ...
+
+    def add_observer(self, observer: Observer) -> None: ...

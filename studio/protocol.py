@@ -1,0 +1,104 @@
+"""The worker pipe's messages: one typed definition for both ends (``worker.py`` and ``slots.py``).
+
+Every message is a small frozen dataclass sent whole over a ``multiprocessing`` connection (it
+pickles by class, so both ends must import this module; nothing here imports torch).
+
+parent -> worker
+    ``RunJob``      run one job (the request is already resolved by ``spec.check``)
+    ``CancelJob``   stop that job at its next step (it may also be queued or already over)
+    ``Stop``        cancel the running job and exit
+
+worker -> parent
+    ``Ready``       once, after preloading: pid, what it holds, each preload's load time
+    ``StartFailed`` instead of ``Ready``: start-up failed, with why; the process exits
+    ``Stage``       "loading" | "generating" | "encoding"
+    ``Step``        after a denoising step (throttled; the first and last always go)
+    ``Done``        a ``JobResult`` with PNG bytes
+    ``Failed``      a picklable ``StudioError``
+
+``Ready``, ``Done`` and ``Failed`` carry the worker's ``WorkerState``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from studio.catalog import ModelSpec
+from studio.errors import StudioError
+from studio.schemas import GenerationRequest, JobResult
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What a worker holds, and its counters since it started."""
+
+    model: str | None = None  # the resident model
+    loads: int = 0  # pipelines loaded from disk
+    cache_hits: int = 0  # swaps served from the RAM cache
+    cached: tuple[str, ...] = ()  # models parked in the RAM cache
+
+
+# ---------------------------------------------------------------- parent -> worker
+
+
+@dataclass(frozen=True)
+class RunJob:
+    job_id: str
+    spec: ModelSpec
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+# ---------------------------------------------------------------- worker -> parent
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+    state: WorkerState
+    timings: tuple[tuple[str, float], ...] = ()  # (model id, load seconds) of each preload
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    job_id: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class Step:
+    job_id: str
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Done:
+    job_id: str
+    result: JobResult
+    state: WorkerState
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    error: StudioError
+    state: WorkerState
+
+
+ToWorker = RunJob | CancelJob | Stop
+FromWorker = Ready | StartFailed | Stage | Step | Done | Failed

@@ -1,0 +1,167 @@
+"""Routing: which queued job starts now, and on which slot. Pure (no processes, no threads, no
+clock of its own), so every rule is tested alone; ``SlotManager`` calls ``plan_dispatch`` under its lock.
+
+Jobs wait in one FIFO queue and are bound to a slot only when a slot is free, so the choice
+uses what is true at that moment:
+
+1. a job that waited past ``starvation_s`` takes any idle slot first;
+2. a job whose model an idle slot already holds goes there (no load);
+3. a job whose model a busy slot holds (or is about to hold) waits for it when that slot is
+   expected free sooner than a swap would take (estimated per model from measured load times,
+   from disk or from a worker's RAM cache, and job durations);
+4. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
+   an empty one, then one holding a model nobody in the queue wants, then the least recently
+   used; that slot swaps models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from studio.jobs import Job
+from studio.schemas import GenerationRequest
+
+STARVATION_S = 60.0  # past this wait a job takes any idle slot, whatever the estimates say
+
+
+def work_units(request: GenerationRequest) -> float:
+    """Megapixel-steps: what a job's duration scales with."""
+    return request.steps * request.num_images * request.width * request.height / 1e6
+
+
+class Estimates:
+    """Per-model moving averages of swap time (from disk, or from a worker's RAM cache) and of
+    seconds per megapixel-step, for routing. Guesses stand in until something was measured."""
+
+    SMOOTHING = 0.3
+
+    def __init__(self, default_load_s: float = 20.0, default_cached_load_s: float = 3.0,
+                 default_unit_s: float = 0.5):
+        self.default_load_s = default_load_s
+        self.default_cached_load_s = default_cached_load_s
+        self.default_unit_s = default_unit_s
+        self._load_s: dict[tuple[str, bool], float] = {}
+        self._unit_s: dict[str, float] = {}
+
+    def load_s(self, model_id: str, cached: bool = False) -> float:
+        default = self.default_cached_load_s if cached else self.default_load_s
+        return self._load_s.get((model_id, cached), default)
+
+    def job_s(self, model_id: str, request: GenerationRequest) -> float:
+        return work_units(request) * self._unit_s.get(model_id, self.default_unit_s)
+
+    def record_load(self, model_id: str, seconds: float, cached: bool = False) -> None:
+        key = (model_id, cached)
+        self._load_s[key] = self._blend(self._load_s.get(key), seconds)
+
+    def record_run(self, model_id: str, request: GenerationRequest, seconds: float) -> None:
+        units = work_units(request)
+        if units > 0:
+            self._unit_s[model_id] = self._blend(self._unit_s.get(model_id), seconds / units)
+
+    def remaining_s(self, slot: Slot, now: float) -> float:
+        """How long until the busy ``slot`` finishes its job: live progress when there is some."""
+        job = slot.job
+        if job is None:
+            return 0.0
+        model = job.spec.id
+        if slot.step > 0 and slot.total > 0 and slot.generating_at is not None:
+            per_step = (now - slot.generating_at) / slot.step
+            return per_step * max(0, slot.total - slot.step)
+        if slot.generating_at is None and (slot.phase == "loading" or slot.model != model):  # a swap first
+            swap_s = self.load_s(model, cached=model in slot.cached)
+            return max(0.0, swap_s - (now - slot.phase_since)) + self.job_s(model, job.request)
+        started = slot.generating_at if slot.generating_at is not None else slot.phase_since
+        return max(0.0, self.job_s(model, job.request) - (now - started))
+
+    def _blend(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.SMOOTHING * (new - old)
+
+
+@dataclass(eq=False)
+class Slot:
+    """What routing knows of one slot: its state, its models and the job it runs.
+
+    A backend subclasses it with what it needs to supervise the slot (``slots.WorkerSlot``).
+    """
+
+    index: int
+    device: str
+    state: str = "stopped"  # starting | ready | dead | stopped
+    model: str | None = None  # resident model
+    cached: list[str] = field(default_factory=list)  # models parked in the worker's RAM cache
+    job: Job | None = None  # the job the worker is running (it may already be cancelled)
+    phase: str = ""  # "starting" (sent), then the worker's stages
+    phase_since: float = 0.0
+    generating_at: float | None = None
+    step: int = 0
+    total: int = 0
+    last_used: float = 0.0
+    unreachable: bool = False  # a send failed: the process is on its way out
+
+    @property
+    def available(self) -> bool:
+        return self.state == "ready" and self.job is None and not self.unreachable
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    @property
+    def next_model(self) -> str | None:
+        """The model the slot will hold once its current job is done."""
+        return self.job.spec.id if self.job is not None else self.model
+
+
+def plan_dispatch(
+    queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S
+) -> list[tuple[Job, Slot]]:
+    """Which queued jobs start now, and where (see the module docstring for the rules)."""
+    idle = [slot for slot in slots if slot.available]
+    if not idle or not queue:
+        return []
+    busy = [slot for slot in slots if slot.state == "ready" and slot.job is not None and not slot.unreachable]
+    free_at = {slot.index: now + estimates.remaining_s(slot, now) for slot in busy}
+    plan: list[tuple[Job, Slot]] = []
+    waiting = list(queue)
+
+    def bind(job: Job, slot: Slot) -> None:
+        plan.append((job, slot))
+        idle.remove(slot)
+        waiting.remove(job)
+
+    for job in [job for job in waiting if now - job.queued_at >= starvation_s]:
+        if not idle:
+            return plan
+        bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id))
+    for job in list(waiting):
+        match = _same_model(idle, job)
+        if match:
+            bind(job, match)
+    for job in list(waiting):
+        if not idle:
+            break
+        model = job.spec.id
+        holders = [slot for slot in busy if slot.next_model == model]
+        if holders:
+            soonest = min(holders, key=lambda slot: free_at[slot.index])
+            swap_s = min(estimates.load_s(model, cached=model in slot.cached) for slot in idle)
+            if free_at[soonest.index] - now < swap_s:
+                free_at[soonest.index] += estimates.job_s(model, job.request)
+                continue
+        bind(job, _victim(idle, waiting, model))
+    return plan
+
+
+def _same_model(idle: list[Slot], job: Job) -> Slot | None:
+    return next((slot for slot in idle if slot.model == job.spec.id), None)
+
+
+def _victim(idle: list[Slot], waiting: list[Job], model: str) -> Slot:
+    """The idle slot to swap to ``model``: one with it in its RAM cache, else the one whose
+    resident model is cheapest to give up: none, unwanted, least recently used."""
+    wanted = {job.spec.id for job in waiting}
+    return min(idle, key=lambda slot: (
+        model not in slot.cached, slot.model is not None, slot.model in wanted, slot.last_used,
+    ))

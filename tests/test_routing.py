@@ -1,0 +1,108 @@
+"""Routing on its own: which queued job starts where, from slot states and estimates (no processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.catalog import load_catalog
+from studio.jobs import Job
+from studio.routing import Estimates, Slot, plan_dispatch
+from studio.schemas import GenerationRequest
+
+BASE, TURBO = "sdxl-base", "sdxl-turbo"
+
+
+@pytest.fixture(scope="module")
+def presets():
+    return load_catalog()
+
+
+def queued_job(presets, model: str, waited_s: float = 0.0, now: float = 1000.0, **fields) -> Job:
+    spec, request = presets.resolve(GenerationRequest(model=model, prompt="a lighthouse at dusk", seed=1, **fields))
+    job = Job(spec, request)
+    job.queued_at = now - waited_s
+    return job
+
+
+def busy_slot(index: int, job: Job, now: float, step: int, total: int, per_step_s: float) -> Slot:
+    return Slot(index, "cpu", state="ready", model=job.spec.id, job=job, phase="step",
+                generating_at=now - step * per_step_s, step=step, total=total)
+
+
+def test_plan_prefers_the_idle_slot_that_holds_the_model(presets):
+    job = queued_job(presets, BASE)
+    empty, holder = Slot(0, "cpu", state="ready"), Slot(1, "cpu", state="ready", model=BASE)
+    assert plan_dispatch([job], [empty, holder], Estimates(), now=1000.0) == [(job, holder)]
+
+
+def test_plan_waits_for_a_busy_holder_only_when_that_beats_a_load(presets):
+    now = 1000.0
+    running = queued_job(presets, BASE)
+    busy = busy_slot(0, running, now, step=5, total=10, per_step_s=0.2)  # about 1 s left
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    job = queued_job(presets, BASE)
+    slow_loads, fast_loads = Estimates(), Estimates()
+    slow_loads.record_load(BASE, 10.0)
+    fast_loads.record_load(BASE, 0.5)
+    assert plan_dispatch([job], [busy, idle], slow_loads, now) == []
+    assert plan_dispatch([job], [busy, idle], fast_loads, now) == [(job, idle)]
+
+
+def test_plan_counts_the_jobs_already_waiting_for_a_busy_slot(presets):
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    first, second = queued_job(presets, BASE, waited_s=2), queued_job(presets, BASE, waited_s=1)
+    estimates = Estimates()
+    estimates.record_load(BASE, 1.5)
+    estimates.record_run(BASE, first.request, 1.0)  # each waiting job adds 1 s to the busy slot
+    assert plan_dispatch([first, second], [busy, idle], estimates, now) == [(second, idle)]
+
+
+def test_plan_lets_a_starving_job_take_any_idle_slot(presets):
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    job = queued_job(presets, BASE, waited_s=61)
+    estimates = Estimates()
+    estimates.record_load(BASE, 10.0)
+    assert plan_dispatch([job], [busy, idle], estimates, now, starvation_s=60) == [(job, idle)]
+
+
+def test_plan_binds_affinity_before_fifo_and_swaps_the_least_useful_slot(presets):
+    now = 1000.0
+    newcomer = queued_job(presets, "flux-schnell", waited_s=3)  # oldest, held nowhere
+    turbo = queued_job(presets, TURBO, waited_s=2)
+    base_slot = Slot(0, "cpu", state="ready", model=BASE, last_used=now - 5)
+    turbo_slot = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 50)
+    # The turbo job keeps its model's slot; the older newcomer evicts the other one, not turbo.
+    assert plan_dispatch([newcomer, turbo], [base_slot, turbo_slot], Estimates(), now) == [
+        (turbo, turbo_slot), (newcomer, base_slot)
+    ]
+    empty = Slot(2, "cpu", state="ready")
+    lru = Slot(3, "cpu", state="ready", model="pixart-sigma", last_used=now - 50)
+    recent = Slot(4, "cpu", state="ready", model="sana-1.5", last_used=now - 1)
+    assert plan_dispatch([newcomer], [recent, lru, empty], Estimates(), now) == [(newcomer, empty)]
+    assert plan_dispatch([newcomer], [recent, lru], Estimates(), now) == [(newcomer, lru)]
+
+
+def test_plan_sends_a_job_to_the_slot_with_its_model_in_ram(presets):
+    now = 1000.0
+    job = queued_job(presets, BASE)
+    empty = Slot(0, "cpu", state="ready")
+    parked = Slot(1, "cpu", state="ready", model=TURBO, cached=[BASE], last_used=now)
+    assert plan_dispatch([job], [empty, parked], Estimates(), now) == [(job, parked)]
+    # A swap from RAM beats waiting for a busy holder that a disk load would not beat.
+    busy = busy_slot(2, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.4)  # 2 s left
+    estimates = Estimates()
+    estimates.record_load(BASE, 10.0)
+    estimates.record_load(BASE, 0.5, cached=True)
+    assert plan_dispatch([job], [busy, empty], estimates, now) == []
+    assert plan_dispatch([job], [busy, empty, parked], estimates, now) == [(job, parked)]
+
+
+def test_plan_skips_dead_and_busy_slots(presets):
+    job = queued_job(presets, BASE)
+    dead = Slot(0, "cpu", state="dead", model=BASE)
+    busy = busy_slot(1, queued_job(presets, TURBO), 1000.0, step=1, total=2, per_step_s=0.1)
+    assert plan_dispatch([job], [dead, busy], Estimates(), now=1000.0) == []
