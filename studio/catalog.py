@@ -16,13 +16,14 @@ from pathlib import Path
 
 from studio import families
 from studio.errors import InvalidRequest, UnknownModel
-from studio.schemas import MAX_SEED, GenerationRequest
+from studio.schemas import MAX_SEED, GenerationRequest, parse_request
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 OVERRIDE_FILE = "studio.toml"
 # How much of the input image an edit repaints when the request leaves strength unset: image-to-image
 # keeps its composition (A1111's default denoising strength), inpainting repaints the masked area fully.
 DEFAULT_STRENGTH = {families.IMAGE_TO_IMAGE: 0.75, families.INPAINTING: 1.0}
+BOUNDED_FIELDS = ("width", "height", "steps", "guidance")  # the request fields each model bounds itself
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,17 @@ class Limits:
 
 @dataclass(frozen=True)
 class Card:
-    tier: str
+    """The studio's published ranking of a model, and what its "Use" button loads."""
+
+    rank: int  # 1 is the best
+    stars: float  # of 5
+    group: str  # one of the catalog's groups
     strengths: str
     best_for: str
-    recommended: str
+    recommended: str  # the published settings in words; empty: the authors' defaults are the recommendation
+    steps: int | None = None  # the recommended steps (the middle of a published range); None: the default
+    guidance: float | None = None
+    memory_gb: float | None = None  # the published memory need, where one is published
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,54 @@ class ModelSpec:
                 sizes.append((side, side))
         return sizes
 
+    def recommended(self) -> dict:
+        """The settings "Use" loads: the published recommendation, the authors' defaults where there is none."""
+        card, d = self.card, self.defaults
+        return dict(steps=card.steps or d.steps, guidance=d.guidance if card.guidance is None else card.guidance)
+
+    def listing(self) -> dict:
+        """What both APIs' model listings say about this model (``/v1/models`` and the Gradio ``/models``)."""
+        lim, card = self.limits, self.card
+        return dict(
+            id=self.id, label=self.label, family=self.family, repo=self.repo, aliases=list(self.aliases),
+            rank=card.rank, stars=card.stars, group=card.group, strengths=card.strengths, best_for=card.best_for,
+            recommended=dict(text=card.recommended, **self.recommended()),
+            memory_gb=dict(published=card.memory_gb, studio=self.vram_gb),
+            negative_prompt=self.negative_prompt, cfg=self.cfg,
+            defaults=self.defaults.as_dict(),
+            limits=dict(
+                size_multiple=lim.size_multiple, min_side=lim.min_side, max_side=lim.max_side,
+                max_pixels=lim.max_pixels, max_steps=lim.max_steps, min_guidance=lim.min_guidance,
+                max_guidance=lim.max_guidance, allowed_sizes=[f"{w}x{h}" for w, h in lim.allowed_sizes],
+                max_seed=MAX_SEED,
+            ),
+            sizes=[f"{w}x{h}" for w, h in self.size_presets()],
+        )
+
+    def bounds(self, name: str) -> tuple[float, float]:
+        """The allowed range of a request field for this model: the one source of the UI's hints and the errors."""
+        lim = self.limits
+        return {
+            "width": (lim.min_side, lim.max_side),
+            "height": (lim.min_side, lim.max_side),
+            "steps": (1, lim.max_steps),
+            "guidance": (lim.min_guidance, lim.max_guidance),
+        }[name]
+
+    def allowed(self, name: str) -> str:
+        """``bounds`` in words: ``"32..256"``, ``"0"`` for a fixed value."""
+        low, high = self.bounds(name)
+        return f"{low:g}" if low == high else f"{low:g}..{high:g}"
+
+    def out_of_range(self, name: str, value: float) -> InvalidRequest:
+        """The error for ``value`` outside ``bounds(name)``."""
+        if name == "guidance" and not self.cfg:
+            reason = f"{self.id} is guidance-distilled; guidance must be {self.allowed(name)}"
+        else:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            reason = f"{shown} is out of range for {self.id}; allowed {self.allowed(name)}"
+        return InvalidRequest(f"{name}: {reason}", field=name)
+
     def _fit(self, value: float) -> int:
         multiple = self.limits.size_multiple
         side = max(self.limits.min_side, min(self.limits.max_side, round(value / multiple) * multiple))
@@ -160,17 +216,14 @@ class ModelSpec:
                         f"{name}: {value} must be a multiple of {lim.size_multiple} for {self.id}", field=name
                     )
                 if not lim.min_side <= value <= lim.max_side:
-                    raise InvalidRequest(
-                        f"{name}: {value} is out of range for {self.id}; allowed {lim.min_side}..{lim.max_side}",
-                        field=name,
-                    )
+                    raise self.out_of_range(name, value)
             if width * height > lim.max_pixels:
                 raise InvalidRequest(
                     f"size: {width}x{height} is {width * height} pixels, over {self.id}'s budget of {lim.max_pixels}",
                     field="size",
                 )
         if not 1 <= steps <= lim.max_steps:
-            raise InvalidRequest(f"steps: {steps} is out of range for {self.id}; allowed 1..{lim.max_steps}", field="steps")
+            raise self.out_of_range("steps", steps)
         if strength is not None and steps * strength < 1:
             raise InvalidRequest(
                 f"strength: {strength:g} of {steps} steps runs no denoising step; "
@@ -178,11 +231,7 @@ class ModelSpec:
                 field="strength",
             )
         if not lim.min_guidance <= guidance <= lim.max_guidance:
-            if not self.cfg:
-                reason = f"{self.id} is guidance-distilled; guidance must be {lim.min_guidance:g}"
-            else:
-                reason = f"{guidance:g} is out of range for {self.id}; allowed {lim.min_guidance:g}..{lim.max_guidance:g}"
-            raise InvalidRequest(f"guidance: {reason}", field="guidance")
+            raise self.out_of_range("guidance", guidance)
         negative = request.negative_prompt or None
         if negative and not self.negative_prompt:
             raise InvalidRequest(f"negative_prompt: {self.id} does not support a negative prompt", field="negative_prompt")
@@ -215,9 +264,14 @@ class ModelSpec:
 
 @dataclass
 class Catalog:
-    models: dict[str, ModelSpec]
+    models: dict[str, ModelSpec]  # in rank order
     default: str
     aliases: dict[str, str] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()  # the ranking's groups, best first
+
+    def grouped(self) -> list[tuple[str, list[ModelSpec]]]:
+        """The models of each ranking group, groups and models in rank order."""
+        return [(group, [spec for spec in self if spec.card.group == group]) for group in self.groups]
 
     def get(self, name: str | None) -> ModelSpec:
         """The spec for an id or alias (case-insensitive); ``None`` gives the default model."""
@@ -227,6 +281,24 @@ class Catalog:
             known = ", ".join(self.models)
             raise UnknownModel(f"model: unknown model '{name}'; available: {known}", field="model")
         return self.models[key]
+
+    def parse(self, data: dict) -> tuple[ModelSpec, GenerationRequest]:
+        """Plain data (a form, a JSON body) to a resolved request, with the limits of the model asked for.
+
+        A number past the bounds every model shares (pydantic's) is refused with the requested
+        model's own range, so width 5000 on a 256-px model says 32..256, not 16..4096.
+        """
+        spec = self.get(data.get("model"))
+        try:
+            request = parse_request(data)
+        except InvalidRequest as exc:
+            value = data.get(exc.field) if exc.field in BOUNDED_FIELDS else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                low, high = spec.bounds(exc.field)
+                if not low <= value <= high:
+                    raise spec.out_of_range(exc.field, value) from None
+            raise
+        return spec, spec.check(request)
 
     def resolve(self, request: GenerationRequest) -> tuple[ModelSpec, GenerationRequest]:
         """The one validation step of the data flow: find the model, check and fill the request."""
@@ -294,4 +366,9 @@ def load_catalog(models_dir: str | Path | None = None, path: Path | None = None)
         models[model_id] = spec
         for alias in spec.aliases:
             aliases[alias.lower()] = model_id
-    return Catalog(models=models, default=data["default"], aliases=aliases)
+    groups = tuple(data["groups"])
+    for spec in models.values():
+        if spec.card.group not in groups:
+            raise ValueError(f"{spec.id}: group {spec.card.group!r} is not one of {groups}")
+    ranked = dict(sorted(models.items(), key=lambda item: item[1].card.rank))
+    return Catalog(models=ranked, default=data["default"], aliases=aliases, groups=groups)

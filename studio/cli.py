@@ -12,7 +12,6 @@ from pathlib import Path
 from studio import hub, pngmeta
 from studio.catalog import load_catalog
 from studio.errors import InvalidRequest, StudioError
-from studio.schemas import parse_request
 
 # The output file's suffix picks its format; every format keeps the generation parameters.
 SUFFIX_FORMATS = {"": "png", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -69,13 +68,12 @@ def generate(args) -> int:
     image_format = output_format(args.output)
     catalog = load_catalog(args.models_dir)
     width, height = args.size or (None, None)
-    request = parse_request(
+    spec, request = catalog.parse(
         dict(
             prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, width=width, height=height,
             steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.n,
         )
     )
-    spec, request = catalog.resolve(request)
 
     from studio.engine import Engine  # torch only after the input is known to be good
 

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from studio import pngmeta
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized
-from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, allowed_range, parse_request
+from studio.schemas import MAX_IMAGES, GenerationRequest, JobResult, allowed_range
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,16 @@ class ModelObject(BaseModel):
     label: str
     family: str
     repo: str
-    tier: str
     aliases: list[str]
+    rank: int = Field(description="The studio's ranking: 1 is the best.")
+    stars: float = Field(description="The ranking's stars, of 5.")
+    group: str = Field(description="The ranking's group: Top tier, Excellent tier, Specialized, Fast generation, Experimental.")
+    strengths: str
+    best_for: str
+    recommended: dict = Field(
+        description="The published recommendation in words (text) and the steps and guidance it stands for."
+    )
+    memory_gb: dict = Field(description="Memory need: the published figure (null if none) and the studio's own.")
     negative_prompt: bool = Field(description="Whether `negative_prompt` is supported.")
     cfg: bool = Field(description="False for guidance-distilled models: `guidance` is fixed.")
     max_n: int
@@ -299,8 +307,8 @@ async def require_api_key(
 # ---------------------------------------------------------------- request translation
 
 
-def to_generation_request(body: ImageGenerationRequest) -> GenerationRequest:
-    """The OpenAI fields and the extras as ONE ``GenerationRequest`` (pydantic limits checked)."""
+def generation_data(body: ImageGenerationRequest) -> dict:
+    """The OpenAI fields and the extras as the plain data of ONE ``GenerationRequest``."""
     if body.n is not None and body.num_images is not None and body.n != body.num_images:
         raise InvalidRequest(
             f"num_images: {body.num_images} contradicts n={body.n}; send one of them", field="num_images"
@@ -314,25 +322,23 @@ def to_generation_request(body: ImageGenerationRequest) -> GenerationRequest:
                 field="size",
             )
         width, height = size_w, size_h
-    return parse_request(
-        dict(
-            prompt=body.prompt,
-            negative_prompt=body.negative_prompt or None,
-            model=body.model,
-            width=width,
-            height=height,
-            steps=body.steps,
-            guidance=body.guidance,
-            seed=body.seed,
-            num_images=body.n or body.num_images or 1,
-        )
+    return dict(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt or None,
+        model=body.model,
+        width=width,
+        height=height,
+        steps=body.steps,
+        guidance=body.guidance,
+        seed=body.seed,
+        num_images=body.n or body.num_images or 1,
     )
 
 
 def resolve(catalog, body: ImageGenerationRequest) -> tuple[ModelSpec, GenerationRequest]:
     """Translate and validate once; a size error names ``size`` when the caller sent ``size``."""
     try:
-        return catalog.resolve(to_generation_request(body))
+        return catalog.parse(generation_data(body))
     except InvalidRequest as exc:
         if exc.field in ("width", "height") and body.size and body.width is None and body.height is None:
             exc.field = "size"
@@ -391,33 +397,7 @@ def build_response(body: ImageGenerationRequest, result: JobResult) -> ImagesRes
 
 
 def model_object(spec: ModelSpec, created: int) -> ModelObject:
-    d, lim = spec.defaults, spec.limits
-    return ModelObject(
-        id=spec.id,
-        created=created,
-        owned_by=spec.repo.split("/")[0],
-        label=spec.label,
-        family=spec.family,
-        repo=spec.repo,
-        tier=spec.card.tier,
-        aliases=list(spec.aliases),
-        negative_prompt=spec.negative_prompt,
-        cfg=spec.cfg,
-        max_n=MAX_IMAGES,
-        defaults=d.as_dict(),
-        limits={
-            "size_multiple": lim.size_multiple,
-            "min_side": lim.min_side,
-            "max_side": lim.max_side,
-            "max_pixels": lim.max_pixels,
-            "max_steps": lim.max_steps,
-            "min_guidance": lim.min_guidance,
-            "max_guidance": lim.max_guidance,
-            "allowed_sizes": [f"{w}x{h}" for w, h in lim.allowed_sizes],
-            "max_seed": MAX_SEED,
-        },
-        sizes=[f"{w}x{h}" for w, h in spec.size_presets()],
-    )
+    return ModelObject(created=created, owned_by=spec.repo.split("/")[0], max_n=MAX_IMAGES, **spec.listing())
 
 
 # ---------------------------------------------------------------- routes

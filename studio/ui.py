@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+import random
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import InvalidRequest, JobCancelled, StudioError
 from studio.history import History
-from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, Progress, parse_request
+from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, Progress
 
 # ---------------------------------------------------------------- constants
 
@@ -45,12 +46,6 @@ HISTORY_SHOWN = 60
 STATUS_EVERY_S = 2.0
 CACHE_CLEANUP = (3600, 6 * 3600)  # Gradio's served copies; the outputs folder keeps the originals
 
-TIERS = {
-    "S": "S · best quality",
-    "A": "A · excellent specialists",
-    "B": "B · solid all-rounders",
-    "C": "C · fast and experimental",
-}
 # Named aspect ratios for the size buttons; anything else shows its pixels only.
 RATIOS = [(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (5, 4), (4, 5), (5, 3), (3, 5), (21, 9), (9, 21)]
 
@@ -129,7 +124,12 @@ def size_hint(spec: ModelSpec) -> str:
     lim = spec.limits
     if lim.allowed_sizes:
         return f"{spec.label} only knows the sizes above."
-    return f"Multiple of {lim.size_multiple}, {lim.min_side}..{lim.max_side} px, up to {lim.max_pixels / 1e6:.1f} MP."
+    return f"Multiple of {lim.size_multiple}, {spec.allowed('width')} px, up to {lim.max_pixels / 1e6:.1f} MP."
+
+
+def steps_hint(spec: ModelSpec) -> str:
+    hint = f"{spec.allowed('steps')} for {spec.label}"
+    return f"{hint}; {steps_text(spec)}" if steps_text(spec) else hint
 
 
 def negative_placeholder(spec: ModelSpec) -> str:
@@ -138,17 +138,60 @@ def negative_placeholder(spec: ModelSpec) -> str:
     return "What to avoid: blurry, text, watermark"
 
 
+def stars_text(stars: float) -> str:
+    """``4.5`` as ``★★★★½``."""
+    whole = int(stars)
+    return "★" * whole + ("½" if stars - whole >= 0.5 else "")
+
+
+def steps_count(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
+
+
+def recommended_text(spec: ModelSpec) -> str:
+    """The published recommendation, what "Use" loads, and the authors' default where a request gets another."""
+    card, d = spec.card, spec.defaults
+    use = spec.recommended()
+    loads = steps_count(use["steps"]) + (f", guidance {use['guidance']:g}" if spec.cfg else "")
+    if not card.recommended:
+        return f"the authors' defaults: {loads}"
+    text = f"{card.recommended} (Use loads {loads})"
+    differs = [steps_count(d.steps) if use["steps"] != d.steps else "",
+               f"guidance {d.guidance:g}" if spec.cfg and use["guidance"] != d.guidance else ""]
+    differs = [part for part in differs if part]
+    if differs:
+        text += f"; a request that leaves them unset gets the authors' default: {', '.join(differs)}"
+    return text
+
+
+def memory_text(spec: ModelSpec) -> str:
+    published = spec.card.memory_gb
+    if published is None or published == spec.vram_gb:
+        return f"about {spec.vram_gb:g} GB"
+    return f"about {published:g} GB published; {spec.vram_gb:g} GB by the studio's count"
+
+
+def steps_text(spec: ModelSpec) -> str | None:
+    """What the one Steps slider sets, for a model with a second stage (Stable Cascade)."""
+    if not spec.decoder_steps:
+        return None
+    return (f"the Steps slider sets the prior (stage C, {spec.defaults.steps} by default); "
+            f"the decoder (stage B) always runs {spec.decoder_steps}")
+
+
 def card_html(spec: ModelSpec, compact: bool = False) -> str:
-    """A model's card: tier, strengths, best use, recommended settings, VRAM and repo id."""
+    """A model's card: rank and stars, best use, recommended settings, memory and repo id."""
     e = html.escape
     card = spec.card
     rows = [
-        ("Strengths", e(card.strengths)),
         ("Best for", e(card.best_for)),
-        ("Recommended", e(card.recommended)),
-        ("VRAM", f"about {spec.vram_gb:g} GB"),
+        ("Recommended", e(recommended_text(spec))),
+        ("Memory", e(memory_text(spec))),
     ]
+    if steps_text(spec):
+        rows.append(("Steps", e(steps_text(spec))))
     if not compact:
+        rows.insert(0, ("Strengths", e(card.strengths)))
         rows += [
             ("Text encoder", f"{e(spec.text_encoder)} ({spec.token_limit} tokens)"),
             ("Negative prompt", "yes" if spec.negative_prompt else "no"),
@@ -159,9 +202,10 @@ def card_html(spec: ModelSpec, compact: bool = False) -> str:
     rows.append(("Repo", link))
     items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
     return (
-        f'<div class="model-card" data-model="{e(spec.id)}">'
-        f'<h3><span class="tier tier-{e(card.tier)}" title="tier {e(card.tier)}">{e(card.tier)}</span>'
-        f"{e(spec.label)}</h3><dl>{items}</dl></div>"
+        f'<div class="model-card" data-model="{e(spec.id)}" data-rank="{card.rank}">'
+        f'<h3><span class="rank" title="rank {card.rank} of the studio\'s ranking">#{card.rank}</span>'
+        f'{e(spec.label)} <span class="stars" title="{card.stars:g} of 5 stars">{stars_text(card.stars)}</span></h3>'
+        f'<div class="group">{e(card.group)}</div><dl>{items}</dl></div>'
     )
 
 
@@ -265,7 +309,7 @@ class Studio:
         text, negative = (prompt or "").strip(), (negative_prompt or "").strip()
         if text:  # an empty prompt stays empty, styled or not, so validation names it
             text, negative = self.style(style).apply(text, negative, spec.negative_prompt)
-        request = parse_request(
+        return self.catalog.parse(
             dict(
                 prompt=text,
                 negative_prompt=negative or None,
@@ -278,7 +322,6 @@ class Studio:
                 num_images=_int(num_images, "num_images") or 1,
             )
         )
-        return self.catalog.resolve(request)
 
     # -- running a job ---------------------------------------------------------
 
@@ -308,15 +351,23 @@ class Studio:
         self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
         session_images, request: gr.Request, progress=gr.Progress(),
     ):
-        """The Generate button: live status while it runs, then the images and their parameters."""
-        spec = self._spec_or_error(model)
-        if not spec.negative_prompt:
-            negative_prompt = ""  # the box is hidden for this model; a leftover value must not fail the job
-        spec, resolved = self._resolve_or_error(
-            prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
-        )
-        session_images = list(session_images or [])
+        """The Generate button: live status while it runs, then the images and their parameters.
+
+        Every error stays in the status line (a toast alone vanishes), and the newest image ends
+        selected in the gallery with its parameters beside it.
+        """
         keep = gr.skip(), gr.skip(), gr.skip(), gr.skip()  # the outputs that only change at the end
+        try:
+            spec = self.catalog.get(model)
+            if not spec.negative_prompt:
+                negative_prompt = ""  # the box is hidden for this model; a leftover value must not fail the job
+            spec, resolved = self.resolve(
+                prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
+            )
+        except StudioError as exc:
+            yield status_html(exc.message, error=True), *keep
+            raise gr.Error(exc.message) from None
+        session_images = list(session_images or [])
         yield status_html("Starting", 0.0), *keep
         try:
             async for item in self.run(spec, resolved, request.session_hash if request else None):
@@ -339,7 +390,8 @@ class Studio:
         done = (f"Done: {count} image{'s' if count > 1 else ''} in {result.duration_s:.1f} s"
                 f" · seed{'s' if count > 1 else ''} {', '.join(map(str, resolved.seeds))}"
                 + (f" · slot {result.slot}" if result.slot is not None else ""))
-        yield status_html(done, 1.0), session_images, params, session_images, str(files[0])
+        newest = gr.Gallery(value=session_images, selected_index=0)
+        yield status_html(done, 1.0), newest, params, session_images, str(files[0])
 
     async def on_api_generate(
         self,
@@ -409,7 +461,7 @@ class Studio:
             gr.update(choices=size_choices(spec), value=size_value(spec, width, height)),
             gr.update(value=width, interactive=not lim.allowed_sizes, info=size_hint(spec)),
             gr.update(value=height, interactive=not lim.allowed_sizes),
-            gr.update(minimum=1, maximum=lim.max_steps, value=values.get("steps", d.steps)),
+            gr.update(minimum=1, maximum=lim.max_steps, value=values.get("steps", d.steps), info=steps_hint(spec)),
             gr.update(minimum=lim.min_guidance, maximum=guidance_max(spec), value=guidance,
                       visible=spec.cfg and not fixed),
             gr.update(visible=not spec.cfg or fixed,
@@ -420,9 +472,9 @@ class Studio:
         return self.model_controls(self.catalog.get(model_id))
 
     def on_card_use(self, model_id: str) -> tuple:
-        """A "Use this model" button on the Models tab: pick it and go to the studio."""
+        """A "Use" button on the Models tab: pick the model with its recommended settings and go to the studio."""
         spec = self.catalog.get(model_id)
-        return (spec.id, *self.model_controls(spec), gr.Tabs(selected="create"))
+        return (spec.id, *self.model_controls(spec, spec.recommended()), gr.Tabs(selected="create"))
 
     def on_size_pick(self, size: str | None):
         if not size:
@@ -434,7 +486,20 @@ class Studio:
         return size_value(self.catalog.get(model_id), _int_or_none(width), _int_or_none(height))
 
     def on_seed_randomise(self) -> int:
-        return RANDOM_SEED
+        """A concrete new seed in the box, so the next run can be repeated exactly."""
+        return random.randint(0, MAX_SEED)
+
+    def on_seed_reuse(self, path: str | None) -> int:
+        """The seed of the selected result (the newest after each run) back in the box."""
+        seed = None
+        if path:
+            try:
+                seed = pngmeta.read(path).get("seed")
+            except OSError:
+                pass
+        if seed is None:
+            raise gr.Error("No image yet: generate one, or select one in the results, to reuse its seed.")
+        return int(seed)
 
     # -- results, history and reuse -------------------------------------------
 
@@ -487,8 +552,8 @@ class Studio:
         return slots_html(status)
 
     def api_models(self) -> list[dict]:
-        """The catalog: each model's id, label, tier, card, capabilities, defaults and limits."""
-        return [model_summary(spec) for spec in self.catalog]
+        """The catalog in rank order: each model's ranking, recommendation, capabilities, defaults and limits."""
+        return [spec.listing() for spec in self.catalog]
 
     def api_status(self) -> dict:
         """The slots (device, model, busy) and how many jobs wait in the queue."""
@@ -529,20 +594,6 @@ def _path_of(item) -> str:
     return str(item)
 
 
-def model_summary(spec: ModelSpec) -> dict:
-    lim, d = spec.limits, spec.defaults
-    return dict(
-        id=spec.id, label=spec.label, family=spec.family, repo=spec.repo, tier=spec.card.tier,
-        strengths=spec.card.strengths, best_for=spec.card.best_for, recommended=spec.card.recommended,
-        vram_gb=spec.vram_gb, negative_prompt=spec.negative_prompt, cfg=spec.cfg, aliases=list(spec.aliases),
-        defaults=d.as_dict(),
-        limits=dict(size_multiple=lim.size_multiple, min_side=lim.min_side, max_side=lim.max_side,
-                    max_pixels=lim.max_pixels, max_steps=lim.max_steps, min_guidance=lim.min_guidance,
-                    max_guidance=lim.max_guidance, allowed_sizes=[f"{w}x{h}" for w, h in lim.allowed_sizes]),
-        sizes=[f"{w}x{h}" for w, h in spec.size_presets()],
-    )
-
-
 def slots_html(status: BackendStatus) -> str:
     """One pill per slot ("cuda:0 · sdxl-base · busy") and the queue depth, from ``backend.status()``."""
     pills = []
@@ -570,7 +621,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
     default = catalog.get(None)
     slots = slot_count(backend, settings)
     private = dict(api_visibility="private", queue=False)
-    model_choices = [(f"{spec.label} · {spec.card.tier}", spec.id) for spec in catalog]
+    model_choices = [(f"{spec.card.rank}. {spec.label} {stars_text(spec.card.stars)}", spec.id) for spec in catalog]
     style_choices = [(style.label, style.id) for style in studio.styles.values()]
 
     with gr.Blocks(title="Image Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
@@ -609,7 +660,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                                interactive=not default.limits.allowed_sizes)
                         with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
                             steps = gr.Slider(1, default.limits.max_steps, value=default.defaults.steps, step=1,
-                                              label="Steps", elem_id="steps")
+                                              label="Steps", elem_id="steps", info=steps_hint(default))
                             fixed = default.limits.min_guidance == default.limits.max_guidance
                             guidance = gr.Slider(default.limits.min_guidance, guidance_max(default), step=0.1,
                                                  value=default.defaults.guidance, label="Guidance",
@@ -619,7 +670,10 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             with gr.Row(elem_id="seed-row"):
                                 seed = gr.Number(RANDOM_SEED, label="Seed", precision=0, elem_id="seed", scale=4,
                                                  info=f"{RANDOM_SEED}: a new seed each run; 0..{MAX_SEED} repeats one")
-                                randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90, size="md")
+                                randomise = gr.Button("🎲 Random", elem_id="seed-random", scale=0, min_width=90,
+                                                      size="md")
+                                reuse_seed = gr.Button("♻ Reuse", elem_id="seed-reuse", scale=0, min_width=90,
+                                                       size="md")
                             num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
                     with gr.Column(scale=7, elem_id="results"):
                         job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
@@ -630,22 +684,20 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                         reuse = gr.Button("Reuse these settings", elem_id="reuse-button", size="sm")
 
             with gr.Tab("Models", id="models"):
-                gr.Markdown("Every model, ranked. Pick one to load its recommended settings into the studio.")
-                with gr.Tabs():
-                    for tier, title in TIERS.items():
-                        specs = [spec for spec in catalog if spec.card.tier == tier]
-                        if not specs:
-                            continue
-                        with gr.Tab(title, id=f"tier-{tier}"):
-                            with gr.Row(elem_classes="model-grid"):
-                                for spec in specs:
-                                    with gr.Column(elem_classes="model-tile", min_width=260):
-                                        gr.HTML(card_html(spec))
-                                        use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
-                                        model_id = gr.State(spec.id)
-                                        use.click(studio.on_card_use, model_id,
-                                                  [model, card, negative, size, width, height, steps, guidance,
-                                                   guidance_note, tabs], **private)
+                gr.Markdown("The studio's ranking of its models, best first. **Use** picks a model with its "
+                            "recommended settings.")
+                for group, specs in catalog.grouped():
+                    if not specs:
+                        continue
+                    gr.HTML(f'<h2 class="model-group">{html.escape(group)}</h2>')
+                    with gr.Row(elem_classes="model-grid"):
+                        for spec in specs:
+                            with gr.Column(elem_classes="model-tile", min_width=260):
+                                gr.HTML(card_html(spec))
+                                use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
+                                use.click(studio.on_card_use, gr.State(spec.id),
+                                          [model, card, negative, size, width, height, steps, guidance,
+                                           guidance_note, tabs], **private)
 
             with gr.Tab("History", id="history") as history_tab:
                 with gr.Row():
@@ -690,6 +742,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         width.input(studio.on_size_edit, [model, width, height], size, **private)
         height.input(studio.on_size_edit, [model, width, height], size, **private)
         randomise.click(studio.on_seed_randomise, None, seed, **private)
+        reuse_seed.click(studio.on_seed_reuse, selected, seed, **private)
 
         generation = generate.click(  # also Ctrl+Enter in the prompt boxes (assets/studio.js)
             studio.on_generate_click,

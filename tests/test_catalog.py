@@ -25,7 +25,7 @@ def test_catalog_has_the_fifteen_models_with_real_repos(catalog):
         owner, _, name = spec.repo.partition("/")
         assert owner and name, spec.id
         assert spec.source == spec.repo  # no models folder: load from the hub
-        assert spec.card.tier and spec.card.best_for and spec.card.recommended
+        assert spec.card.rank and spec.card.group in catalog.groups and spec.card.best_for
         # the defaults themselves must pass the model's own limits
         resolved = spec.check(GenerationRequest(prompt="a red fox"))
         assert (resolved.width, resolved.height) == (spec.defaults.width, spec.defaults.height)
@@ -128,3 +128,42 @@ def test_models_folder_overrides_only_the_models_it_holds(tmp_path):
     assert turbo.source == str((tmp_path / "sdxl-turbo").resolve())
     assert (turbo.defaults.width, turbo.limits.min_side, turbo.limits.max_side) == (64, 32, 1024)
     assert catalog.get("sdxl-base").source == "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def test_models_list_in_the_published_ranking_with_its_groups(catalog):
+    ranking = ["pixart-sigma", "flux-dev", "flux-schnell", "playground-v2.5", "animagine-xl-4", "dreamshaper-xl",
+               "juggernaut-xl-9", "realvis-xl-4", "sdxl-base", "sdxl-turbo", "sana-1.5", "hunyuan-dit",
+               "lumina-next", "stable-cascade", "chroma"]
+    assert [spec.id for spec in catalog] == ranking
+    assert [spec.card.rank for spec in catalog] == list(range(1, 16))
+    assert catalog.groups == ("Top tier", "Excellent tier", "Specialized", "Fast generation", "Experimental")
+    assert [[spec.id for spec in specs] for _, specs in catalog.grouped()] == [
+        ranking[0:2], ranking[2:4], ranking[4:8], ranking[8:10], ranking[10:15]]
+    for spec in catalog:  # what "Use" loads is a valid request for the model
+        spec.check(GenerationRequest(prompt="x", **spec.recommended()))
+
+
+def test_use_loads_the_middle_of_the_published_range_and_the_listing_says_both(catalog):
+    pixart, flux_dev = catalog.get("pixart-sigma"), catalog.get("flux-dev")
+    assert pixart.recommended() == {"steps": 40, "guidance": 4.5}
+    assert (flux_dev.recommended()["steps"], flux_dev.defaults.steps) == (50, 28)
+    listing = flux_dev.listing()
+    assert (listing["rank"], listing["stars"], listing["group"]) == (2, 5, "Top tier")
+    assert listing["recommended"]["steps"] == 50 and listing["defaults"]["steps"] == 28
+    assert listing["memory_gb"] == {"published": 15, "studio": flux_dev.vram_gb}
+
+
+def test_a_number_past_every_models_bounds_is_refused_with_the_loaded_models_range(tmp_path):
+    (tmp_path / "pixart-sigma").mkdir()
+    (tmp_path / "pixart-sigma" / "studio.toml").write_text("[limits]\nmin_side = 32\nmax_side = 256\n")
+    tiny = load_catalog(tmp_path)
+    spec = tiny.get("pixart-sigma")
+
+    for field, value, allowed in (("width", 5000, "32..256"), ("width", 320, "32..256"), ("steps", 400, "1..100")):
+        with pytest.raises(InvalidRequest) as caught:
+            tiny.parse({"prompt": "x", "model": "pixart", field: value})
+        assert caught.value.message == f"{field}: {value} is out of range for pixart-sigma; allowed {allowed}"
+        assert caught.value.field == field
+    assert f"{spec.allowed('width')} px" == "32..256 px"  # the Width hint of the UI says the same range
+    with pytest.raises(InvalidRequest, match="prompt"):  # other pydantic errors stay as they were
+        tiny.parse({"prompt": "", "model": "pixart"})

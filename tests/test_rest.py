@@ -224,7 +224,7 @@ def test_num_images_alias_and_width_height_extras(http):
         ({"prompt": "x", "model": "sdxl-base", "steps": 0}, 400, "steps", "1..150"),
         ({"prompt": "x", "model": "sdxl-turbo", "steps": 9}, 400, "steps", "1..4"),
         ({"prompt": "x", "model": "sdxl-turbo", "negative_prompt": "blur"}, 400, "negative_prompt", "sdxl-turbo"),
-        ({"prompt": "x", "model": "sdxl-base", "guidance": 31}, 400, "guidance", "0..30"),
+        ({"prompt": "x", "model": "sdxl-base", "guidance": 31}, 400, "guidance", "1..20"),
         ({"prompt": "x", "model": "sdxl-base", "seed": -1}, 400, "seed", "0..4294967295"),
         ({"prompt": "x", "output_compression": 101}, 400, "output_compression", "0..100"),
         ({"prompt": "x", "response_format": "png"}, 400, "response_format", "b64_json"),
