@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+BACKENDS = ("local", "ray")
+
+
 def _env(name: str, default=None):
     return os.environ.get(f"STUDIO_{name}", default)
 
@@ -43,6 +46,11 @@ class Settings:
     ram_cache_gb: float = 0.0
     compile: bool = False
     step_cache: bool = False
+    backend: str = "local"  # "local": one worker process per device here; "ray": replicas on a Ray cluster
+    ray_address: str | None = None  # "auto" (a running cluster), "ray://host:10001"; None: a local Ray
+    replicas: int | None = None  # Ray: this many replicas (default: one per GPU of the cluster, else one)
+    min_replicas: int | None = None  # Ray: autoscale between these two instead
+    max_replicas: int | None = None
     # Test-only fault injection: "module:function" that every worker calls with (slot_index, device)
     # before it loads anything (tests/faults.py). No flag or environment variable sets it; leave it None.
     fault_hook: str | None = None
@@ -66,6 +74,11 @@ class Settings:
             ram_cache_gb=args.ram_cache_gb,
             compile=args.compile,
             step_cache=args.step_cache,
+            backend=args.backend,
+            ray_address=args.ray_address or None,
+            replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
         )
 
 
@@ -94,4 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ram-cache-gb", type=float, default=float(_env("RAM_CACHE_GB", "0")))
     parser.add_argument("--compile", action="store_true", default=_flag(_env("COMPILE")), help="torch.compile (CUDA)")
     parser.add_argument("--step-cache", action="store_true", default=_flag(_env("STEP_CACHE")), help="first-block cache")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=_env("BACKEND", "local"),
+        help="local: one worker process per device; ray: Ray Serve replicas, one GPU each (needs ray[serve])",
+    )
+    parser.add_argument("--ray-address", default=_env("RAY_ADDRESS"), help="auto, or ray://HOST:10001 (--backend ray)")
+    parser.add_argument("--replicas", type=_positive, default=_env("REPLICAS"),
+                        help="Ray replicas (default: one per GPU in the cluster, else one)")
+    parser.add_argument("--min-replicas", type=_positive, default=_env("MIN_REPLICAS"),
+                        help="autoscale the Ray replicas between --min-replicas and --max-replicas")
+    parser.add_argument("--max-replicas", type=_positive, default=_env("MAX_REPLICAS"))
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

@@ -77,7 +77,14 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def make_backend(settings: Settings, catalog: Catalog) -> Backend:
-    """The backend that runs the jobs: local worker processes, one per device."""
+    """The backend that runs the jobs: local worker processes, one per device, or Ray Serve replicas.
+    Ray is imported only here, only when chosen."""
+    if settings.backend == "ray":
+        try:
+            from studio.ray_backend import RayBackend
+        except ImportError as exc:
+            raise SystemExit(f"--backend ray needs Ray Serve: pip install 'ray[serve]>=2.60,<3' ({exc})") from None
+        return RayBackend(settings, catalog)
     from studio.slots import LocalBackend
 
     return LocalBackend(settings, catalog)

@@ -21,3 +21,27 @@ def test_a_bad_login_names_its_place_and_never_echoes_it(value, capsys):
     error = capsys.readouterr().err
     assert "--ui-auth" in error and "must be USER:PASSWORD" in error
     assert value.split(",")[-1] not in error  # the entry itself is not printed: it may be a password
+
+
+def test_the_backend_flags_and_their_environment(monkeypatch):
+    local = Settings.from_args([])
+    assert (local.backend, local.ray_address, local.replicas) == ("local", None, None)
+    ray = Settings.from_args(["--backend", "ray", "--ray-address", "ray://head:10001", "--min-replicas", "1",
+                              "--max-replicas", "4"])
+    assert (ray.backend, ray.ray_address, ray.min_replicas, ray.max_replicas) == ("ray", "ray://head:10001", 1, 4)
+    monkeypatch.setenv("STUDIO_BACKEND", "ray")
+    monkeypatch.setenv("STUDIO_RAY_ADDRESS", "auto")
+    monkeypatch.setenv("STUDIO_REPLICAS", "3")
+    from_env = Settings.from_args([])
+    assert (from_env.backend, from_env.ray_address, from_env.replicas) == ("ray", "auto", 3)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "slurm"], "invalid choice: 'slurm'"),
+    (["--replicas", "0"], "--replicas: must be at least 1, not 0"),
+    (["--max-replicas", "many"], "--max-replicas: must be a whole number of at least 1, not 'many'"),
+])
+def test_bad_backend_flags_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        Settings.from_args(argv)
+    assert message in capsys.readouterr().err

@@ -1,0 +1,459 @@
+"""``RayBackend``: the ``Backend`` for many GPUs on many machines, on Ray Serve.
+
+One Serve deployment, ``EngineReplica``: each replica holds one ``Engine`` on one GPU
+(``ray_actor_options={"num_gpus": 1}``), or on the CPU when the cluster has no GPU. Serve places
+the replicas anywhere in the cluster, restarts the ones that die, and scales their number between
+``--min-replicas`` and ``--max-replicas``. Affinity is Serve's model multiplexing: every job is
+sent with ``multiplexed_model_id=<model id>``, and a replica keeps one model resident (the
+multiplexed LRU has room for one; the Engine's RAM cache parks the others as on a local slot), so
+Serve routes a job to a replica that already holds its model when one is free.
+
+A job is one streaming call: the replica yields the worker protocol's ``Stage`` and ``Step``
+messages while it runs and ends with ``Done`` or ``Failed``; the parent turns them into the same
+``Progress`` events and errors as the local backend. Cancelling cancels the call: Serve raises
+``CancelledError`` in the replica's generator, which stops the Engine at its next step. A job
+past ``settings.job_timeout_s`` is cancelled the same way and fails with ``JobTimeout``; a replica
+that dies fails only its own job (``WorkerFailed``).
+
+The FastAPI app stays one process in front (it is the Ray driver); it imports this module only
+with ``--backend ray`` (``pip install "ray[serve]>=2.60,<3"``). Replicas import torch; this module's top level does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, TaskCancelledError
+from ray.serve.exceptions import RequestCancelledError
+
+import studio
+from studio.backend import BackendStatus, Observer, SlotStatus
+from studio.catalog import Catalog, ModelSpec
+from studio.config import Settings
+from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
+from studio.jobs import Job
+from studio.protocol import Done, Failed, Stage, Step, WorkerState
+from studio.schemas import GenerationRequest, Progress
+from studio.speed import EngineOptions
+from studio.worker import call_hook
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "studio"
+STEP_REPORT_S = 0.05  # at most this often a step event to the caller (the first and last always go)
+CENSUS = "studio-census"  # the named actor every replica reports its state to
+REPORT_S = 1.0  # a replica reports at least this often (and at once on each change of job or stage)
+ALIVE_S = 5.0  # a replica not heard from for this long is not alive (dead, or its machine is gone)
+FORGET_S = 60.0  # ... and after this long it leaves /health
+STATUS_WAIT_S = 5.0  # /health waits this long for the census
+STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
+
+
+# ---------------------------------------------------------------- the replica (runs in the Ray cluster)
+
+
+@ray.remote(num_cpus=0)
+class Census:
+    """Where replicas report their state: a busy replica cannot answer a question (Serve lets it
+    run one request at a time), but it can tell. Lives as long as the app (its owner)."""
+
+    def __init__(self):
+        self._lines: dict[str, tuple[dict, float]] = {}
+
+    def report(self, line: dict) -> None:
+        self._lines[line["replica"]] = (line, time.monotonic())
+
+    def forget(self, replica: str) -> None:
+        """A replica known dead leaves at once (Serve starts another, which reports itself)."""
+        self._lines.pop(replica, None)
+
+    def lines(self) -> list[tuple[dict, float]]:
+        """Each replica's last report and its age in seconds; long-silent ones are forgotten."""
+        now = time.monotonic()
+        self._lines = {key: (line, at) for key, (line, at) in self._lines.items() if now - at < FORGET_S}
+        return [(line, now - at) for line, at in self._lines.values()]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """The first message of a job's stream: which replica runs it."""
+
+    replica: str
+    device: str
+
+
+class EngineReplica:
+    """One ``Engine`` on one device, serving one job at a time (``max_ongoing_requests=1``)."""
+
+    def __init__(self, engine_options: EngineOptions, threads: int, census_namespace: str,
+                 fault_hook: str | None = None):
+        import torch
+
+        from studio.engine import Engine
+
+        gpus = ray.get_gpu_ids()
+        device = "cuda" if gpus else "cpu"  # Ray already narrowed CUDA_VISIBLE_DEVICES to our GPU
+        if fault_hook:  # test-only: see Settings.fault_hook
+            call_hook(fault_hook, 0, device)
+        if threads:
+            torch.set_num_threads(threads)  # CPU replicas on one machine share its cores
+        self.engine = Engine(device, engine_options)
+        context = serve.get_replica_context()
+        self.replica = context.replica_id.to_full_id_str()
+        self.device = f"{socket.gethostname()}/{'cuda:' + str(gpus[0]) if gpus else 'cpu'}"
+        self.pid = os.getpid()
+        self.job: str | None = None
+        self.loading: str | None = None
+        self.step = self.total = 0
+        self.jobs_done = self.jobs_failed = 0
+        self.census = Census.options(name=CENSUS, namespace=census_namespace, get_if_exists=True).remote()
+        self.changed = threading.Event()
+        threading.Thread(target=self._report_loop, name="census-reporter", daemon=True).start()
+
+    @serve.multiplexed(max_num_models_per_replica=1)
+    async def resident(self, model_id: str) -> str:
+        """Serve's record of the model this replica holds (the Engine loads it inside the job,
+        with progress); one id at a time, so Serve's affinity is the resident model."""
+        return model_id
+
+    async def generate(self, job_id: str, spec: ModelSpec, request: GenerationRequest):
+        await self.resident(serve.get_multiplexed_model_id())
+        loop = asyncio.get_running_loop()
+        messages: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+        last_sent = 0.0
+
+        def send(message) -> None:
+            loop.call_soon_threadsafe(messages.put_nowait, message)
+
+        def on_stage(stage: str) -> None:
+            if cancelled.is_set():
+                raise JobCancelled(f"job {job_id} was cancelled")
+            self.loading = spec.id if stage == "loading" else None
+            self.changed.set()
+            send(Stage(job_id, stage))
+
+        def on_step(step: int, total: int) -> None:
+            nonlocal last_sent
+            if cancelled.is_set():  # every step: a cancel stops the job within one
+                raise JobCancelled(f"job {job_id} was cancelled")
+            self.step, self.total = step, total
+            now = time.monotonic()
+            if step == total or step == 1 or now - last_sent >= STEP_REPORT_S:
+                last_sent = now
+                send(Step(job_id, step, total))
+
+        def run():
+            try:
+                result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage)
+                self.jobs_done += 1
+                return Done(job_id, result, self.state())
+            except BaseException as exc:  # no job may take the replica down with it
+                self.jobs_failed += 1
+                return Failed(job_id, as_studio_error(exc, spec, self.device), self.state())
+
+        self.job, self.step, self.total = job_id, 0, 0
+        self.changed.set()
+        yield Placed(self.replica, self.device)
+        running = loop.run_in_executor(None, run)
+        try:
+            while not running.done() or not messages.empty():
+                getter = asyncio.ensure_future(messages.get())
+                await asyncio.wait({getter, running}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield running.result()
+        finally:
+            # Cancelled by the caller (or the caller is gone): the Engine stops at its next step,
+            # and this replica takes no other job until it has.
+            cancelled.set()
+            await asyncio.shield(running)
+            self.job, self.loading, self.step, self.total = None, None, 0, 0
+            self.changed.set()
+
+    def state(self) -> WorkerState:
+        engine = self.engine
+        return WorkerState(engine.model_id, engine.loads, engine.cache_hits, tuple(engine.cache.model_ids))
+
+    def _report_loop(self) -> None:
+        while True:
+            self.changed.wait(REPORT_S)
+            self.changed.clear()
+            try:
+                self.census.report.remote(self.describe())
+            except Exception:  # the app (and its census) is gone or restarting: report again later
+                pass
+
+    def describe(self) -> dict:
+        """This replica's line of ``/health``."""
+        state = self.state()
+        return dict(replica=self.replica, device=self.device, pid=self.pid, model=state.model,
+                    loading=self.loading, job=self.job, step=self.step if self.job else 0,
+                    total=self.total if self.job else 0, jobs_done=self.jobs_done,
+                    jobs_failed=self.jobs_failed, loads=state.loads, cache_hits=state.cache_hits,
+                    cached=state.cached)
+
+
+def as_studio_error(exc: BaseException, spec: ModelSpec, device: str) -> StudioError:
+    if isinstance(exc, StudioError):
+        return exc
+    return StudioError(f"{spec.id} failed on {device}: {type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------- the backend (runs in the app)
+
+
+class RayBackend:
+    """Jobs go to a Ray Serve deployment of ``EngineReplica``; see the module docstring."""
+
+    def __init__(self, settings: Settings, catalog: Catalog):
+        self.settings = settings
+        self.catalog = catalog
+        self.engine_options = EngineOptions.from_settings(settings)
+        self._lock = threading.Lock()
+        self._observers: list[Observer] = []
+        self._running: dict[str, tuple[Job, Any]] = {}  # job id -> (job, its streaming call once sent)
+        self._replicas: dict[str, int] = {}  # replica id -> its slot index, in order of first sight
+        self._handle = None
+        self._started_ray = False
+        self._phase = "new"  # new | starting | running | stopping | stopped
+        self._census = None  # the Census actor, once Ray is up
+        self._replica_count = settings.replicas or 1  # from the last census: how many jobs run at once
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to (or start) Ray, deploy the replicas and wait until they are all up."""
+        with self._lock:
+            if self._phase != "new":
+                raise WorkerFailed(f"the Ray backend was already started ({self._phase})")
+            self._phase = "starting"
+        try:
+            if not ray.is_initialized():
+                address = self.settings.ray_address
+                ray.init(address=None if address in (None, "", "local") else address,
+                         runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
+                         namespace="studio", log_to_driver=False, include_dashboard=False)
+                self._started_ray = True
+            self._census = Census.options(name=CENSUS, get_if_exists=True).remote()
+            serve.start(proxy_location="Disabled")
+            self._handle = serve.run(self._application(), name=APP_NAME, route_prefix=None)
+        except Exception as exc:
+            self._phase = "stopped"
+            raise WorkerFailed(f"the Ray backend could not start: {type(exc).__name__}: {exc}") from exc
+        self._phase = "running"
+        log.info("ray backend ready: %s", ", ".join(f"{s.index}={s.device}" for s in self.status().slots))
+
+    def _application(self):
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        settings = self.settings
+        replicas = settings.replicas or gpus or 1
+        options: dict[str, Any] = dict(
+            name="EngineReplica",
+            max_ongoing_requests=1,  # one Engine runs one job at a time; the rest wait in Serve's queue
+            max_queued_requests=-1,  # admission is ours (settings.max_queue), as on the local backend
+            ray_actor_options={"num_gpus": 1} if gpus else {"num_gpus": 0, "num_cpus": 1},
+            health_check_period_s=2,
+        )
+        if settings.min_replicas is not None or settings.max_replicas is not None:
+            low = settings.min_replicas or 1
+            options["autoscaling_config"] = dict(
+                min_replicas=low, max_replicas=max(low, settings.max_replicas or replicas),
+                target_ongoing_requests=1,
+            )
+        else:
+            options["num_replicas"] = replicas
+        threads = 0 if gpus else 1  # each CPU replica asked Ray for one CPU: one torch thread
+        deployment = serve.deployment(EngineReplica).options(**options)
+        namespace = ray.get_runtime_context().namespace
+        return deployment.bind(self.engine_options, threads, namespace, settings.fault_hook)
+
+    def shutdown(self) -> None:
+        """Cancel every job, remove the deployment, and stop Ray when this process started it."""
+        with self._lock:
+            if self._phase in ("stopping", "stopped", "new"):
+                self._phase = "stopped"
+                return
+            self._phase = "stopping"
+            running = list(self._running.values())
+        for job, _ in running:
+            self._cancel(job, JobCancelled(f"job {job.id} was cancelled: the studio is shutting down"))
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            serve.delete(APP_NAME)
+            if self._census is not None:
+                ray.kill(self._census)
+            if self._started_ray:
+                serve.shutdown()
+                ray.shutdown()
+        except Exception:  # the cluster may already be gone
+            log.exception("ray backend: shutting down")
+        self._phase = "stopped"
+
+    # -- the public API ------------------------------------------------------------
+
+    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
+        """Send a job to the deployment; ``QueueFull`` when ``settings.max_queue`` jobs already wait."""
+        job = Job(spec, request, on_cancel=self.cancel)
+        with self._lock:
+            refusal = None
+            if self._phase != "running":
+                refusal = WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
+            else:
+                waiting = len(self._running) - self._capacity()
+                if waiting >= self.settings.max_queue:
+                    refusal = QueueFull(
+                        f"the queue is full: {waiting} jobs are waiting (limit {self.settings.max_queue}); "
+                        f"try again in a few seconds", retry_after_s=5)
+            if refusal is None:
+                self._running[job.id] = (job, None)
+                position = max(0, len(self._running) - 1 - self._capacity())
+        if refusal is not None:
+            self._end(job, refusal)
+            raise refusal
+        job.emit(Progress("queued", queue_position=position))
+        threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id[:8]}", daemon=True).start()
+        return job
+
+    def cancel(self, job: Job, error: StudioError | None = None) -> bool:
+        """What ``Job.cancel()`` does; False when the job had already ended."""
+        return self._cancel(job, error or JobCancelled(f"job {job.id} was cancelled"))
+
+    def add_observer(self, observer: Observer) -> None:
+        with self._lock:
+            self._observers.append(observer)
+
+    def status(self) -> BackendStatus:
+        """One line per replica, from what each last reported, and the jobs waiting in Serve's queue."""
+        with self._lock:
+            census, phase = self._census, self._phase
+            in_flight = len(self._running)
+        lines = []
+        if census is not None and phase == "running":
+            try:
+                lines = ray.get(census.lines.remote(), timeout=STATUS_WAIT_S)
+            except Exception as exc:  # the cluster is unreachable: no replica to show
+                log.warning("ray backend: no census: %s: %s", type(exc).__name__, exc)
+        slots = tuple(sorted((self._slot_status(line, age) for line, age in lines), key=lambda slot: slot.index))
+        alive = [slot for slot in slots if slot.alive]
+        if alive:
+            self._replica_count = len(alive)
+        busy = sum(1 for slot in alive if slot.busy)
+        return BackendStatus(slots=slots, queue_depth=max(0, in_flight - busy),
+                             max_queue=self.settings.max_queue, accepting=phase == "running")
+
+    # -- following one job ---------------------------------------------------------
+
+    def _follow(self, job: Job) -> None:
+        """Send ``job`` to the deployment and relay its stream: progress, then its outcome."""
+        handle = self._handle.options(stream=True, multiplexed_model_id=job.spec.id)
+        call = handle.generate.remote(job.id, job.spec, job.request)
+        with self._lock:
+            if job.id not in self._running:  # cancelled before it was sent
+                call.cancel()
+                return
+            self._running[job.id] = (job, call)
+        limit = self.settings.job_timeout_s
+        timer = threading.Timer(limit, self._cancel, args=(job, JobTimeout(
+            f"job {job.id} ran longer than {limit:g} s and was cancelled"))) if limit else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        placed: list[str] = []
+        try:
+            outcome = self._relay(job, call, placed)
+        except (RequestCancelledError, TaskCancelledError, asyncio.CancelledError):
+            outcome = JobCancelled(f"job {job.id} was cancelled")  # the cancel already set the outcome
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+            if placed and self._census is not None:
+                self._census.forget.remote(placed[0])
+            outcome = WorkerFailed(f"the replica running job {job.id} failed: {type(exc).__name__}; "
+                                   "Serve is replacing it, try again")
+        except Exception as exc:  # noqa: BLE001 - anything else from Ray still ends the job, once
+            outcome = WorkerFailed(f"the Ray backend lost job {job.id}: {type(exc).__name__}: {exc}")
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self._end(job, outcome)
+
+    def _relay(self, job: Job, call: Iterator, placed: list[str]) -> Any:
+        """Turn the replica's messages into ``job``'s events; returns its outcome. ``placed`` gets the replica's id."""
+        slot = None
+        for message in call:
+            if isinstance(message, Placed):
+                placed.append(message.replica)
+                slot = self._slot_index(message.replica)
+                job.slot = slot
+            elif isinstance(message, Stage):
+                total = job.request.steps if message.stage == "generating" else 0
+                job.emit(Progress(message.stage, total=total, slot=slot or 0))
+            elif isinstance(message, Step):
+                job.emit(Progress("step", step=message.step, total=message.total, slot=slot or 0))
+            elif isinstance(message, Done):
+                message.result.slot = slot or 0
+                return message.result
+            elif isinstance(message, Failed):
+                return message.error
+        return WorkerFailed(f"the replica ended job {job.id} without a result")
+
+    # -- ending jobs ---------------------------------------------------------------
+
+    def _cancel(self, job: Job, error: StudioError) -> bool:
+        with self._lock:
+            if job.id not in self._running or job._ending:
+                return False
+            _, call = self._running[job.id]
+        if call is not None:
+            call.cancel()
+        return self._end(job, error)
+
+    def _end(self, job: Job, outcome: Any) -> bool:
+        """The first outcome wins: observers see it, then the job's waiters."""
+        with self._lock:
+            if job._ending:
+                return False
+            job._ending = True
+            self._running.pop(job.id, None)
+            observers = list(self._observers)
+        duration = time.time() - job.submitted_at
+        for observer in observers:
+            try:
+                observer(job, outcome, duration)
+            except Exception:  # a broken metric must not break the job
+                log.exception("ray backend observer %r failed", observer)
+        return job.finish(outcome)
+
+    # -- slots ---------------------------------------------------------------------
+
+    def _capacity(self) -> int:
+        return max(1, self._replica_count)
+
+    def _slot_index(self, replica: str) -> int:
+        with self._lock:
+            return self._replicas.setdefault(replica, len(self._replicas))
+
+    def _slot_status(self, line: dict, age_s: float) -> SlotStatus:
+        alive = age_s < ALIVE_S
+        return SlotStatus(
+            index=self._slot_index(line["replica"]), device=line["device"], state="ready" if alive else "dead",
+            alive=alive, last_error=None if alive else f"not heard from for {age_s:.0f} s",
+            pid=line["pid"], model=line["model"], loading=line["loading"], busy=line["job"] is not None,
+            job=line["job"], step=line["step"], total=line["total"], jobs_done=line["jobs_done"],
+            jobs_failed=line["jobs_failed"], loads=line["loads"], cache_hits=line["cache_hits"],
+            cached=tuple(line["cached"]),
+        )

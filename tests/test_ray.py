@@ -1,0 +1,210 @@
+"""``--backend ray``, end to end: the real app in front of a local Ray cluster (started by the app
+on 127.0.0.1) whose Serve deployment runs two CPU replicas with tiny SDXL pipelines.
+
+One app, hence one Ray and one Serve, for the whole module (Ray takes tens of seconds to start).
+Faults come from ``tests/faults.py``, as for the local backend: the replicas find it because Ray's
+workers inherit the ``PYTHONPATH`` this module sets before Ray starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray.serve", reason="the Ray tests need ray[serve] (tests/requirements.txt)")
+
+import faults  # noqa: E402
+
+from studio.config import Settings  # noqa: E402
+from studio.errors import JobCancelled, JobTimeout, WorkerFailed  # noqa: E402
+from studio.schemas import GenerationRequest  # noqa: E402
+from studio.server import create_app  # noqa: E402
+from tests.live import ROOT, serve_app  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+BASE, TURBO = "sdxl-base", "sdxl-turbo"
+JOB_TIMEOUT_S = 20.0  # LONG runs for 30 s at least: past this it is cancelled with JobTimeout
+LONG = dict(prompt=faults.SLOW + " a long job", steps=150)
+START_S = 240  # Ray, Serve and two replicas importing torch on a shared, busy machine
+
+
+@pytest.fixture(scope="module")
+def app(tiny_models, tmp_path_factory):
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path + (os.pathsep + saved if saved else "")
+    settings = Settings(
+        host="127.0.0.1", backend="ray", replicas=2, models_dir=tiny_models(BASE, TURBO), max_queue=4,
+        job_timeout_s=JOB_TIMEOUT_S, outputs_dir=tmp_path_factory.mktemp("outputs"), fault_hook="faults:install",
+    )
+    application = create_app(settings)
+    try:
+        with serve_app(application, startup_timeout_s=START_S) as base_url:
+            application.state.base_url = base_url
+            yield application
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+@pytest.fixture
+def http(app):
+    with httpx.Client(base_url=app.state.base_url, timeout=120) as session:
+        yield session
+
+
+def health(http) -> dict:
+    return http.get("/health").json()
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def submit(app, model: str, **fields):
+    spec, request = app.state.catalog.resolve(GenerationRequest(model=model, **{"prompt": "a lighthouse", **fields}))
+    return app.state.backend.submit(spec, request)
+
+
+def running_step(job, at_least: int = 2):
+    """Wait until ``job`` has made ``at_least`` steps; returns its slot."""
+    for event in job.iter_events(START_S):
+        if event.stage == "step" and event.step >= at_least:
+            return event.slot
+    raise AssertionError(f"the job ended before step {at_least}")
+
+
+def jobs_done(http) -> int:
+    return sum(slot["jobs_done"] for slot in health(http)["slots"])
+
+
+def replicas_idle(http) -> bool:
+    status = health(http)
+    return len(status["slots"]) == 2 and all(s["alive"] and not s["busy"] for s in status["slots"])
+
+
+# ---------------------------------------------------------------- the faces
+
+
+def test_rest_generates_through_ray(http):
+    response = http.post("/v1/images/generations", json={"model": TURBO, "prompt": "a red fox", "n": 2, "seed": 7})
+    assert response.status_code == 200, response.text[:500]
+    images = [Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) for item in response.json()["data"]]
+    assert len(images) == 2 and images[0].size == (images[0].width, images[0].height) != (0, 0)
+    status = health(http)
+    assert status["status"] == "ok" and len(status["slots"]) == 2
+    assert all(slot["device"].endswith("/cpu") and slot["alive"] and slot["pid"] for slot in status["slots"])
+
+
+def test_gradio_client_generates_through_ray(app):
+    from gradio_client import Client
+
+    client = Client(app.state.base_url + "/", verbose=False, download_files=True)
+    files, params = client.predict(prompt="a lighthouse", model=TURBO, seed=3, steps=1, api_name="/generate")
+    assert len(files) == 1 and params["seed"] == 3
+    assert len(client.predict(api_name="/status")["slots"]) == 2
+
+
+def test_a_bad_request_is_a_400_before_anything_reaches_ray(http):
+    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    before = [(slot["jobs_done"], slot["jobs_failed"]) for slot in health(http)["slots"]]
+    response = http.post("/v1/images/generations", json={"model": TURBO, "prompt": "x", "steps": 0})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "steps"
+    response = http.post("/v1/images/generations", json={"model": BASE, "prompt": "x", "size": "100x100"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "size"
+    time.sleep(2.5)  # a job that reached a replica would be in its next reports by now
+    assert [(slot["jobs_done"], slot["jobs_failed"]) for slot in health(http)["slots"]] == before
+
+
+# ---------------------------------------------------------------- affinity
+
+
+def test_alternating_models_stay_on_the_replicas_that_hold_them(app, http):
+    for model in (BASE, TURBO):  # warm-up: the empty replica takes the model nobody holds
+        assert submit(app, model, steps=1).wait(START_S).images
+    wait_for(lambda: sorted(slot["model"] or "" for slot in health(http)["slots"]) == [BASE, TURBO],
+             30, "one model on each replica")
+    loads = sum(slot["loads"] + slot["cache_hits"] for slot in health(http)["slots"])
+    done = jobs_done(http)
+    slots = {BASE: set(), TURBO: set()}
+    for index in range(6):
+        model = (BASE, TURBO)[index % 2]
+        slots[model].add(submit(app, model, steps=1, seed=index).wait(START_S).slot)
+    wait_for(lambda: jobs_done(http) >= done + 6, 30, "the replicas to report their jobs")
+    assert sum(slot["loads"] + slot["cache_hits"] for slot in health(http)["slots"]) == loads  # no swaps
+    assert len(slots[BASE]) == len(slots[TURBO]) == 1 and slots[BASE] != slots[TURBO]
+
+
+# ---------------------------------------------------------------- cancel, timeout, disconnect
+
+
+def test_cancel_stops_the_job_at_its_next_step(app, http):
+    job = submit(app, BASE, **LONG)
+    running_step(job)
+    started = time.monotonic()
+    assert job.cancel()
+    with pytest.raises(JobCancelled):
+        job.wait(5)
+    wait_for(lambda: replicas_idle(http), 30, "the replica to free")
+    assert time.monotonic() - started < 30  # the whole job would have taken at least 30 s
+
+
+def test_a_closed_connection_cancels_the_job(app, http):
+    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    body = {"model": BASE, "prompt": LONG["prompt"], "steps": LONG["steps"]}
+    sender = threading.Thread(target=lambda: _post_and_hang_up(app.state.base_url, body), daemon=True)
+    sender.start()
+    wait_for(lambda: any(slot["step"] >= 2 for slot in health(http)["slots"]), START_S, "the job's first steps")
+    sender.join(60)
+    wait_for(lambda: replicas_idle(http), 30, "the replica to free after the client left")
+
+
+def _post_and_hang_up(base_url: str, body: dict) -> None:
+    try:
+        httpx.post(f"{base_url}/v1/images/generations", json=body, timeout=httpx.Timeout(60, read=8))
+    except httpx.TimeoutException:
+        pass  # leaving closes the connection: what a client that gives up does
+
+
+def test_a_job_past_its_timeout_fails_with_504(http):
+    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    response = http.post("/v1/images/generations", json={"model": BASE, "prompt": LONG["prompt"], "steps": 150})
+    assert response.status_code == 504 and "longer than 20 s" in response.json()["error"]["message"]
+    wait_for(lambda: replicas_idle(http), 30, "the replica to free")
+
+
+# ---------------------------------------------------------------- a replica dies
+
+
+def test_a_killed_replica_fails_only_its_job_and_serve_replaces_it(app, http):
+    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    victim = submit(app, BASE, **LONG)
+    slot = running_step(victim)
+    other = submit(app, TURBO, steps=4, num_images=2)
+    lines = {line["index"]: line for line in health(http)["slots"]}
+    pid = lines[slot]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerFailed) as caught:
+        victim.wait(60)
+    assert caught.value.status == 503
+    assert other.wait(START_S).images  # the other replica's job is untouched
+    wait_for(lambda: replicas_idle(http) and pid not in [s["pid"] for s in health(http)["slots"]],
+             START_S, "Serve to replace the replica")
+    assert submit(app, TURBO, steps=1).wait(START_S).images
