@@ -298,7 +298,7 @@ class Catalog:
                 if not low <= value <= high:
                     raise spec.out_of_range(exc.field, value) from None
             raise
-        return spec, spec.check(request)
+        return self.resolve(request)
 
     def resolve(self, request: GenerationRequest) -> tuple[ModelSpec, GenerationRequest]:
         """The one validation step of the data flow: find the model, check and fill the request."""

@@ -24,13 +24,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from studio import pngmeta
+from studio import pngmeta, streaming
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized
 from studio.schemas import MAX_IMAGES, GenerationRequest, JobResult, allowed_range
@@ -113,7 +113,12 @@ class ImageGenerationRequest(BaseModel):
     moderation: Literal["auto", "low"] | None = Field(
         None, description="Accepted for compatibility; this server does no content moderation."
     )
-    stream: bool | None = Field(None, description="Streaming is not supported: leave it out or send false.")
+    stream: bool | None = Field(
+        None, description="true: answer with server-sent events: `partial_images` previews, then the images."
+    )
+    partial_images: int | None = Field(
+        None, ge=0, le=streaming.MAX_PARTIAL_IMAGES, description="Previews sent while streaming, 0..3 (default 0)."
+    )
     user: str | None = Field(None, description="Accepted for compatibility; not stored.")
     safety_identifier: str | None = Field(None, description="Accepted for compatibility; not stored.")
 
@@ -137,12 +142,6 @@ class ImageGenerationRequest(BaseModel):
             raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
         return value.strip().lower()
 
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("streaming is not supported; leave it out or send false")
-        return value
 
 
 class ImageData(BaseModel):
@@ -152,6 +151,20 @@ class ImageData(BaseModel):
     seed: int = Field(description="Image Studio extra: the seed of this image; with n=1 it reproduces it.")
 
 
+class UsageTokens(BaseModel):
+    image_tokens: int = 0
+    text_tokens: int = 0
+
+
+class Usage(BaseModel):
+    """Declared by the OpenAI API; token counts mean nothing for a diffusion model, so all are 0."""
+
+    input_tokens: int = 0
+    input_tokens_details: UsageTokens = Field(default_factory=UsageTokens)
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
 class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time (seconds) when the images were made.")
     data: list[ImageData]
@@ -159,6 +172,7 @@ class ImagesResponse(BaseModel):
     size: str = Field(description="'WIDTHxHEIGHT' of the images.")
     background: Literal["opaque"] = "opaque"
     model: str = Field(description="Image Studio extra: the id of the model that made the images.")
+    usage: Usage = Field(default_factory=Usage)
 
 
 class ModelObject(BaseModel):
@@ -185,6 +199,10 @@ class ModelObject(BaseModel):
     )
     memory_gb: dict = Field(description="Memory need: the published figure (null if none) and the studio's own.")
     negative_prompt: bool = Field(description="Whether `negative_prompt` is supported.")
+    tasks: list[str] = Field(
+        description="'text-to-image' (POST /v1/images/generations), and where the model can edit, 'image-to-image' "
+        "and 'inpainting' (POST /v1/images/edits without and with a mask)."
+    )
     cfg: bool = Field(description="False for guidance-distilled models: `guidance` is fixed.")
     max_n: int
     defaults: dict = Field(
@@ -332,6 +350,7 @@ def generation_data(body: ImageGenerationRequest) -> dict:
         guidance=body.guidance,
         seed=body.seed,
         num_images=body.n or body.num_images or 1,
+        previews=(body.partial_images or 0) if body.stream else 0,
     )
 
 
@@ -396,8 +415,18 @@ def build_response(body: ImageGenerationRequest, result: JobResult) -> ImagesRes
     )
 
 
+def stream_response(job, kind: str, body, timeout_s: float) -> StreamingResponse:
+    """The server-sent events of ``job`` (``kind``: "image_generation" or "image_edit")."""
+    quality = 100 if body.output_compression is None else body.output_compression
+    output = streaming.Output(body.output_format or "png", quality)
+    events = streaming.image_events(job, kind, output, job.request.previews, timeout_s + TIMEOUT_GRACE_S,
+                                    body.safety_identifier)
+    return StreamingResponse(events, media_type=streaming.MEDIA_TYPE, headers=streaming.STREAM_HEADERS)
+
+
 def model_object(spec: ModelSpec, created: int) -> ModelObject:
     return ModelObject(created=created, owned_by=spec.repo.split("/")[0], max_n=MAX_IMAGES, **spec.listing())
+        previews=(body.partial_images or 0) if body.stream else 0,
 
 
 # ---------------------------------------------------------------- routes
@@ -417,6 +446,8 @@ async def create_images(body: ImageGenerationRequest, request: Request):
     state = request.app.state
     spec, resolved = resolve(state.catalog, body)
     job = state.backend.submit(spec, resolved)
+    if body.stream:
+        return stream_response(job, "image_generation", body, state.settings.job_timeout_s)
     result = await wait_for_result(job, request, state.settings.job_timeout_s)
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
@@ -437,6 +468,15 @@ async def retrieve_model(model: str, request: Request) -> ModelObject:
     return model_object(state.catalog.get(model), state.started_at)
 
 
+def app_routes(app) -> list:
+    """Every route of the app; FastAPI keeps an included router as one entry holding its routes."""
+    routes = []
+    for route in app.router.routes:
+        original = getattr(route, "original_router", None)
+        routes.extend(original.routes if original is not None else [route])
+    return routes
+
+
 @router.api_route(
     "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
 )
@@ -447,7 +487,7 @@ async def unknown_route(path: str, request: Request):
     """
     methods = sorted(
         method
-        for route in router.routes
+        for route in app_routes(request.app)  # the app's: other modules add /v1 routes too (studio.edits)
         if getattr(route, "path", None) == f"/v1/{path}"
         for method in getattr(route, "methods", ())
     )

@@ -13,6 +13,7 @@ worker -> parent
     ``StartFailed`` instead of ``Ready``: start-up failed, with why; the process exits
     ``Stage``       "loading" | "generating" | "encoding"
     ``Step``        after a denoising step (throttled; the first and last always go)
+    ``Preview``     a preview PNG of the first image (``request.previews`` of them, spread over the run)
     ``Done``        a ``JobResult`` with PNG bytes
     ``Failed``      a picklable ``StudioError``
 
@@ -87,6 +88,15 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Preview:
+    job_id: str
+    index: int  # 0, 1, ... in the order they are made
+    step: int
+    total: int
+    png: bytes  # at the latents' resolution (studio.families.preview)
+
+
+@dataclass(frozen=True)
 class Done:
     job_id: str
     result: JobResult
@@ -101,4 +111,4 @@ class Failed:
 
 
 ToWorker = RunJob | CancelJob | Stop
-FromWorker = Ready | StartFailed | Stage | Step | Done | Failed
+FromWorker = Ready | StartFailed | Stage | Step | Preview | Done | Failed

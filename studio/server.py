@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from studio import openai_api
+from studio import edits, openai_api
 from studio.catalog import load_catalog
 from studio.config import Settings
 from studio.errors import StudioError
@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.started_at = int(time.time())
 
     install_error_handlers(app)
+    app.include_router(edits.router)  # before the /v1 catch-all of openai_api.router
     app.include_router(openai_api.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["operations"], summary="Liveness and slots")
     app.add_api_route(

@@ -66,7 +66,9 @@ def check_image(data: bytes, field: str = "image") -> Upload:
     except InvalidRequest:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(f"{field}: the image is too large to decode safely", field=field) from None
+        raise InvalidRequest(
+            f"{field}: the image is too large to decode safely (over the limit of {MAX_PIXELS} pixels)", field=field
+        ) from None
     except Exception:  # PIL raises many kinds for a file that is not an image
         raise InvalidRequest(f"{field}: not a readable image file (send PNG, JPEG or WebP)", field=field) from None
     return Upload(data=data, width=width, height=height)

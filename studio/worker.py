@@ -22,6 +22,7 @@ from studio.protocol import (
     CancelJob,
     Done,
     Failed,
+    Preview,
     Ready,
     RunJob,
     Stage,
@@ -170,9 +171,12 @@ class Worker:
                 last_sent = now
                 self.conn.send(Step(job_id, step, total))
 
+        def on_preview(index: int, step: int, total: int, png: bytes) -> None:
+            self.conn.send(Preview(job_id, index, step, total, png))
+
         try:
             check_cancelled()
-            result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage)
+            result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage, on_preview=on_preview)
             result.slot = self.slot_index
             message = Done(job_id, result, self.state())
         except BaseException as exc:  # no job may take the worker down with it

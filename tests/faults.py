@@ -53,6 +53,9 @@ def slowed(on_step):
         time.sleep(SLOW_STEP_S)
         on_step(step, total)
 
+    for name in ("wants_preview", "preview"):  # the engine's StepReporter: keep its previews coming
+        if hasattr(on_step, name):
+            setattr(on_slow_step, name, getattr(on_step, name))
     return on_slow_step
 
 

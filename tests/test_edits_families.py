@@ -4,6 +4,7 @@ family that has edit pipelines (SDXL incl. Playground, FLUX, Chroma); nothing is
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from studio.catalog import ModelSpec
 from studio.engine import Engine, preview_steps
 from studio.errors import InvalidRequest
 from studio.families import preview
+from studio.protocol import Preview, RunJob
 from studio.schemas import GenerationRequest
 from studio.speed import EngineOptions
 
@@ -166,3 +168,12 @@ def test_flux_latents_unpack_to_the_image_grid():
     grid = torch.arange(16 * 8 * 12, dtype=torch.float32).view(1, 16, 8, 12)
     packed = grid.view(1, 16, 4, 2, 6, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 24, 64)  # FLUX's packing
     assert torch.equal(preview.unpack(packed, request, pipe=None), grid)
+
+
+def test_edit_jobs_and_previews_cross_the_pipe_whole(catalog):
+    """The pipe pickles: the image and mask (left out of the metadata) must still travel."""
+    spec, request = edit(catalog, "sdxl-base", image=gradient(64, 64), mask=alpha_mask(64, 64, (0, 0, 8, 8)))
+    job = pickle.loads(pickle.dumps(RunJob("j1", spec, request)))
+    assert (job.request.image, job.request.mask, job.request.task) == (request.image, request.mask, "inpainting")
+    message = Preview("j1", index=0, step=1, total=2, png=b"png")
+    assert pickle.loads(pickle.dumps(message)) == message

@@ -229,7 +229,7 @@ def test_num_images_alias_and_width_height_extras(http):
         ({"prompt": "x", "output_compression": 101}, 400, "output_compression", "0..100"),
         ({"prompt": "x", "response_format": "png"}, 400, "response_format", "b64_json"),
         ({"prompt": "x", "output_format": "gif"}, 400, "output_format", "webp"),
-        ({"prompt": "x", "stream": True}, 400, "stream", "not supported"),
+        ({"prompt": "x", "stream": True, "partial_images": 4}, 400, "partial_images", "0..3"),
         ({"prompt": "x", "n": 2, "num_images": 3}, 400, "num_images", "n=2"),
         ({"prompt": "x", "size": "64x64", "width": 32}, 400, "size", "width=32"),
         ({"prompt": "x", "colour": "red"}, 400, "colour", "unknown field"),

@@ -1,0 +1,200 @@
+"""``POST /v1/images/edits``: image-to-image and inpainting through the OpenAI Images API.
+
+The request is ``multipart/form-data``, as the OpenAI SDK sends it: the ``image`` file (one;
+of a list, ``image[]``, the first is used), an optional ``mask`` file, and the fields of
+``ImageEditRequest`` as form values. Without a mask it is image-to-image; with one, inpainting,
+and the mask follows OpenAI's convention: its fully transparent pixels (alpha 0) are the area
+to repaint (a mask without alpha: white is repainted). ``size`` defaults to the input's size
+fitted to the model's rules. The upload is checked once here (``studio.uploads``), the request
+once by the catalog, then the job runs like a generation: a JSON answer, or with ``stream``
+the server-sent events of ``studio.streaming``.
+
+Runs in the parent process: never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from studio import streaming, uploads
+from studio.catalog import ModelSpec
+from studio.errors import InvalidRequest
+from studio.openai_api import (
+    CLIENT_CLOSED,
+    GENERATION_ERRORS,
+    SIZE_PATTERN,
+    ImagesResponse,
+    _extra,
+    build_response,
+    require_api_key,
+    stream_response,
+    wait_for_result,
+)
+from studio.schemas import MAX_IMAGES
+
+IMAGE_FIELDS = ("image", "image[]")
+FILE_FIELDS = (*IMAGE_FIELDS, "mask")
+MAX_FORM_FIELDS = 64
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter can only lack the image
+
+
+class ImageEditRequest(BaseModel):
+    """The form fields of ``POST /v1/images/edits`` (the files aside): OpenAI's first, then the extras."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # -- OpenAI Images API fields ------------------------------------------------------------
+    prompt: str = Field(description="A text description of the desired image(s).")
+    model: str | None = Field(None, description="A model that can edit (GET /v1/models: `tasks`); default model when unset.")
+    n: int | None = Field(None, ge=1, le=MAX_IMAGES, description=f"Number of images, 1..{MAX_IMAGES} (one batch).")
+    size: str | None = Field(
+        None, description="'WIDTHxHEIGHT', or 'auto' (default): the input image's size fitted to the model's rules."
+    )
+    response_format: Literal["url", "b64_json"] | None = Field(None, description="As for generations.")
+    output_format: Literal["png", "jpeg", "webp"] | None = Field(None, description="'png' (default), 'jpeg' or 'webp'.")
+    output_compression: int | None = Field(None, ge=0, le=100, description="Quality 0..100 of jpeg and webp output.")
+    stream: bool | None = Field(None, description="true: answer with server-sent events (partial images, then the images).")
+    partial_images: int | None = Field(
+        None, ge=0, le=streaming.MAX_PARTIAL_IMAGES, description="Previews sent while streaming, 0..3 (default 0)."
+    )
+    quality: Literal["auto", "low", "medium", "high", "standard"] | None = Field(None, description="Accepted; no effect.")
+    background: Literal["auto", "opaque"] | None = Field(None, description="Accepted; images are always opaque.")
+    input_fidelity: Literal["low", "high"] | None = Field(None, description="Accepted; use `strength` instead.")
+    user: str | None = Field(None, description="Accepted for compatibility; not stored.")
+    safety_identifier: str | None = Field(None, description="Accepted for compatibility; not stored.")
+
+    # -- Image Studio extras (the SDK sends them through extra_body) ----------------------------
+    strength: float | None = _extra(
+        "strength", "How much of the input is repainted (default 0.75 without a mask, 1.0 with one)."
+    )
+    steps: int | None = _extra("steps", "Denoising steps of the full schedule; an edit runs steps x strength of them.")
+    guidance: float | None = _extra("guidance", "Classifier-free guidance scale; the model's default when unset.")
+    seed: int | None = _extra("seed", "Seed of the first image; image i uses seed + i. Random when unset.")
+    negative_prompt: str | None = Field(None, description="What to avoid (models whose `negative_prompt` is true).")
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() == "auto":
+            return None
+        if not SIZE_PATTERN.match(value.strip().lower()):
+            raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
+        return value.strip().lower()
+
+
+async def read_form(request: Request) -> tuple[ImageEditRequest, uploads.Upload, uploads.Upload | None]:
+    """The form's fields and its checked image and mask; any problem is a 400 naming the field."""
+    if not request.headers.get("content-type", "").startswith(FORM_TYPES):
+        raise InvalidRequest("body: send multipart/form-data with an 'image' file (as the OpenAI SDK does)", field=None)
+    form = await request.form(max_fields=MAX_FORM_FIELDS)
+    try:
+        fields, files = {}, {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key not in FILE_FIELDS:
+                    raise InvalidRequest(f"{key}: unexpected file; send 'image' and optionally 'mask'", field=key)
+                files.setdefault("image" if key in IMAGE_FIELDS else key, value)  # of several images, the first
+            elif key in FILE_FIELDS:
+                raise InvalidRequest(f"{key}: must be a file upload", field=key)
+            else:
+                fields[key] = value
+        if "image" not in files:
+            raise InvalidRequest("image: an image file is required", field="image")
+        try:
+            body = ImageEditRequest.model_validate(fields)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        image = await run_in_threadpool(uploads.check_image, await files["image"].read(), "image")
+        mask = None
+        if "mask" in files:
+            mask = await run_in_threadpool(uploads.check_mask, await files["mask"].read(), image)
+        return body, image, mask
+    finally:
+        await form.close()
+
+
+def resolve_edit(catalog, body: ImageEditRequest, image: uploads.Upload, mask: uploads.Upload | None):
+    """The edit as ONE resolved ``GenerationRequest``: size from the input when unset, then the catalog's check."""
+    spec: ModelSpec = catalog.get(body.model)
+    if body.size:
+        width, height = (int(part) for part in body.size.split("x"))
+    else:
+        width, height = spec.fit_size(image.width, image.height)
+    data = dict(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt or None,
+        model=spec.id,
+        width=width,
+        height=height,
+        steps=body.steps,
+        guidance=body.guidance,
+        seed=body.seed,
+        num_images=body.n or 1,
+        strength=body.strength,
+        image=image.data,
+        mask=mask.data if mask else None,
+        previews=(body.partial_images or 0) if body.stream else 0,
+    )
+    try:
+        return catalog.parse(data)
+    except InvalidRequest as exc:
+        if exc.field in ("width", "height"):
+            exc.field = "size"
+        raise
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["OpenAI-compatible"])
+
+FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP, up to 50 MB."},
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG of the image's size; alpha 0 (fully transparent) = repaint.",
+                        },
+                        **ImageEditRequest.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/images/edits",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses={**GENERATION_ERRORS, 200: {"content": {streaming.MEDIA_TYPE: {}}}},
+    summary="Edit an image: image-to-image, or inpainting with a mask (OpenAI Images API)",
+    openapi_extra=FORM_SCHEMA,
+)
+async def create_image_edit(request: Request):
+    """Repaint an input image after a prompt; with a mask, only where the mask is transparent.
+    Closing the connection cancels the job."""
+    state = request.app.state
+    body, image, mask = await read_form(request)
+    spec, resolved = resolve_edit(state.catalog, body, image, mask)
+    job = state.backend.submit(spec, resolved)
+    if body.stream:
+        return stream_response(job, "image_edit", body, state.settings.job_timeout_s)
+    result = await wait_for_result(job, request, state.settings.job_timeout_s)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED)
+    return await run_in_threadpool(build_response, body, result)
+
