@@ -147,7 +147,7 @@ class ModelSpec:
             rank=card.rank, stars=card.stars, group=card.group, strengths=card.strengths, best_for=card.best_for,
             recommended=dict(text=card.recommended, **self.recommended()),
             memory_gb=dict(published=card.memory_gb, studio=self.vram_gb),
-            negative_prompt=self.negative_prompt, cfg=self.cfg,
+            negative_prompt=self.negative_prompt, cfg=self.cfg, tasks=list(self.tasks),
             defaults=self.defaults.as_dict(),
             limits=dict(
                 size_multiple=lim.size_multiple, min_side=lim.min_side, max_side=lim.max_side,

@@ -426,7 +426,6 @@ def stream_response(job, kind: str, body, timeout_s: float) -> StreamingResponse
 
 def model_object(spec: ModelSpec, created: int) -> ModelObject:
     return ModelObject(created=created, owned_by=spec.repo.split("/")[0], max_n=MAX_IMAGES, **spec.listing())
-        previews=(body.partial_images or 0) if body.stream else 0,
 
 
 # ---------------------------------------------------------------- routes

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from studio.catalog import ModelSpec
 from studio.errors import StudioError
-from studio.schemas import GenerationRequest, JobResult
+from studio.schemas import GenerationRequest, JobResult, Progress
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,11 @@ class Preview:
     step: int
     total: int
     png: bytes  # at the latents' resolution (studio.families.preview)
+
+    def progress(self, slot: int) -> Progress:
+        """The job's event for it (``studio.streaming`` and the UI read ``extra``)."""
+        return Progress("preview", step=self.step, total=self.total, slot=slot,
+                        extra={"index": self.index, "image": self.png})
 
 
 @dataclass(frozen=True)

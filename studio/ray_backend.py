@@ -43,7 +43,7 @@ from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
 from studio.jobs import Job
-from studio.protocol import Done, Failed, Stage, Step, WorkerState
+from studio.protocol import Done, Failed, Preview, Stage, Step, WorkerState
 from studio.schemas import GenerationRequest, Progress
 from studio.speed import EngineOptions
 from studio.worker import call_hook
@@ -154,9 +154,12 @@ class EngineReplica:
                 last_sent = now
                 send(Step(job_id, step, total))
 
+        def on_preview(index: int, step: int, total: int, png: bytes) -> None:
+            send(Preview(job_id, index, step, total, png))
+
         def run():
             try:
-                result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage)
+                result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage, on_preview=on_preview)
                 self.jobs_done += 1
                 return Done(job_id, result, self.state())
             except BaseException as exc:  # no job may take the replica down with it
@@ -404,6 +407,8 @@ class RayBackend:
                 job.emit(Progress(message.stage, total=total, slot=slot or 0))
             elif isinstance(message, Step):
                 job.emit(Progress("step", step=message.step, total=message.total, slot=slot or 0))
+            elif isinstance(message, Preview):
+                job.emit(message.progress(slot or 0))
             elif isinstance(message, Done):
                 message.result.slot = slot or 0
                 return message.result

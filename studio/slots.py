@@ -399,8 +399,7 @@ class SlotManager:
             slot.step, slot.total = message.step, message.total
             job.emit(Progress("step", step=slot.step, total=slot.total, slot=slot.index))
         elif isinstance(message, Preview):
-            job.emit(Progress("preview", step=message.step, total=message.total, slot=slot.index,
-                              extra={"index": message.index, "image": message.png}))
+            job.emit(message.progress(slot.index))
         elif isinstance(message, (Done, Failed)):
             state = message.state
             if slot.loading_at is not None and slot.generating_at is not None:
