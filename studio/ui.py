@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
-from studio import pngmeta
+from studio import editor, pngmeta, uploads
 from studio.backend import Backend, BackendStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
@@ -44,6 +45,8 @@ CONCURRENCY_ID = "generate"  # UI and API generations share one limit: the numbe
 SESSION_RESULTS = 24  # images kept in a browser session's results gallery
 HISTORY_SHOWN = 60
 STATUS_EVERY_S = 2.0
+UI_PREVIEWS = 4  # live previews of a job in the Create tab
+DEFAULT_STRENGTH = 0.75
 CACHE_CLEANUP = (3600, 6 * 3600)  # Gradio's served copies; the outputs folder keeps the originals
 
 # Named aspect ratios for the size buttons; anything else shows its pixels only.
@@ -246,6 +249,7 @@ def result_params(request: GenerationRequest, result: JobResult, style: str, fil
     params = request.model_dump()
     params.update(
         seeds=request.seeds,
+        task=request.task,
         style=style,
         slot=result.slot,
         duration_s=round(result.duration_s, 3),
@@ -302,8 +306,10 @@ class Studio:
             raise InvalidRequest(f"style: unknown style '{style_id}'; available: {known}", field="style")
         return self.styles[key]
 
-    def resolve(self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style):
-        """Validate the inputs once (pydantic limits, then the model's own) into a resolved request."""
+    def resolve(self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
+                image: bytes | None = None, mask: bytes | None = None, strength=None, previews: int = 0):
+        """Validate the inputs once (pydantic limits, then the model's own) into a resolved request.
+        An input ``image`` (and ``mask``) makes it an edit (image-to-image, inpainting)."""
         spec = self.catalog.get(model)
         seed = _int(seed, "seed")
         text, negative = (prompt or "").strip(), (negative_prompt or "").strip()
@@ -320,6 +326,10 @@ class Studio:
                 guidance=_float(guidance),
                 seed=None if seed == RANDOM_SEED else seed,
                 num_images=_int(num_images, "num_images") or 1,
+                image=image,
+                mask=mask if image is not None else None,
+                strength=_float(strength) if image is not None else None,
+                previews=previews,
             )
         )
 
@@ -349,20 +359,23 @@ class Studio:
 
     async def on_generate_click(
         self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
-        session_images, request: gr.Request, progress=gr.Progress(),
+        edit_value, strength, session_images, request: gr.Request, progress=gr.Progress(),
     ):
         """The Generate button: live status while it runs, then the images and their parameters.
 
         Every error stays in the status line (a toast alone vanishes), and the newest image ends
         selected in the gallery with its parameters beside it.
         """
-        keep = gr.skip(), gr.skip(), gr.skip(), gr.skip()  # the outputs that only change at the end
+        keep = gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()  # the outputs that change later
         try:
             spec = self.catalog.get(model)
             if not spec.negative_prompt:
                 negative_prompt = ""  # the box is hidden for this model; a leftover value must not fail the job
+            # The edit panel is hidden for models that cannot edit: a leftover image must not fail the job.
+            image, mask = editor.edit_files(edit_value) if len(spec.tasks) > 1 else (None, None)
             spec, resolved = self.resolve(
-                prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
+                prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
+                image=image, mask=mask, strength=strength, previews=UI_PREVIEWS,
             )
         except StudioError as exc:
             yield status_html(exc.message, error=True), *keep
@@ -372,6 +385,10 @@ class Studio:
         try:
             async for item in self.run(spec, resolved, request.session_hash if request else None):
                 if isinstance(item, Progress):
+                    preview = editor.preview_image(item)
+                    if preview is not None:
+                        yield gr.skip(), *keep[1:], gr.Image(preview, visible=True)
+                        continue
                     text, fraction = describe(item, spec)
                     progress(fraction, desc=text)
                     yield status_html(text, fraction), *keep
@@ -391,7 +408,7 @@ class Studio:
                 f" · seed{'s' if count > 1 else ''} {', '.join(map(str, resolved.seeds))}"
                 + (f" · slot {result.slot}" if result.slot is not None else ""))
         newest = gr.Gallery(value=session_images, selected_index=0)
-        yield status_html(done, 1.0), newest, params, session_images, str(files[0])
+        yield status_html(done, 1.0), newest, params, session_images, str(files[0]), gr.Image(None, visible=False)
 
     async def on_api_generate(
         self,
@@ -435,6 +452,96 @@ class Studio:
         except StudioError as exc:
             raise gr.Error(exc.message) from None
         return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
+
+    async def on_api_edit(
+        self,
+        image: str,
+        prompt: str,
+        mask: str | None = None,
+        model: str | None = None,
+        strength: float | None = None,
+        negative_prompt: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        num_images: int = 1,
+        style: str = NO_STYLE,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        """Edit an image: image-to-image, or inpainting with a mask. Returns the PNG files and their parameters.
+
+        Args:
+            image: the input image (PNG, JPEG or WebP)
+            prompt: what the result should show
+            mask: optional; where its alpha is 0 (or, without alpha, where it is white) the image is repainted
+            model: a model that can edit (see /models: tasks); default: the catalog's default model
+            strength: 0..1, how much is repainted (default 0.75 without a mask, 1.0 with one)
+            negative_prompt: what to avoid, for models that support it
+            width: result width; default: the input's size fitted to the model's limits
+            height: result height; default: the input's size fitted to the model's limits
+            steps: denoising steps of the full schedule; an edit runs steps x strength of them
+            guidance: guidance scale, within the model's range
+            seed: seed of the first image; image i uses seed + i (default: random)
+            num_images: 1 to 4 images in one batch
+            style: a style preset id, or "none"
+        """
+        try:
+            spec = self.catalog.get(model)
+            data = editor.read_file(image, "image")
+            mask_data = editor.read_file(mask, "mask") if mask else None
+            upload = uploads.check_image(data)
+            if mask_data is not None:
+                uploads.check_mask(mask_data, upload)
+            if _int(width, "width") is None and _int(height, "height") is None:
+                width, height = spec.fit_size(upload.width, upload.height)
+        except StudioError as exc:
+            raise gr.Error(exc.message) from None
+        spec, resolved = self._resolve_or_error(
+            prompt, spec.id, negative_prompt, width, height, steps, guidance, seed, num_images, style,
+            image=data, mask=mask_data, strength=strength,
+        )
+        try:
+            async for item in self.run(spec, resolved, request.session_hash if request else None):
+                if isinstance(item, Progress):
+                    text, fraction = describe(item, spec)
+                    progress(fraction, desc=text)
+                else:
+                    files, result = item
+        except StudioError as exc:
+            raise gr.Error(exc.message) from None
+        return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
+
+    def on_model_edit_support(self, model_id: str):
+        """The edit panel shows for models that can edit."""
+        return gr.Accordion(visible=len(self._spec_or_error(model_id).tasks) > 1)
+
+    def on_edit_upload(self, model_id: str, edit_value):
+        """A new input image sets the size to its own, fitted to the model's rules."""
+        background = edit_value.get("background") if isinstance(edit_value, dict) else None
+        if background is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        spec = self._spec_or_error(model_id)
+        width, height = spec.fit_size(*background.size)
+        return width, height, size_value(spec, width, height)
+
+    def on_send_to_edit(self, model_id: str, path: str | None):
+        """Put the selected image into the edit panel of the Create tab, its size fitted to the model."""
+        if not path:
+            raise gr.Error("Select an image in the gallery first.")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                background = image.convert("RGB")
+        except OSError:
+            raise gr.Error("That image is no longer in the outputs folder.") from None
+        spec = self._spec_or_error(model_id)
+        width, height = spec.fit_size(*background.size)
+        value = {"background": background, "layers": [], "composite": background}
+        return (value, gr.Accordion(open=True), width, height, size_value(spec, width, height),
+                gr.Tabs(selected="create"))
 
     async def on_cancel_click(self, request: gr.Request):
         """Stop this browser's jobs in their workers (queued ones leave the queue at once).
@@ -567,9 +674,9 @@ class Studio:
         except StudioError as exc:
             raise gr.Error(exc.message) from None
 
-    def _resolve_or_error(self, *values):
+    def _resolve_or_error(self, *values, **edit):
         try:
-            return self.resolve(*values)
+            return self.resolve(*values, **edit)
         except StudioError as exc:
             raise gr.Error(exc.message) from None
 
@@ -649,6 +756,17 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                         with gr.Row(elem_id="generate-row"):
                             generate = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=3)
                             cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button", scale=1)
+                        able = ", ".join(spec.label for spec in catalog if len(spec.tasks) > 1)
+                        with gr.Accordion("Edit an image (image-to-image, inpainting)", open=False,
+                                          elem_id="edit-panel", visible=len(default.tasks) > 1) as edit_panel:
+                            edit_image = gr.ImageEditor(
+                                label="Input image: paint over the area to repaint (no paint: the whole image)",
+                                type="pil", elem_id="edit-image", height=360, sources=["upload", "clipboard"],
+                                brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"), transforms=(),
+                            )
+                            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                                                 elem_id="strength",
+                                                 info=f"How much is repainted: low keeps the input. Models: {able}")
                         style = gr.Dropdown(style_choices, value=NO_STYLE, label="Style", elem_id="style")
                         size = gr.Radio(size_choices(default), value=size_value(default, default.defaults.width,
                                                                                  default.defaults.height),
@@ -677,11 +795,15 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
                     with gr.Column(scale=7, elem_id="results"):
                         job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
+                        live_preview = gr.Image(label="Preview (while the job runs)", elem_id="live-preview",
+                                                visible=False, interactive=False, height=320, format="png")
                         results = gr.Gallery(label="Results", elem_id="results-gallery", columns=2, height=560,
                                              format="png", type="filepath", interactive=False, object_fit="contain",
                                              buttons=["download", "fullscreen"])
                         params = gr.JSON(label="Parameters of the selected image", elem_id="params")
-                        reuse = gr.Button("Reuse these settings", elem_id="reuse-button", size="sm")
+                        with gr.Row():
+                            reuse = gr.Button("Reuse these settings", elem_id="reuse-button", size="sm")
+                            send_to_edit = gr.Button("Send to edit", elem_id="send-to-edit", size="sm")
 
             with gr.Tab("Models", id="models"):
                 gr.Markdown("The studio's ranking of its models, best first. **Use** picks a model with its "
@@ -709,6 +831,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                         refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
                         history_params = gr.JSON(label="Parameters of the selected image")
                         history_reuse = gr.Button("Reuse these settings", elem_id="history-reuse", size="sm")
+                        history_edit = gr.Button("Send to edit", elem_id="history-send-to-edit", size="sm")
 
         # The Gradio API: inputs default to None so each model's defaults apply (the UI always sends values).
         with gr.Group(visible=False):
@@ -726,6 +849,15 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             ]
             api_outputs = [gr.File(label="images", file_count="multiple"), gr.JSON(label="parameters")]
             api_trigger = gr.Button(visible=False)
+            edit_api_inputs = [
+                gr.Image(label="image", type="filepath"),
+                api_inputs[0],
+                gr.Image(label="mask", type="filepath", value=None),
+                api_inputs[1],
+                gr.Number(label="strength", value=None),
+                *api_inputs[2:],
+            ]
+            edit_trigger = gr.Button(visible=False)
 
         session_images = gr.State([])
         selected = gr.State(None)
@@ -746,8 +878,8 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
 
         generation = generate.click(  # also Ctrl+Enter in the prompt boxes (assets/studio.js)
             studio.on_generate_click,
-            [*generate_inputs, session_images],
-            [job_status, results, params, session_images, selected],
+            [*generate_inputs, edit_image, strength, session_images],
+            [job_status, results, params, session_images, selected, live_preview],
             api_visibility="private",
             concurrency_id=CONCURRENCY_ID,
             concurrency_limit=slots,
@@ -770,6 +902,15 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             studio.on_api_generate, api_inputs, api_outputs, api_name="generate",
             concurrency_id=CONCURRENCY_ID, concurrency_limit=slots,
         )
+        edit_trigger.click(
+            studio.on_api_edit, edit_api_inputs, api_outputs, api_name="edit",
+            concurrency_id=CONCURRENCY_ID, concurrency_limit=slots,
+        )
+        model.change(studio.on_model_edit_support, model, edit_panel, **private)
+        edit_image.upload(studio.on_edit_upload, [model, edit_image], [width, height, size], **private)
+        edit_outputs = [edit_image, edit_panel, width, height, size, tabs]
+        send_to_edit.click(studio.on_send_to_edit, [model, selected], edit_outputs, **private)
+        history_edit.click(studio.on_send_to_edit, [model, history_selected], edit_outputs, **private)
         gr.api(studio.api_models, api_name="models", queue=False)
         gr.api(studio.api_status, api_name="status", queue=False)
 

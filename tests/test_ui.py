@@ -5,6 +5,7 @@ One real server for the module (tiny SDXL models, one CPU slot); the handler tes
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_models_endpoint_lists_the_whole_catalog(client):
 def test_internal_ui_events_stay_out_of_the_api(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
 
-    assert set(endpoints) == {"/generate", "/models", "/status"}
+    assert set(endpoints) == {"/generate", "/edit", "/models", "/status"}
 
 
 # ---------------------------------------------------------------- the page in a browser
@@ -266,3 +267,64 @@ def test_history_tab_lists_images_from_before_a_restart(server, client, tmp_path
     assert len(items) == len(list(copy.glob("*.png")))
     assert pngmeta.read(items[0][0])["prompt"] == "remember me"
     assert "seed 9" in items[0][1]
+
+
+# ---------------------------------------------------------------- edits and live previews
+
+
+def test_api_edits_an_image_with_and_without_a_mask(client, tmp_path):
+    from gradio_client import handle_file
+
+    source, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.linear_gradient("L").resize((96, 64)).convert("RGB").save(source)
+    hole = Image.new("RGBA", (96, 64), (0, 0, 0, 255))
+    hole.paste((0, 0, 0, 0), (0, 0, 48, 64))  # alpha 0: repaint the left half
+    hole.save(mask)
+    files, params = client.predict(image=handle_file(str(source)), prompt="a watercolour", model="sdxl-turbo",
+                                   strength=0.5, steps=2, seed=3, api_name="/edit")
+    assert (params["task"], params["strength"]) == ("image-to-image", 0.5)
+    assert Image.open(files[0]).size == (96, 64)  # the input's size, valid for the model
+    files, params = client.predict(image=handle_file(str(source)), prompt="a door", mask=handle_file(str(mask)),
+                                   model="sdxl-turbo", steps=1, api_name="/edit")
+    assert pngmeta.read(files[0])["task"] == "inpainting"
+
+
+def test_browser_shows_a_live_preview_while_the_job_runs(page, client):
+    pick_model(page, "SDXL Base 1.0")
+    page.fill("#prompt textarea", "a slowly forming harbour")
+    page.fill("#width input", "256")
+    page.fill("#height input", "256")
+    page.click("#advanced")
+    page.fill("#steps input[type=number]", "60")
+    page.press("#steps input[type=number]", "Tab")
+    page.click("#generate-button")
+    page.wait_for_selector("#live-preview img", timeout=60_000)  # a preview, before the job is done
+    assert not page.inner_text("#job-status").startswith("Done")
+    page.click("#cancel-button")
+    page.wait_for_function("() => document.querySelector('#job-status').innerText.includes('Cancelled')")
+
+
+def test_the_edit_panel_makes_the_mask_from_the_paint(studio):
+    from studio import editor
+
+    background = Image.new("RGB", (64, 48), "blue")
+    paint = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    paint.paste((255, 0, 0, 255), (0, 0, 16, 48))
+    image, mask = editor.edit_files({"background": background, "layers": [paint], "composite": background})
+    repaint = Image.open(io.BytesIO(mask))
+    assert repaint.getpixel((2, 2)) == 255 and repaint.getpixel((40, 2)) == 0  # white = repaint
+    assert editor.edit_files({"background": background, "layers": [Image.new("RGBA", (64, 48))]})[1] is None
+    assert editor.edit_files({"background": None, "layers": []}) == (None, None)
+    spec, resolved = studio.resolve("a cat", "sdxl-base", "", 512, 512, 2, None, 1, 1, NO_STYLE,
+                                    image=image, mask=mask, strength=0.6)
+    assert (resolved.task, resolved.strength) == ("inpainting", 0.6)
+    assert studio.on_model_edit_support("pixart-sigma").visible is False
+
+
+def test_send_to_edit_puts_the_image_in_the_edit_panel(studio, tmp_path):
+    path = tmp_path / "made.png"
+    Image.new("RGB", (1024, 768), "green").save(path)
+    value, panel, width, height, size, tabs = studio.on_send_to_edit("sdxl-base", str(path))
+    assert value["background"].size == (1024, 768) and panel.open is True
+    assert (width, height) == (1024, 768)  # already valid for SDXL: kept
+    assert studio.on_send_to_edit("flux-schnell", str(path))[2:4] == (1024, 768)
