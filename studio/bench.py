@@ -115,8 +115,9 @@ def serving(app) -> Iterator[str]:
 # ---------------------------------------------------------------- (a) REST versus a bare call
 
 
-def bench_rest(models_dir: Path, repeats: int, job_s: float) -> dict:
-    """Median REST latency over a bare pipeline call of the same request, measured in alternation."""
+def bench_rest(models_dir: Path, repeats: int, job_s: float, backend: str = "local") -> dict:
+    """Median REST latency over a bare pipeline call of the same request, measured in alternation.
+    ``backend="ray"``: the app sends the job to one Ray Serve replica (a local Ray it starts)."""
     import httpx
 
     from studio import families
@@ -152,6 +153,7 @@ def bench_rest(models_dir: Path, repeats: int, job_s: float) -> dict:
     }
     settings = Settings(
         devices=["cpu"], models_dir=models_dir, preload=[REST_MODEL], outputs_dir=models_dir / "outputs",
+        backend=backend, replicas=1,
     )
     bare_s, rest_s = [], []
     with serving(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=120) as client:
@@ -175,7 +177,7 @@ def bench_rest(models_dir: Path, repeats: int, job_s: float) -> dict:
                 rest_s.append(rest())
     return {
         "model": REST_MODEL, "size": f"{REST_SIZE}x{REST_SIZE}", "steps": steps, "repeats": repeats,
-        "bare_s": bare_s, "rest_s": rest_s,
+        "backend": backend, "bare_s": bare_s, "rest_s": rest_s,
         "bare_median_s": median(bare_s), "rest_median_s": median(rest_s),
         "ratio": median(rest_s) / median(bare_s),
     }
@@ -301,7 +303,7 @@ def bench_batch(models_dir: Path, repeats: int, n: int = 4) -> dict:
 # ---------------------------------------------------------------- the CPU run
 
 
-def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str]) -> dict:
+def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str], backend: str = "local") -> dict:
     import torch
 
     from studio.devices import cpu_threads
@@ -311,7 +313,7 @@ def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str]) -> dic
     with tempfile.TemporaryDirectory(prefix="studio-bench-") as tmp:
         models_dir = build_models(Path(tmp), [REST_MODEL, SECOND_MODEL])
         runs = {
-            "rest": lambda: bench_rest(models_dir, repeats, job_s),
+            "rest": lambda: bench_rest(models_dir, repeats, job_s, backend),
             "routing": lambda: bench_routing(models_dir, jobs),
             "swap": lambda: bench_swap(models_dir, repeats),
             "batch": lambda: bench_batch(models_dir, max(3, repeats // 3)),
@@ -343,7 +345,7 @@ def cpu_rows(results: dict) -> list[tuple[str, str, str, str]]:
         r = results["rest"]
         rows.append((
             f"REST end to end vs bare pipeline call, s (median of {r['repeats']}; {r['model']} {r['size']}, "
-            f"{r['steps']} steps)",
+            f"{r['steps']} steps{'; ' + r['backend'] + ' backend' if r.get('backend', 'local') != 'local' else ''})",
             f"{r['rest_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.3f}",
         ))
     if "routing" in results:
@@ -578,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=16, help="jobs in the mixed two-model workload")
     parser.add_argument("--job-s", type=float, default=0.2, help="target seconds of the bare call in the REST test")
     parser.add_argument("--only", default="rest,routing,swap,batch", help="comma list of CPU sections")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="the backend behind the app in the rest section (ray: a local Ray, one replica)")
     parser.add_argument("--gpu", action="store_true", help="full-size random-weight model on CUDA")
     parser.add_argument("--model", default=REST_MODEL, help="with --gpu: the catalog id to build")
     parser.add_argument("--compile", action="store_true", help="with --gpu: include torch.compile in ours")
@@ -594,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = gpu_rows(results)
     else:
         sections = [name.strip() for name in args.only.split(",") if name.strip()]
-        results = cpu_bench(args.repeats, args.jobs, args.job_s, sections)
+        results = cpu_bench(args.repeats, args.jobs, args.job_s, sections, args.backend)
         header = ("what", "ours", "baseline", "ours / baseline")
         rows = cpu_rows(results)
     info = results["machine"]

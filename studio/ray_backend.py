@@ -53,14 +53,22 @@ log = logging.getLogger(__name__)
 APP_NAME = "studio"
 STEP_REPORT_S = 0.05  # at most this often a step event to the caller (the first and last always go)
 CENSUS = "studio-census"  # the named actor every replica reports its state to
+CENSUS_NAMESPACE = "studio"
 REPORT_S = 1.0  # a replica reports at least this often (and at once on each change of job or stage)
 ALIVE_S = 5.0  # a replica not heard from for this long is not alive (dead, or its machine is gone)
 FORGET_S = 60.0  # ... and after this long it leaves /health
 STATUS_WAIT_S = 5.0  # /health waits this long for the census
+POLL_S = 0.25  # through Ray Client (no streaming), progress is read from the census this often
 STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
 
 
 # ---------------------------------------------------------------- the replica (runs in the Ray cluster)
+
+
+def census():
+    """The one census of the cluster, created by whoever asks first. Detached: it must outlive a
+    replica that created it, and the app may come and go while the replicas run (RayService)."""
+    return Census.options(name=CENSUS, namespace=CENSUS_NAMESPACE, lifetime="detached", get_if_exists=True).remote()
 
 
 @ray.remote(num_cpus=0)
@@ -77,6 +85,10 @@ class Census:
     def forget(self, replica: str) -> None:
         """A replica known dead leaves at once (Serve starts another, which reports itself)."""
         self._lines.pop(replica, None)
+
+    def job(self, job_id: str) -> dict | None:
+        """The line of the replica running ``job_id``, if one does."""
+        return next((line for line, _ in self._lines.values() if line["job"] == job_id), None)
 
     def lines(self) -> list[tuple[dict, float]]:
         """Each replica's last report and its age in seconds; long-silent ones are forgotten."""
@@ -96,8 +108,7 @@ class Placed:
 class EngineReplica:
     """One ``Engine`` on one device, serving one job at a time (``max_ongoing_requests=1``)."""
 
-    def __init__(self, engine_options: EngineOptions, threads: int, census_namespace: str,
-                 fault_hook: str | None = None):
+    def __init__(self, engine_options: EngineOptions, threads: int, fault_hook: str | None = None):
         import torch
 
         from studio.engine import Engine
@@ -117,7 +128,7 @@ class EngineReplica:
         self.loading: str | None = None
         self.step = self.total = 0
         self.jobs_done = self.jobs_failed = 0
-        self.census = Census.options(name=CENSUS, namespace=census_namespace, get_if_exists=True).remote()
+        self.census = census()
         self.changed = threading.Event()
         threading.Thread(target=self._report_loop, name="census-reporter", daemon=True).start()
 
@@ -152,6 +163,7 @@ class EngineReplica:
             now = time.monotonic()
             if step == total or step == 1 or now - last_sent >= STEP_REPORT_S:
                 last_sent = now
+                self.changed.set()
                 send(Step(job_id, step, total))
 
         def on_preview(index: int, step: int, total: int, png: bytes) -> None:
@@ -187,6 +199,14 @@ class EngineReplica:
             self.job, self.loading, self.step, self.total = None, None, 0, 0
             self.changed.set()
 
+    async def run(self, job_id: str, spec: ModelSpec, request: GenerationRequest) -> Done | Failed:
+        """The whole job in one answer, for callers that cannot stream (Ray Client): they follow
+        its progress in the census, where this replica reports every step it sends."""
+        outcome = None
+        async for message in self.generate(job_id, spec, request):
+            outcome = message
+        return outcome
+
     def state(self) -> WorkerState:
         engine = self.engine
         return WorkerState(engine.model_id, engine.loads, engine.cache_hits, tuple(engine.cache.model_ids))
@@ -216,6 +236,42 @@ def as_studio_error(exc: BaseException, spec: ModelSpec, device: str) -> StudioE
     return StudioError(f"{spec.id} failed on {device}: {type(exc).__name__}: {exc}")
 
 
+def replica_application(settings: Settings):
+    """The deployment of ``EngineReplica`` for ``settings``: replica count, GPUs or CPUs each."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    replicas = settings.replicas or gpus or 1
+    options: dict[str, Any] = dict(
+        name="EngineReplica",
+        max_ongoing_requests=1,  # one Engine runs one job at a time; the rest wait in Serve's queue
+        max_queued_requests=-1,  # admission is the app's (settings.max_queue), as on the local backend
+        health_check_period_s=2,
+    )
+    most = replicas
+    if settings.min_replicas is not None or settings.max_replicas is not None:
+        low = settings.min_replicas or 1
+        most = max(low, settings.max_replicas or replicas)
+        options["autoscaling_config"] = dict(min_replicas=low, max_replicas=most, target_ongoing_requests=1)
+    else:
+        options["num_replicas"] = replicas
+    # A GPU each; without GPUs the cluster's cores are shared out, as local CPU slots share a machine's.
+    threads = 0 if gpus else max(1, cpus // most)
+    options["ray_actor_options"] = {"num_gpus": 1} if gpus else {"num_gpus": 0, "num_cpus": threads}
+    deployment = serve.deployment(EngineReplica).options(**options)
+    return deployment.bind(EngineOptions.from_settings(settings), threads, settings.fault_hook)
+
+
+def build_app(args: dict):
+    """Serve's application builder (``import_path: studio.ray_backend:build_app``), for a RayService
+    that owns the replicas; ``args`` are the app's flags without dashes (``replicas``,
+    ``ram_cache_gb``, ...). The app then finds the running application and uses it."""
+    flags = []
+    for key, value in (args or {}).items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [] if value is False else [flag, str(value)]
+    return replica_application(Settings.from_args(flags))
+
+
 # ---------------------------------------------------------------- the backend (runs in the app)
 
 
@@ -225,15 +281,17 @@ class RayBackend:
     def __init__(self, settings: Settings, catalog: Catalog):
         self.settings = settings
         self.catalog = catalog
-        self.engine_options = EngineOptions.from_settings(settings)
         self._lock = threading.Lock()
         self._observers: list[Observer] = []
         self._running: dict[str, tuple[Job, Any]] = {}  # job id -> (job, its streaming call once sent)
         self._replicas: dict[str, int] = {}  # replica id -> its slot index, in order of first sight
         self._handle = None
-        self._started_ray = False
+        self._owns_app = False  # this backend deployed the replicas (else it found them running)
+        self._connected = False  # this backend called ray.init
+        self._own_ray = False  # ... and that started a local Ray instance, not a connection to a cluster
         self._phase = "new"  # new | starting | running | stopping | stopped
         self._census = None  # the Census actor, once Ray is up
+        self._streaming = not (settings.ray_address or "").startswith("ray://")  # Ray Client cannot stream
         self._replica_count = settings.replicas or 1  # from the last census: how many jobs run at once
 
     # -- life cycle ----------------------------------------------------------------
@@ -247,42 +305,26 @@ class RayBackend:
         try:
             if not ray.is_initialized():
                 address = self.settings.ray_address
-                ray.init(address=None if address in (None, "", "local") else address,
-                         runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
+                # The replicas run this same code, shipped with the job: other machines need only the
+                # requirements (and the models, in their HF cache or a shared one).
+                ray.init(address=address, runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
                          namespace="studio", log_to_driver=False, include_dashboard=False)
-                self._started_ray = True
-            self._census = Census.options(name=CENSUS, get_if_exists=True).remote()
-            serve.start(proxy_location="Disabled")
-            self._handle = serve.run(self._application(), name=APP_NAME, route_prefix=None)
+                self._connected = True
+                self._own_ray = address is None and not os.environ.get("RAY_ADDRESS")  # started just now: ours to stop
+            self._census = census()
+            if APP_NAME in serve.status().applications:
+                # Deployed by someone else (a KubeRay RayService, another studio): use it as it is.
+                self._handle = serve.get_app_handle(APP_NAME)
+                log.info("ray backend: using the running '%s' application", APP_NAME)
+            else:
+                serve.start(proxy_location="Disabled")
+                self._handle = serve.run(replica_application(self.settings), name=APP_NAME, route_prefix=None)
+                self._owns_app = True
         except Exception as exc:
             self._phase = "stopped"
             raise WorkerFailed(f"the Ray backend could not start: {type(exc).__name__}: {exc}") from exc
         self._phase = "running"
         log.info("ray backend ready: %s", ", ".join(f"{s.index}={s.device}" for s in self.status().slots))
-
-    def _application(self):
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        settings = self.settings
-        replicas = settings.replicas or gpus or 1
-        options: dict[str, Any] = dict(
-            name="EngineReplica",
-            max_ongoing_requests=1,  # one Engine runs one job at a time; the rest wait in Serve's queue
-            max_queued_requests=-1,  # admission is ours (settings.max_queue), as on the local backend
-            ray_actor_options={"num_gpus": 1} if gpus else {"num_gpus": 0, "num_cpus": 1},
-            health_check_period_s=2,
-        )
-        if settings.min_replicas is not None or settings.max_replicas is not None:
-            low = settings.min_replicas or 1
-            options["autoscaling_config"] = dict(
-                min_replicas=low, max_replicas=max(low, settings.max_replicas or replicas),
-                target_ongoing_requests=1,
-            )
-        else:
-            options["num_replicas"] = replicas
-        threads = 0 if gpus else 1  # each CPU replica asked Ray for one CPU: one torch thread
-        deployment = serve.deployment(EngineReplica).options(**options)
-        namespace = ray.get_runtime_context().namespace
-        return deployment.bind(self.engine_options, threads, namespace, settings.fault_hook)
 
     def shutdown(self) -> None:
         """Cancel every job, remove the deployment, and stop Ray when this process started it."""
@@ -298,11 +340,13 @@ class RayBackend:
         while self._running and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
-            serve.delete(APP_NAME)
-            if self._census is not None:
-                ray.kill(self._census)
-            if self._started_ray:
+            if self._owns_app:
+                serve.delete(APP_NAME)
+                if self._census is not None:
+                    ray.kill(self._census)
+            if self._own_ray:
                 serve.shutdown()
+            if self._connected:
                 ray.shutdown()
         except Exception:  # the cluster may already be gone
             log.exception("ray backend: shutting down")
@@ -364,8 +408,11 @@ class RayBackend:
 
     def _follow(self, job: Job) -> None:
         """Send ``job`` to the deployment and relay its stream: progress, then its outcome."""
-        handle = self._handle.options(stream=True, multiplexed_model_id=job.spec.id)
-        call = handle.generate.remote(job.id, job.spec, job.request)
+        if self._streaming:
+            call = self._handle.options(stream=True, multiplexed_model_id=job.spec.id).generate.remote(
+                job.id, job.spec, job.request)
+        else:  # Ray Client cannot stream: one call, and the progress from the census
+            call = self._handle.options(multiplexed_model_id=job.spec.id).run.remote(job.id, job.spec, job.request)
         with self._lock:
             if job.id not in self._running:  # cancelled before it was sent
                 call.cancel()
@@ -379,7 +426,7 @@ class RayBackend:
             timer.start()
         placed: list[str] = []
         try:
-            outcome = self._relay(job, call, placed)
+            outcome = self._relay(job, call, placed) if self._streaming else self._poll(job, call, placed)
         except (RequestCancelledError, TaskCancelledError, asyncio.CancelledError):
             outcome = JobCancelled(f"job {job.id} was cancelled")  # the cancel already set the outcome
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
@@ -396,24 +443,50 @@ class RayBackend:
 
     def _relay(self, job: Job, call: Iterator, placed: list[str]) -> Any:
         """Turn the replica's messages into ``job``'s events; returns its outcome. ``placed`` gets the replica's id."""
-        slot = None
         for message in call:
             if isinstance(message, Placed):
                 placed.append(message.replica)
-                slot = self._slot_index(message.replica)
-                job.slot = slot
+                job.slot = self._slot_index(message.replica)
             elif isinstance(message, Stage):
                 total = job.request.steps if message.stage == "generating" else 0
-                job.emit(Progress(message.stage, total=total, slot=slot or 0))
+                job.emit(Progress(message.stage, total=total, slot=job.slot))
             elif isinstance(message, Step):
-                job.emit(Progress("step", step=message.step, total=message.total, slot=slot or 0))
+                job.emit(Progress("step", step=message.step, total=message.total, slot=job.slot))
             elif isinstance(message, Preview):
-                job.emit(message.progress(slot or 0))
-            elif isinstance(message, Done):
-                message.result.slot = slot or 0
-                return message.result
-            elif isinstance(message, Failed):
-                return message.error
+                job.emit(message.progress(job.slot or 0))
+            else:
+                return self._outcome(job, message)
+        return self._outcome(job, None)
+
+    def _poll(self, job: Job, call, placed: list[str]) -> Any:
+        """``_relay`` for a call that cannot stream: the replica's census line, a few times a second."""
+        seen: tuple = (None, None, 0)
+        while True:
+            try:
+                return self._outcome(job, call.result(timeout_s=POLL_S))
+            except TimeoutError:
+                pass
+            line = ray.get(self._census.job.remote(job.id), timeout=STATUS_WAIT_S)
+            if line is None:
+                continue
+            if not placed:
+                placed.append(line["replica"])
+                job.slot = self._slot_index(line["replica"])
+            stage = "loading" if line["loading"] else "generating" if line["total"] else None
+            current = (line["replica"], stage, line["step"])
+            if stage and stage != seen[1]:
+                job.emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=job.slot))
+            if line["step"] and line["step"] != seen[2]:
+                job.emit(Progress("step", step=line["step"], total=line["total"], slot=job.slot))
+            seen = current
+
+    def _outcome(self, job: Job, message) -> Any:
+        """The job's result or error from the replica's last message."""
+        if isinstance(message, Done):
+            message.result.slot = job.slot or 0
+            return message.result
+        if isinstance(message, Failed):
+            return message.error
         return WorkerFailed(f"the replica ended job {job.id} without a result")
 
     # -- ending jobs ---------------------------------------------------------------
