@@ -58,6 +58,8 @@ REPORT_S = 1.0  # a replica reports at least this often (and at once on each cha
 ALIVE_S = 5.0  # a replica not heard from for this long is not alive (dead, or its machine is gone)
 FORGET_S = 60.0  # ... and after this long it leaves /health
 STATUS_WAIT_S = 5.0  # /health waits this long for the census
+FIRST_REPORT_S = 30.0  # start() waits this long for the replicas' first reports
+PLANNED_REPLICAS = 4  # before start, without --replicas: how many jobs the UI lets run at once
 POLL_S = 0.25  # through Ray Client (no streaming), progress is read from the census this often
 STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
 
@@ -130,6 +132,7 @@ class EngineReplica:
         self.jobs_done = self.jobs_failed = 0
         self.census = census()
         self.changed = threading.Event()
+        self.changed.set()  # the first report goes at once
         threading.Thread(target=self._report_loop, name="census-reporter", daemon=True).start()
 
     @serve.multiplexed(max_num_models_per_replica=1)
@@ -324,7 +327,11 @@ class RayBackend:
             self._phase = "stopped"
             raise WorkerFailed(f"the Ray backend could not start: {type(exc).__name__}: {exc}") from exc
         self._phase = "running"
-        log.info("ray backend ready: %s", ", ".join(f"{s.index}={s.device}" for s in self.status().slots))
+        # Serve says the replicas are up; wait (briefly) until they have reported, so /health lists them.
+        deadline = time.monotonic() + FIRST_REPORT_S
+        while not (slots := self.status().slots) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log.info("ray backend ready: %s", ", ".join(f"{s.index}={s.device}" for s in slots) or "no replica reported")
 
     def shutdown(self) -> None:
         """Cancel every job, remove the deployment, and stop Ray when this process started it."""
@@ -390,6 +397,10 @@ class RayBackend:
         with self._lock:
             census, phase = self._census, self._phase
             in_flight = len(self._running)
+        if phase in ("new", "starting"):  # not connected yet: the replicas that are planned
+            planned = self.settings.max_replicas or self.settings.replicas or PLANNED_REPLICAS
+            slots = tuple(SlotStatus(index, "ray", "starting", alive=False) for index in range(planned))
+            return BackendStatus(slots=slots, max_queue=self.settings.max_queue)
         lines = []
         if census is not None and phase == "running":
             try:

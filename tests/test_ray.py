@@ -100,6 +100,14 @@ def replicas_idle(http) -> bool:
     return len(status["slots"]) == 2 and all(s["alive"] and not s["busy"] for s in status["slots"])
 
 
+def test_before_it_starts_the_backend_lists_the_planned_replicas(tiny_catalog):
+    from studio.ray_backend import RayBackend
+
+    status = RayBackend(Settings(backend="ray", max_replicas=3), tiny_catalog(TURBO)).status()
+    assert [(slot.state, slot.alive) for slot in status.slots] == [("starting", False)] * 3  # the UI's concurrency
+    assert not status.accepting
+
+
 # ---------------------------------------------------------------- the faces
 
 
