@@ -62,6 +62,9 @@ class BackendStatus:
     queue_depth: int = 0  # jobs admitted and waiting for a slot
     max_queue: int = 0
     accepting: bool = False  # running (not starting up or shutting down)
+    # Filled by the download phase in front of the backend (studio.downloads.DownloadGate):
+    downloads: tuple[dict, ...] = ()  # {"model", "bytes_done", "bytes_total", "bytes_per_s", "eta_s", "jobs_waiting"}
+    model_errors: tuple[dict, ...] = ()  # {"model", "error"}: a model's last failed download or load, until it works
 
     @property
     def alive(self) -> int:
@@ -74,6 +77,7 @@ class BackendStatus:
         for slot in data["slots"]:
             slot["cached"] = list(slot["cached"])
         data["slots"] = list(data["slots"])
+        data["downloads"], data["model_errors"] = list(data["downloads"]), list(data["model_errors"])
         return data
 
 

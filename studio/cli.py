@@ -74,6 +74,8 @@ def generate(args) -> int:
             steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.n,
         )
     )
+    if not hub.offline() and not _on_disk(spec):
+        _pull_one(spec)  # with its progress bar, before torch loads anything
 
     from studio.engine import Engine  # torch only after the input is known to be good
 
@@ -122,6 +124,13 @@ def pull(args) -> int:
             failed += 1
             print(f"error: {spec.id}: {exc.message}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _on_disk(spec) -> bool:
+    try:
+        return spec.local_dir is not None or hub.plan_model(spec, online=False).missing() == 0
+    except StudioError:  # no listing in the cache: never downloaded
+        return False
 
 
 def _pull_one(spec) -> None:

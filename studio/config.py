@@ -51,6 +51,7 @@ class Settings:
     replicas: int | None = None  # Ray: this many replicas (default: one per GPU of the cluster, else one)
     min_replicas: int | None = None  # Ray: autoscale between these two instead
     max_replicas: int | None = None
+    offline: bool = False  # never reach for the hub (also HF_HUB_OFFLINE=1): models not on disk are refused
     # Test-only fault injection: "module:function" that every worker calls with (slot_index, device)
     # before it loads anything (tests/faults.py). No flag or environment variable sets it; leave it None.
     fault_hook: str | None = None
@@ -79,6 +80,7 @@ class Settings:
             replicas=args.replicas,
             min_replicas=args.min_replicas,
             max_replicas=args.max_replicas,
+            offline=args.offline,
         )
 
 
@@ -117,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-replicas", type=_positive, default=_env("MIN_REPLICAS"),
                         help="autoscale the Ray replicas between --min-replicas and --max-replicas")
     parser.add_argument("--max-replicas", type=_positive, default=_env("MAX_REPLICAS"))
+    parser.add_argument(
+        "--offline", action="store_true", default=_flag(_env("OFFLINE")),
+        help="use only models on disk (as HF_HUB_OFFLINE=1); others are refused with the `pull` command to run",
+    )
     return parser
 
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from studio import families, pngmeta, speed
+from studio import families, hub, pngmeta, speed
 from studio.catalog import ModelSpec
-from studio.errors import JobCancelled, ModelLoadFailed, OutOfMemory, StudioError
+from studio.errors import JobCancelled, OutOfMemory, StudioError
 from studio.schemas import GenerationRequest, JobResult
 from studio.speed import EngineOptions
 
@@ -177,7 +177,7 @@ class Engine:
             raise
         except Exception as exc:  # a missing repo, a corrupt file: the slot stays usable
             self.unload()
-            raise ModelLoadFailed(f"could not load {spec.id} from {spec.source}: {exc}", field="model") from None
+            raise hub.load_failure(exc, spec) from None
 
     def _to_device(self, pipe, spec: ModelSpec):
         """Bring a parked pipeline back (a no-op on CPU, where parked pipelines never left)."""

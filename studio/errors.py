@@ -87,3 +87,21 @@ class ModelLoadFailed(StudioError):
     status = 503
     type = "server_error"
     code = "model_load_failed"
+
+
+class ModelUnavailable(StudioError):
+    """The model's weights cannot be had now: not on disk and no hub, gated, missing, a failed download."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+
+class ModelGated(ModelUnavailable):
+    code = "model_gated"
+
+
+class NotEnoughDisk(StudioError):
+    status = 507
+    type = "server_error"
+    code = "insufficient_storage"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.catalog import ModelSpec
-from studio.errors import StudioError
+from studio.errors import ModelGated, ModelLoadFailed, ModelUnavailable, NotEnoughDisk, StudioError
 
 HUB_URL = "https://huggingface.co"
 
@@ -38,24 +38,6 @@ _AUX_FILES = (  # diffusers' TRANSFORMERS_COMPONENT_AUX_FILES: a flat repo's tok
     "tokenizer.json", "tokenizer_config.json",
 )
 _SHARD = r"\d{5}-of-\d{5}"
-
-
-class ModelUnavailable(StudioError):
-    """The model's weights cannot be had now: not on disk and no hub, gated, missing, download failed."""
-
-    status = 503
-    type = "server_error"
-    code = "model_unavailable"
-
-
-class ModelGated(ModelUnavailable):
-    code = "model_gated"
-
-
-class NotEnoughDisk(StudioError):
-    status = 507
-    type = "server_error"
-    code = "insufficient_storage"
 
 
 @dataclass(frozen=True)
@@ -296,7 +278,9 @@ def explain(exc: BaseException, spec: ModelSpec, *, online: bool = True) -> Stud
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import OfflineModeIsEnabled
 
+    exc = _hub_cause(exc)
     repo = getattr(exc, "repo_id", None) or spec.repo
     pull = f"run `python -m studio pull {spec.id}` where the hub is reachable, or point --models-dir at a folder"
     pull += f" that holds {spec.id}/"
@@ -316,12 +300,41 @@ def explain(exc: BaseException, spec: ModelSpec, *, online: bool = True) -> Stud
             f"{spec.label}: the repo {repo} does not exist on the hub (or is private: set HF_TOKEN to a token "
             f"with access); check {HUB_URL}/{repo}", field="model",
         )
-    if isinstance(exc, (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, FileNotFoundError)) and not online:
+    if not online or isinstance(exc, OfflineModeIsEnabled):
         return ModelUnavailable(f"{spec.label} is not on disk and the studio is offline: {pull}", field="model")
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (CachedRepoTreeNotFoundError, LocalEntryNotFoundError)) or "not fully cached" in str(exc):
+        reason = "files missing from the cache and no answer from the hub"
+    else:
+        reason = f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0][:120]
     return ModelUnavailable(
         f"{spec.label} is not on disk and the hub cannot be reached ({reason}): {pull}", field="model"
     )
+
+
+def _hub_cause(exc: BaseException) -> BaseException:
+    """The hub or network error behind ``exc`` (diffusers wraps it in an OSError), else ``exc``."""
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError, EntryNotFoundError, HfHubHTTPError
+
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (HfHubHTTPError, EntryNotFoundError, CachedRepoTreeNotFoundError, ConnectionError)):
+            return current
+        if type(current).__module__.split(".")[0] in ("httpx", "httpx2", "requests"):  # no connection
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+def load_failure(exc: BaseException, spec: ModelSpec) -> StudioError:
+    """A worker's failed ``from_pretrained`` in plain words: the hub's part explained, else the cause."""
+    if spec.local_dir is None:
+        cause = _hub_cause(exc)
+        if cause is not exc or "local_files_only" in str(exc) or "not fully cached" in str(exc):
+            return explain(cause, spec, online=not offline())
+    where = f"the folder {spec.local_dir}" if spec.local_dir else spec.repo
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return ModelLoadFailed(f"could not load {spec.label} from {where}: {reason}", field="model")
 
 
 def free_bytes(path: Path) -> int:
@@ -370,7 +383,8 @@ def download(
         last_done, last_time = progress.done, time.monotonic()
         while not stop.wait(poll_s):
             now = time.monotonic()
-            progress.done = min(progress.total, _bytes_on_disk(plan, cache))
+            # Never backwards: a file renamed from partial to finished between two looks counts in neither.
+            progress.done = max(progress.done, min(progress.total, _bytes_on_disk(plan, cache)))
             rate = (progress.done - last_done) / max(now - last_time, 1e-6)
             progress.speed = rate if progress.speed == 0 else 0.7 * progress.speed + 0.3 * rate
             last_done, last_time = progress.done, now

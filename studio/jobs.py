@@ -68,6 +68,17 @@ class Job:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def stage(self) -> str | None:
+        """The stage of the latest progress event ("downloading", "queued", "step", ...); None before any."""
+        with self._cond:
+            return self._events[-1].stage if self._events else None
+
+    @property
+    def preparing(self) -> bool:
+        """Downloading or loading its model: time that no job time limit counts (``--job-timeout``)."""
+        return self.stage in ("downloading", "loading")
+
     # -- results -----------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> JobResult:

@@ -73,7 +73,7 @@ class _SlotCollector:
         return _families()
 
     def collect(self):
-        queue, busy, alive, loads = _families()
+        queue, busy, alive, loads, done, total = _families()
         try:
             status = self.backend.status()
         except Exception:  # a backend not started or shutting down: report nothing rather than fail the scrape
@@ -84,7 +84,10 @@ class _SlotCollector:
             busy.add_metric(labels, 1.0 if slot.busy else 0.0)
             alive.add_metric(labels, 1.0 if slot.alive else 0.0)
             loads.add_metric(labels, float(slot.loads))
-        return [queue, busy, alive, loads]
+        for download in status.downloads:
+            done.add_metric([download["model"]], float(download["bytes_done"]))
+            total.add_metric([download["model"]], float(download["bytes_total"]))
+        return [queue, busy, alive, loads, done, total]
 
 
 def _families():
@@ -94,4 +97,8 @@ def _families():
         GaugeMetricFamily("studio_slot_alive", "1 while the slot's worker process is up.", labels=["slot", "device"]),
         CounterMetricFamily("studio_model_loads", "Pipelines loaded by the slot (preloads and swaps).",
                             labels=["slot", "device"]),
+        GaugeMetricFamily("studio_download_bytes_done", "Bytes of a model's files in the cache, while it downloads.",
+                          labels=["model"]),
+        GaugeMetricFamily("studio_download_bytes_total", "Bytes of a model's files to have, while it downloads.",
+                          labels=["model"]),
     ]

@@ -211,6 +211,10 @@ class ModelObject(BaseModel):
     )
     limits: dict = Field(description="size_multiple, min_side, max_side, max_pixels, max_steps, guidance range.")
     sizes: list[str] = Field(description="Suggested sizes ('WxH'); the only ones allowed when limits.allowed_sizes.")
+    on_disk: bool | None = Field(None, description="Whether its weights are on disk (null: not known yet).")
+    download_bytes: int | None = Field(
+        None, description="What its first use (or `python -m studio pull ID`) downloads; 0 when on disk."
+    )
 
 
 class ModelList(BaseModel):
@@ -381,6 +385,8 @@ async def wait_for_result(job, request: Request, timeout_s: float) -> JobResult 
                 except JobCancelled as exc:
                     # Not this request's doing (a client that leaves gets None): the studio is stopping.
                     raise http_error(503, exc.message, code="cancelled") from None
+            if job.preparing:  # the model's download and load are no part of the time limit
+                deadline = loop.time() + timeout_s + TIMEOUT_GRACE_S
             if await request.is_disconnected():
                 log.info("client closed the request; cancelling job %s", job.id)
                 return None
@@ -424,8 +430,10 @@ def stream_response(job, kind: str, body, timeout_s: float) -> StreamingResponse
     return StreamingResponse(events, media_type=streaming.MEDIA_TYPE, headers=streaming.STREAM_HEADERS)
 
 
-def model_object(spec: ModelSpec, created: int) -> ModelObject:
-    return ModelObject(created=created, owned_by=spec.repo.split("/")[0], max_n=MAX_IMAGES, **spec.listing())
+def model_object(spec: ModelSpec, created: int, disk: dict | None = None) -> ModelObject:
+    """``disk``: ``{"on_disk", "download_bytes"}`` from the download phase (``DownloadGate.disk_status``)."""
+    return ModelObject(created=created, owned_by=spec.repo.split("/")[0], max_n=MAX_IMAGES, **spec.listing(),
+                       **(disk or {}))
 
 
 # ---------------------------------------------------------------- routes
@@ -458,13 +466,19 @@ async def create_images(body: ImageGenerationRequest, request: Request):
 async def list_models(request: Request) -> ModelList:
     """Every catalog model, with its capabilities: sizes, defaults, negative prompt, guidance, max n."""
     state = request.app.state
-    return ModelList(data=[model_object(spec, state.started_at) for spec in state.catalog])
+    return ModelList(data=[model_object(spec, state.started_at, disk_status(state, spec)) for spec in state.catalog])
 
 
 @router.get("/models/{model}", response_model=ModelObject, responses=READ_ERRORS, summary="Retrieve a model")
 async def retrieve_model(model: str, request: Request) -> ModelObject:
     state = request.app.state
-    return model_object(state.catalog.get(model), state.started_at)
+    spec = state.catalog.get(model)
+    return model_object(spec, state.started_at, disk_status(state, spec))
+
+
+def disk_status(state, spec: ModelSpec) -> dict | None:
+    status = getattr(state.backend, "disk_status", None)  # the download phase knows; a bare backend does not
+    return status(spec.id) if status else None
 
 
 def app_routes(app) -> list:

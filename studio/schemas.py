@@ -110,7 +110,7 @@ class JobResult:
 class Progress:
     """A progress event: ``step`` of ``total`` on ``slot``; ``stage`` names what is happening."""
 
-    stage: str  # "queued" | "loading" | "step" | "preview" (extra: "index", "image": PNG) | "encoding"
+    stage: str  # "downloading" | "queued" | "loading" | "step" | "preview" (extra: "index", "image": PNG) | "encoding"
     step: int = 0
     total: int = 0
     slot: int | None = None

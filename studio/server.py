@@ -12,6 +12,7 @@ Runs in the parent process: never imports torch (only the spawned workers do).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from studio import edits, openai_api
 from studio.catalog import load_catalog
 from studio.config import Settings
+from studio.downloads import DownloadGate
 from studio.errors import StudioError
 from studio.metrics import StudioMetrics
 from studio.backend import Backend
@@ -78,17 +80,22 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def make_backend(settings: Settings, catalog: Catalog) -> Backend:
-    """The backend that runs the jobs: local worker processes, one per device, or Ray Serve replicas.
-    Ray is imported only here, only when chosen."""
+    """The backend that runs the jobs: local worker processes, one per device, or Ray Serve replicas;
+    behind the download phase either way. Ray is imported only here, only when chosen."""
+    if settings.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # the workers, spawned later, never reach for the hub either
     if settings.backend == "ray":
         try:
             from studio.ray_backend import RayBackend
         except ImportError as exc:
             raise SystemExit(f"--backend ray needs Ray Serve: pip install 'ray[serve]>=2.60,<3' ({exc})") from None
-        return RayBackend(settings, catalog)
-    from studio.slots import LocalBackend
+        backend = RayBackend(settings, catalog)
+    else:
+        from studio.slots import LocalBackend
 
-    return LocalBackend(settings, catalog)
+        backend = LocalBackend(settings, catalog)
+    # The download fills this machine's Hugging Face cache: Ray replicas on other nodes need it shared (HF_HOME).
+    return DownloadGate(backend, catalog, offline=settings.offline or None, preload=settings.preload)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -114,14 +121,15 @@ def mount_ui(app: FastAPI, catalog, backend: Backend, settings: Settings) -> Non
 
 
 async def health(request: Request) -> JSONResponse:
-    """200 while at least one worker is alive (``degraded`` when some are down), else 503; with the slots."""
+    """200 while at least one worker is alive (``degraded`` when some are down or a model fails to
+    download or load: ``model_errors`` says which and why), else 503; with the slots and downloads."""
     backend: Backend = request.app.state.backend
     try:
         snapshot = await run_in_threadpool(backend.status)
     except Exception as exc:  # a backend that cannot even report is down
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
     slots, alive = snapshot.slots, snapshot.alive
-    if slots and alive == len(slots):
+    if slots and alive == len(slots) and not snapshot.model_errors:
         status, code = "ok", 200
     elif alive:
         status, code = "degraded", 200

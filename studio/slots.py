@@ -575,9 +575,9 @@ class SlotManager:
         limit = self.settings.job_timeout_s  # read at every check: a changed setting applies at once
         for slot in self._slots:
             job = slot.job
-            if job is None or not limit:
-                continue
-            running_s = now - slot.job_started_at
+            if job is None or not limit or slot.phase == "loading":
+                continue  # a model's load is no part of the job's time limit: it counts from the load's end
+            running_s = now - (slot.generating_at or slot.job_started_at)
             if running_s >= limit:
                 self._cancel(job, JobTimeout(
                     f"job {job.id} ran longer than {limit:g} s on slot {slot.index} ({slot.device}) and was cancelled"

@@ -91,8 +91,10 @@ async def image_events(
         "size": f"{request.width}x{request.height}",
     }
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s) as limit:
             async for event in job.events():
+                if job.preparing:  # the model's download and load are no part of the time limit
+                    limit.reschedule(asyncio.get_running_loop().time() + timeout_s)
                 preview = preview_of(event)
                 if preview is None or preview[0] >= partial_images:
                     continue

@@ -25,7 +25,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from studio import editor, pngmeta, uploads
+from studio import editor, hub, pngmeta, uploads
 from studio.backend import Backend, BackendStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
@@ -182,7 +182,17 @@ def steps_text(spec: ModelSpec) -> str | None:
             f"the decoder (stage B) always runs {spec.decoder_steps}")
 
 
-def card_html(spec: ModelSpec, compact: bool = False) -> str:
+def disk_text(disk: dict) -> str | None:
+    """"on disk", "downloads 6.9 GB on first use" (from ``DownloadGate.disk_status``); None: not known."""
+    if disk.get("on_disk"):
+        return "on disk"
+    if disk.get("on_disk") is False:
+        size = disk.get("download_bytes")
+        return f"downloads {hub.format_size(size)} on first use" if size else "downloads on first use"
+    return None
+
+
+def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None) -> str:
     """A model's card: rank and stars, best use, recommended settings, memory and repo id."""
     e = html.escape
     card = spec.card
@@ -203,6 +213,8 @@ def card_html(spec: ModelSpec, compact: bool = False) -> str:
         ]
     link = f'<a href="https://huggingface.co/{e(spec.repo)}" target="_blank"><code>{e(spec.repo)}</code></a>'
     rows.append(("Repo", link))
+    if disk_text(disk or {}):
+        rows.append(("Weights", e(disk_text(disk))))
     items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
     return (
         f'<div class="model-card" data-model="{e(spec.id)}" data-rank="{card.rank}">'
@@ -233,6 +245,9 @@ def describe(event: Progress, spec: ModelSpec) -> tuple[str, float | None]:
         position = event.queue_position
         return (f"Waiting for a free slot: position {position + 1} in the queue" if position is not None
                 else "Waiting for a free slot"), None
+    if event.stage == "downloading":  # "Downloading FLUX.1 [schnell]: 12.4 of 33.9 GB, 85 MB/s, about 4 min"
+        done, total = event.extra.get("bytes_done", 0), event.extra.get("bytes_total", 0)
+        return event.extra.get("message", f"Downloading {spec.label}"), (done / total if total else None)
     if event.stage == "loading":
         return f"Loading {spec.label}{slot} (the first run of a model takes a while)", None
     if event.stage == "generating":
@@ -660,7 +675,12 @@ class Studio:
 
     def api_models(self) -> list[dict]:
         """The catalog in rank order: each model's ranking, recommendation, capabilities, defaults and limits."""
-        return [spec.listing() for spec in self.catalog]
+        return [spec.listing() | self.disk(spec) for spec in self.catalog]
+
+    def disk(self, spec: ModelSpec) -> dict:
+        """``{"on_disk", "download_bytes"}`` from the download phase in front of the backend, if there is one."""
+        status = getattr(self.backend, "disk_status", None)
+        return status(spec.id) if status else {}
 
     def api_status(self) -> dict:
         """The slots (device, model, busy) and how many jobs wait in the queue."""
@@ -815,7 +835,8 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                     with gr.Row(elem_classes="model-grid"):
                         for spec in specs:
                             with gr.Column(elem_classes="model-tile", min_width=260):
-                                gr.HTML(card_html(spec))
+                                # Built at each page load: the Weights row follows downloads.
+                                gr.HTML(lambda spec=spec: card_html(spec, disk=studio.disk(spec)))
                                 use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
                                 use.click(studio.on_card_use, gr.State(spec.id),
                                           [model, card, negative, size, width, height, steps, guidance,

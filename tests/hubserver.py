@@ -249,6 +249,42 @@ def _tree_entry(path: str, hub_file: HubFile) -> dict:
     return entry
 
 
+# What a real repo holds besides the diffusers folders: a single-file checkpoint and pickled weights.
+EXTRA = {"sd_xl_turbo_1.0_fp16.safetensors": b"x" * 5000, "unet/diffusion_pytorch_model.bin": b"y" * 3000}
+
+
+def hub_repos(models_dir: Path, ids) -> dict[str, HubRepo]:
+    """The tiny models of ``ids`` (built in ``models_dir``) as repos under the catalog's real repo ids and variants."""
+    from studio.catalog import load_catalog
+
+    catalog, repos = load_catalog(), {}
+    for model_id in ids:
+        spec = catalog.get(model_id)
+        if spec.family == "cascade":  # the two stages are two repos on the hub
+            repos[spec.prior_repo] = repo_from_folder(models_dir / model_id / "prior", spec.variant)
+            repos[spec.repo] = repo_from_folder(models_dir / model_id / "decoder", spec.variant)
+        else:
+            repos[spec.repo] = repo_from_folder(models_dir / model_id, spec.variant, EXTRA)
+    return repos
+
+
+def use_hub(monkeypatch, hub: HubServer, hf_home: Path, environment: bool = True) -> None:
+    """Point huggingface_hub at ``hub`` with the cache in ``hf_home``: in this process (its settings
+    are read at import, and conftest made tests offline) and, with ``environment``, in the
+    processes started from here (workers, the CLI)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(hf_home) / "hub"))
+    if environment:
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(hf_home))
+
+
 @contextmanager
 def serve_hub(repos: dict[str, HubRepo]):
     """Run a ``HubServer`` for the block; yields it (``hub.url`` is the ``HF_ENDPOINT``)."""

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hubserver import repo_from_folder, serve_hub
+from hubserver import hub_repos, serve_hub, use_hub
 
 from studio import cli, hub
 from studio.catalog import load_catalog
@@ -23,21 +23,6 @@ from studio.schemas import parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED = ("sdxl-turbo", "pixart-sigma", "stable-cascade")
-# What a real repo holds besides the diffusers folders: a single-file checkpoint and pickled weights.
-EXTRA = {"sd_xl_turbo_1.0_fp16.safetensors": b"x" * 5000, "unet/diffusion_pytorch_model.bin": b"y" * 3000}
-
-
-def hub_repos(models_dir: Path, ids) -> dict:
-    """The tiny models of ``ids`` as hub repos under the catalog's real repo ids (and variants)."""
-    catalog, repos = load_catalog(), {}
-    for model_id in ids:
-        spec = catalog.get(model_id)
-        if spec.family == "cascade":
-            repos[spec.prior_repo] = repo_from_folder(models_dir / model_id / "prior", spec.variant)
-            repos[spec.repo] = repo_from_folder(models_dir / model_id / "decoder", spec.variant)
-        else:
-            repos[spec.repo] = repo_from_folder(models_dir / model_id, spec.variant, EXTRA)
-    return repos
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +39,7 @@ def hubserver(served):
 @pytest.fixture
 def online(hubserver, tmp_path, monkeypatch):
     """This process talks to the test hub, with an empty cache (conftest makes tests offline)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", hubserver.url)
-    template = hubserver.url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    use_hub(monkeypatch, hubserver, tmp_path / "hf", environment=False)
     return hubserver
 
 
@@ -145,7 +124,7 @@ def test_a_dropped_connection_is_resumed(online):
     assert cli.main(["pull", "sdxl-turbo"]) == 0
     assert online.downloads().count(path) == 2
     served = online.repos["stabilityai/sdxl-turbo"].files[path].data
-    cached = next((Path(hub.cache_dir()) / "models--stabilityai--sdxl-turbo" / "snapshots").glob(f"*/{path}"))
+    cached = next((hub.cache_dir() / "models--stabilityai--sdxl-turbo" / "snapshots").glob(f"*/{path}"))
     assert hashlib.sha256(cached.read_bytes()).digest() == hashlib.sha256(served).digest()
 
 
@@ -206,3 +185,24 @@ def test_offline_a_model_not_on_disk_names_the_pull_command(capsys, tmp_path, mo
     err = capsys.readouterr().err
     assert "SDXL Turbo is not on disk and the studio is offline" in err
     assert "python -m studio pull sdxl-turbo" in err
+
+
+def test_generate_downloads_a_missing_model_first_with_its_progress(online, tmp_path, capsys):
+    args = ["generate", "--model", "pixart", "--prompt", "a red fox", "--size", "256x256", "--steps", "1"]
+    assert cli.main(args + ["-o", str(tmp_path / "fox.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "pixart-sigma: on disk" in out and (tmp_path / "fox.png").stat().st_size > 0
+    assert "Downloading PixArt-Sigma: " in err
+
+
+def test_a_load_without_hub_or_files_says_what_to_do(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty, and offline (conftest)
+    args = ["generate", "--model", "sdxl-turbo", "--prompt", "a red fox", "-o", str(tmp_path / "fox.png")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any library warnings
+    assert err == (
+        "error: SDXL Turbo is not on disk and the studio is offline: run `python -m studio pull sdxl-turbo` "
+        "where the hub is reachable, or point --models-dir at a folder that holds sdxl-turbo/"
+    )

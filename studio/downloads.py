@@ -1,0 +1,304 @@
+"""The download phase: a model missing from the cache is fetched once, before its jobs reach the backend.
+
+``DownloadGate`` wraps any ``Backend`` (local worker processes, Ray) and is one itself. A job for
+a model whose files are all in the Hugging Face cache (or in ``--models-dir``) goes straight
+to the backend. Any other job waits here in the ``downloading`` stage, with byte progress, while
+one download per model runs in a thread of this process (huggingface_hub, no torch), however many
+jobs, slots or faces want it; then each waiting job is handed to the backend, whose own
+``--job-timeout`` therefore never counts the download. A job cancelled while it waits leaves the
+download running for the others. Offline (``HF_HUB_OFFLINE=1`` or ``--offline``) a model not on
+disk is refused at once; a failed download (gated, missing repo, no hub) fails every job waiting
+on it with the plain message of ``studio.hub.explain``, and the next job for that model tries again.
+
+Runs in the parent process: never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from studio import hub
+from studio.backend import Backend, BackendStatus, Observer
+from studio.catalog import Catalog, ModelSpec
+from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, StudioError
+from studio.jobs import Job
+from studio.schemas import GenerationRequest, JobResult, Progress
+
+log = logging.getLogger(__name__)
+
+DOWNLOADING = "downloading"
+POLL_S = 0.5  # how often waiting jobs hear of a download's progress
+
+
+@dataclass
+class Download:
+    """One model's download and the jobs waiting for it."""
+
+    spec: ModelSpec
+    progress: hub.Progress
+    waiting: list[Job] = field(default_factory=list)
+    planned: bool = False  # the hub has told the sizes
+
+    def event(self) -> Progress:
+        """The ``downloading`` event every waiting job sees: bytes in ``extra``, words in ``extra["message"]``."""
+        message = self.progress.describe() if self.planned else f"Looking up {self.spec.label} on the hub"
+        return Progress(stage=DOWNLOADING, extra={**self.progress.as_dict(), "message": message})
+
+
+class DownloadGate:
+    """A ``Backend`` in front of a ``Backend``: the download phase, then the backend's own queue."""
+
+    def __init__(self, backend: Backend, catalog: Catalog, offline: bool | None = None,
+                 preload: list[str] | None = None):
+        """``preload`` is the backend's own list of models to load at start (``settings.preload``):
+        ``start()`` takes the models not on disk out of it, since a worker would download them
+        unseen inside its start-up, and downloads them here instead (the first job loads them)."""
+        self.backend = backend
+        self.catalog = catalog
+        self.offline = hub.offline() if offline is None else offline
+        self.preload = preload if preload is not None else []
+        self._lock = threading.Lock()
+        self._downloads: dict[str, Download] = {}
+        self._complete: set[str] = set()  # models known to be all on disk
+        self._handed: dict[str, Job] = {}  # our job's id -> the backend's job it now follows
+        self._errors: dict[str, str] = {}  # model -> the last download or load failure, until it works
+        self._observers: list[Observer] = []
+        self._disk: dict[str, dict] = {}  # model -> on disk / download size, from the start-up survey
+        backend.add_observer(self._remember_outcome)
+
+    # -- the Backend protocol -------------------------------------------------------
+
+    def start(self) -> None:
+        for model_id in list(self.preload):
+            try:
+                spec = self.catalog.get(model_id)
+            except StudioError:
+                continue  # the backend's start names the unknown id
+            if self._on_disk(spec):
+                continue
+            self.preload.remove(model_id)
+            if self.offline:
+                log.warning("not preloading %s: %s", spec.id, hub.explain(FileNotFoundError(), spec, online=False))
+            else:
+                log.info("%s is not on disk: downloading it now; the first job loads it", spec.id)
+                self._join(spec)
+        self.backend.start()
+        threading.Thread(target=self.survey, name="download-survey", daemon=True).start()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            waiting = [job for download in self._downloads.values() for job in download.waiting]
+            self._downloads.clear()
+        for job in waiting:  # the download threads are daemons: an unfinished file resumes next time
+            self._end(job, JobCancelled("the studio is shutting down"))
+        self.backend.shutdown()
+
+    def add_observer(self, observer: Observer) -> None:
+        with self._lock:
+            self._observers.append(observer)
+        self.backend.add_observer(observer)
+
+    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
+        if self._on_disk(spec):
+            return self.backend.submit(spec, request)
+        job = Job(spec, request, on_cancel=self._cancel)
+        if self.offline:
+            error = hub.explain(FileNotFoundError(spec.id), spec, online=False)
+            self._record_error(spec.id, error.message)
+            self._end(job, error)
+            raise error
+        self._join(spec, job)
+        return job
+
+    def _join(self, spec: ModelSpec, job: Job | None = None) -> None:
+        """Add ``job`` to the model's download, starting it if none runs."""
+        with self._lock:
+            download = self._downloads.get(spec.id)
+            if download is None:
+                download = Download(spec, hub.Progress(spec.id, spec.label))
+                self._downloads[spec.id] = download
+                threading.Thread(target=self._download, args=(download,), name=f"download-{spec.id}",
+                                 daemon=True).start()
+            if job is not None:
+                download.waiting.append(job)
+                job.emit(download.event())
+
+    def status(self) -> BackendStatus:
+        """The backend's status, plus the downloads under way and each model's last failure."""
+        status = self.backend.status()
+        with self._lock:
+            downloads = tuple(d.progress.as_dict() | {"jobs_waiting": len(d.waiting)} for d in self._downloads.values())
+            errors = tuple({"model": model, "error": message} for model, message in self._errors.items())
+        return dataclasses.replace(status, downloads=downloads, model_errors=errors)
+
+    # -- what the catalog's models need --------------------------------------------------
+
+    def disk_status(self, model_id: str) -> dict:
+        """``{"on_disk": bool | None, "download_bytes": int | None}`` (None: not known yet, or no hub)."""
+        with self._lock:
+            known = self._disk.get(model_id)
+        if known is not None and not (model_id in self._complete and not known["on_disk"]):
+            return dict(known)
+        on_disk = self._on_disk(self.catalog.get(model_id))  # before the survey: what the cache alone says
+        return {"on_disk": on_disk, "download_bytes": 0 if on_disk else None}
+
+    def survey(self) -> None:
+        """Log which models are on disk and which would download, and how much (the hub is asked
+        unless offline); the answers feed ``disk_status`` for ``/v1/models`` and the Models tab."""
+        specs = list(self.catalog)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            plans = list(pool.map(self._plan_quietly, specs))
+        on_disk, to_fetch, unknown = [], [], []
+        for spec, plan in zip(specs, plans):
+            if spec.local_dir is not None or (plan is not None and plan.missing() == 0):
+                entry = {"on_disk": True, "download_bytes": 0}
+                on_disk.append(spec.id)
+            elif plan is not None:
+                entry = {"on_disk": False, "download_bytes": plan.missing()}
+                to_fetch.append(f"{spec.id} ({hub.format_size(plan.missing())})")
+            else:
+                entry = {"on_disk": False, "download_bytes": None}
+                unknown.append(spec.id)
+            with self._lock:
+                self._disk[spec.id] = entry
+        log.info("models on disk: %s", ", ".join(on_disk) or "none")
+        if to_fetch:
+            log.info("models that download on first use (or `python -m studio pull ID`): %s", ", ".join(to_fetch))
+        if unknown:
+            where = "offline" if self.offline else "the hub did not answer"
+            log.info("models not on disk, size unknown (%s): %s", where, ", ".join(unknown))
+
+    def _plan_quietly(self, spec: ModelSpec) -> hub.ModelPlan | None:
+        if spec.local_dir is not None:
+            return None
+        for online in ([] if self.offline else [True]) + [False]:
+            try:
+                return hub.plan_model(spec, online=online)
+            except StudioError:
+                continue
+        return None
+
+    def _on_disk(self, spec: ModelSpec) -> bool:
+        """True when the backend can load the model without the hub: a models folder, or every file cached."""
+        if spec.local_dir is not None or spec.id in self._complete:
+            return True
+        try:
+            complete = hub.plan_model(spec, online=False).missing() == 0
+        except StudioError:  # no listing cached: never fully downloaded by huggingface_hub 2.x
+            complete = False
+        if complete:
+            with self._lock:
+                self._complete.add(spec.id)
+        return complete
+
+    # -- the download thread ---------------------------------------------------------------
+
+    def _download(self, download: Download) -> None:
+        spec = download.spec
+        try:
+            plan = hub.plan_model(spec, online=True)
+            with self._lock:
+                download.progress.total = plan.total
+                download.progress.done = plan.on_disk()
+                download.planned = True
+            self._tell(download)
+            log.info("downloading %s: %s", spec.id, hub.format_bytes(plan.missing(), plan.total))
+            hub.download(spec, plan, lambda progress: self._tell(download), poll_s=POLL_S)
+        except Exception as exc:  # noqa: BLE001 - every failure reaches the waiting jobs in words
+            error = exc if isinstance(exc, StudioError) else hub.explain(exc, spec)
+            log.warning("download of %s failed: %s", spec.id, error.message)
+            self._record_error(spec.id, error.message)
+            for job in self._release(download):
+                self._end(job, error)
+            return
+        log.info("%s is on disk (%s)", spec.id, hub.format_size(download.progress.total))
+        with self._lock:
+            self._complete.add(spec.id)
+            self._disk[spec.id] = {"on_disk": True, "download_bytes": 0}
+            self._errors.pop(spec.id, None)
+        for job in self._release(download):
+            self._hand_over(job)
+
+    def _tell(self, download: Download) -> None:
+        with self._lock:
+            event, waiting = download.event(), list(download.waiting)
+        for job in waiting:
+            job.emit(event)
+
+    def _release(self, download: Download) -> list[Job]:
+        with self._lock:
+            if self._downloads.get(download.spec.id) is download:
+                del self._downloads[download.spec.id]
+            waiting, download.waiting = download.waiting, []
+        return waiting
+
+    def _hand_over(self, job: Job) -> None:
+        """Submit the waiting job to the backend and relay the backend's job to it, events and outcome."""
+        if job.done():  # cancelled as its download ended
+            return
+        try:
+            inner = self.backend.submit(job.spec, job.request)
+        except StudioError as exc:  # the backend's observers have counted this refusal
+            job.finish(exc)
+            return
+        with self._lock:
+            self._handed[job.id] = inner  # Job.cancel() now reaches the backend's job
+        if job.done():
+            inner.cancel()
+
+        def relay():
+            for event in inner.iter_events():
+                job.slot = event.slot if event.slot is not None else job.slot
+                job.emit(event)
+            try:
+                job.finish(inner.wait())
+            except StudioError as exc:
+                job.finish(exc)
+            finally:
+                with self._lock:
+                    self._handed.pop(job.id, None)
+
+        threading.Thread(target=relay, name=f"relay-{job.id[:8]}", daemon=True).start()
+
+    # -- ending jobs --------------------------------------------------------------------
+
+    def _cancel(self, job: Job) -> bool:
+        with self._lock:
+            inner = self._handed.get(job.id)
+        if inner is not None:
+            return inner.cancel()
+        with self._lock:
+            for download in self._downloads.values():
+                if job in download.waiting:
+                    download.waiting.remove(job)  # the download goes on for the others
+        return self._end(job, JobCancelled(f"job {job.id} was cancelled"))
+
+    def _end(self, job: Job, outcome: JobResult | BaseException) -> bool:
+        """End a job that never reached the backend: observers first (metrics count it), then waiters."""
+        if job.done():
+            return False
+        with self._lock:
+            observers = list(self._observers)
+        for observer in observers:
+            try:
+                observer(job, outcome, time.time() - job.submitted_at)
+            except Exception:  # a broken metric must not break the job
+                log.exception("download-gate observer %r failed", observer)
+        return job.finish(outcome)
+
+    def _record_error(self, model_id: str, message: str) -> None:
+        with self._lock:
+            self._errors[model_id] = message
+
+    def _remember_outcome(self, job: Job, outcome, duration_s: float) -> None:
+        """A model's last load failure stays in ``status()`` until one of its jobs succeeds."""
+        if isinstance(outcome, (ModelLoadFailed, ModelUnavailable)):
+            self._record_error(job.spec.id, outcome.message)
+        elif isinstance(outcome, JobResult):
+            with self._lock:
+                self._errors.pop(job.spec.id, None)
