@@ -677,6 +677,10 @@ class Studio:
         """The catalog in rank order: each model's ranking, recommendation, capabilities, defaults and limits."""
         return [spec.listing() | self.disk(spec) for spec in self.catalog]
 
+    def on_models_select(self) -> list[str]:
+        """The Models tab's cards, redrawn with what is on disk now (in the order the tab lists them)."""
+        return [card_html(spec, disk=self.disk(spec)) for _, specs in self.catalog.grouped() for spec in specs]
+
     def disk(self, spec: ModelSpec) -> dict:
         """``{"on_disk", "download_bytes"}`` from the download phase in front of the backend, if there is one."""
         status = getattr(self.backend, "disk_status", None)
@@ -825,9 +829,10 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             reuse = gr.Button("Reuse these settings", elem_id="reuse-button", size="sm")
                             send_to_edit = gr.Button("Send to edit", elem_id="send-to-edit", size="sm")
 
-            with gr.Tab("Models", id="models"):
+            with gr.Tab("Models", id="models") as models_tab:
                 gr.Markdown("The studio's ranking of its models, best first. **Use** picks a model with its "
                             "recommended settings.")
+                model_cards = []  # in catalog order, redrawn when the tab opens: the Weights row follows downloads
                 for group, specs in catalog.grouped():
                     if not specs:
                         continue
@@ -835,8 +840,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                     with gr.Row(elem_classes="model-grid"):
                         for spec in specs:
                             with gr.Column(elem_classes="model-tile", min_width=260):
-                                # Built at each page load: the Weights row follows downloads.
-                                gr.HTML(lambda spec=spec: card_html(spec, disk=studio.disk(spec)))
+                                model_cards.append(gr.HTML(card_html(spec, disk=studio.disk(spec))))
                                 use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
                                 use.click(studio.on_card_use, gr.State(spec.id),
                                           [model, card, negative, size, width, height, steps, guidance,
@@ -915,6 +919,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         reuse_outputs = [model, *model_outputs, prompt, style, seed, num_images, tabs]
         reuse.click(studio.on_reuse_click, selected, reuse_outputs, **private)
         history_reuse.click(studio.on_reuse_click, history_selected, reuse_outputs, **private)
+        models_tab.select(studio.on_models_select, None, model_cards, **private)
         gr.on([refresh.click, history_tab.select, demo.load], studio.on_history_refresh, None,
               [history, history_items], **private)
         timer.tick(studio.on_status_tick, None, slot_status, **private)
