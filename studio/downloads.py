@@ -141,8 +141,10 @@ class DownloadGate:
     def disk_status(self, model_id: str) -> dict:
         """``{"on_disk": bool | None, "download_bytes": int | None}`` (None: not known yet, or no hub)."""
         with self._lock:
+            if model_id in self._complete:
+                return {"on_disk": True, "download_bytes": 0}
             known = self._disk.get(model_id)
-        if known is not None and not (model_id in self._complete and not known["on_disk"]):
+        if known is not None:
             return dict(known)
         on_disk = self._on_disk(self.catalog.get(model_id))  # before the survey: what the cache alone says
         return {"on_disk": on_disk, "download_bytes": 0 if on_disk else None}
