@@ -57,8 +57,8 @@ def test_first_requests_wait_for_one_download_longer_than_the_job_timeout(studio
     hub.throttle_bps = size / 10  # about 10 s: 2.5 times the job timeout
     answers, seen, ui_progress, metrics = [], [], [], []
 
-    def rest():
-        answers.append(generate(http, PIXART))
+    def rest(stream: bool):
+        answers.append(generate(http, {**PIXART, "stream": stream}))
 
     def ui():
         client = Client(base_url + "/", verbose=False)
@@ -70,7 +70,8 @@ def test_first_requests_wait_for_one_download_longer_than_the_job_timeout(studio
             time.sleep(0.1)
         answers.append(job.result())
 
-    threads = [threading.Thread(target=rest), threading.Thread(target=rest), threading.Thread(target=ui)]
+    threads = [threading.Thread(target=rest, args=(stream,)) for stream in (False, True)]
+    threads.append(threading.Thread(target=ui))
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):
@@ -82,6 +83,8 @@ def test_first_requests_wait_for_one_download_longer_than_the_job_timeout(studio
 
     rest_answers = [a for a in answers if isinstance(a, httpx.Response)]
     assert [a.status_code for a in rest_answers] == [200, 200], [a.text[:300] for a in rest_answers]
+    streamed = next(a.text for a in rest_answers if a.headers["content-type"].startswith("text/event-stream"))
+    assert "event: image_generation.completed" in streamed and "error" not in streamed
     files, params = next(a for a in answers if isinstance(a, tuple))
     assert len(files) == 1 and params["model"] == "pixart-sigma"
     # one download for three jobs on two slots: each file body left the hub once
