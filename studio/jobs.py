@@ -75,9 +75,9 @@ class Job:
             return self._events[-1].stage if self._events else None
 
     @property
-    def preparing(self) -> bool:
-        """Downloading or loading its model: time that no job time limit counts (``--job-timeout``)."""
-        return self.stage in ("downloading", "loading")
+    def generating(self) -> bool:
+        """Past its model's download, its queue wait and its model's load: ``--job-timeout`` counts from here."""
+        return self.stage not in (None, "downloading", "queued", "loading")
 
     # -- results -----------------------------------------------------------------
 

@@ -385,7 +385,7 @@ async def wait_for_result(job, request: Request, timeout_s: float) -> JobResult 
                 except JobCancelled as exc:
                     # Not this request's doing (a client that leaves gets None): the studio is stopping.
                     raise http_error(503, exc.message, code="cancelled") from None
-            if job.preparing:  # the model's download and load are no part of the time limit
+            if not job.generating:  # a download, a queue wait, a load: no part of the time limit
                 deadline = loop.time() + timeout_s + TIMEOUT_GRACE_S
             if await request.is_disconnected():
                 log.info("client closed the request; cancelling job %s", job.id)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "text/event-stream"
 MAX_PARTIAL_IMAGES = 3  # the OpenAI API's limit
+CLOCK_POLL_S = 0.5  # how often a stream checks whether its job generates yet (its time limit starts then)
 # Token counts mean nothing for a diffusion model; the API declares the object, so it comes as zeros.
 ZERO_USAGE = {
     "input_tokens": 0,
@@ -78,6 +79,15 @@ def preview_of(event) -> tuple[int, bytes] | None:
     return event.extra["index"], event.extra["image"]
 
 
+async def _start_clock(job, limit: asyncio.Timeout, timeout_s: float) -> None:
+    """Hold the stream's time limit back until the job generates: its model's download, its queue
+    wait and its model's load are no part of it (as for the slot's own ``--job-timeout``)."""
+    loop = asyncio.get_running_loop()
+    while not job.generating and not job.done():
+        limit.reschedule(loop.time() + timeout_s)
+        await asyncio.sleep(CLOCK_POLL_S)
+
+
 async def image_events(
     job, kind: str, output: Output, partial_images: int, timeout_s: float, safety_identifier: str | None = None
 ) -> AsyncIterator[bytes]:
@@ -90,11 +100,11 @@ async def image_events(
         "quality": "auto",
         "size": f"{request.width}x{request.height}",
     }
+    clock = None
     try:
         async with asyncio.timeout(timeout_s) as limit:
+            clock = asyncio.create_task(_start_clock(job, limit, timeout_s))
             async for event in job.events():
-                if job.preparing:  # the model's download and load are no part of the time limit
-                    limit.reschedule(asyncio.get_running_loop().time() + timeout_s)
                 preview = preview_of(event)
                 if preview is None or preview[0] >= partial_images:
                     continue
@@ -120,6 +130,8 @@ async def image_events(
         log.error("stream failed", exc_info=(type(exc), exc, exc.__traceback__))
         yield error_event(StudioError("internal server error; the server log has the details"))
     finally:
+        if clock is not None:
+            clock.cancel()
         if not job.done():  # the client left, or the stream failed: never leave work behind
             log.info("stream of job %s ended early; cancelling it", job.id)
             job.cancel()
