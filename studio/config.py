@@ -42,6 +42,7 @@ class Settings:
     job_timeout_s: float = 600.0
     api_key: str | None = None
     ui_auth: list[tuple[str, str]] = field(default_factory=list)  # logins for the web UI and the Gradio API
+    ui_admins: list[str] = field(default_factory=list)  # logins that see every login's images
     outputs_dir: Path = Path("outputs")
     ram_cache_gb: float = 0.0
     compile: bool = False
@@ -52,6 +53,8 @@ class Settings:
     min_replicas: int | None = None  # Ray: autoscale between these two instead
     max_replicas: int | None = None
     offline: bool = False  # never reach for the hub (also HF_HUB_OFFLINE=1): models not on disk are refused
+    keep_days: float = 0.0  # delete saved images older than this; 0 keeps them all
+    keep_images: int = 0  # keep only the newest this many images per owner's folder; 0 keeps them all
     # Test-only fault injection: "module:function" that every worker calls with (slot_index, device)
     # before it loads anything (tests/faults.py). No flag or environment variable sets it; leave it None.
     fault_hook: str | None = None
@@ -81,7 +84,24 @@ class Settings:
             min_replicas=args.min_replicas,
             max_replicas=args.max_replicas,
             offline=args.offline,
+            keep_days=args.keep_days,
+            keep_images=args.keep_images,
         )
+
+
+def _non_negative(kind):
+    """An argparse type: a number of ``kind`` that is 0 or more."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+        return value
+
+    return parse
 
 
 def _flag(text: str | None) -> bool:
@@ -108,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--outputs-dir", default=_env("OUTPUTS_DIR", "outputs"))
     parser.add_argument("--ram-cache-gb", type=float, default=float(_env("RAM_CACHE_GB", "0")))
     parser.add_argument("--compile", action="store_true", default=_flag(_env("COMPILE")), help="torch.compile (CUDA)")
+    parser.add_argument(
+        "--keep-days", type=_non_negative(float), default=_env("KEEP_DAYS", "0"), metavar="DAYS",
+        help="delete saved images older than DAYS (at start and after each run); 0 keeps them (default)",
+    )
+    parser.add_argument(
+        "--keep-images", type=_non_negative(int), default=_env("KEEP_IMAGES", "0"), metavar="N",
+        help="keep only the newest N images in each owner's outputs folder; 0 keeps them all (default)",
+    )
     parser.add_argument("--step-cache", action="store_true", default=_flag(_env("STEP_CACHE")), help="first-block cache")
     parser.add_argument(
         "--backend", choices=BACKENDS, default=_env("BACKEND", "local"),

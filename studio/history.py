@@ -47,33 +47,60 @@ def safe_name(name: str) -> str:
     )
 
 
+CAPTION_PROMPT = 80  # characters of the prompt a gallery caption shows
+
+
 @dataclass(frozen=True)
 class Entry:
     path: Path
     params: dict
 
     @property
+    def created(self) -> datetime:
+        """When the image was saved: from our file name, else the file's modification time."""
+        try:
+            return datetime.strptime(self.path.name[:22], "%Y%m%d-%H%M%S-%f").replace(tzinfo=UTC)
+        except ValueError:
+            return datetime.fromtimestamp(self.path.stat().st_mtime, UTC)
+
+    @property
     def caption(self) -> str:
-        """One line for a gallery tile: model, size, steps and seed."""
+        """One line for a gallery tile: the prompt, then model, size, seed and the date."""
         p = self.params
         if not p:
             return self.path.name
+        prompt = " ".join(str(p.get("prompt") or "").split())
+        if len(prompt) > CAPTION_PROMPT:
+            prompt = prompt[: CAPTION_PROMPT - 1] + "…"
         parts = [p.get("model") or "?"]
         if p.get("width") and p.get("height"):
             parts.append(f"{p['width']}×{p['height']}")
-        if p.get("steps"):
-            parts.append(f"{p['steps']} steps")
         if p.get("seed") is not None:
             parts.append(f"seed {p['seed']}")
-        return " · ".join(parts)
+        parts.append(self.created.strftime("%Y-%m-%d %H:%M UTC"))
+        return (f"{prompt} — " if prompt else "") + " · ".join(parts)
+
+    def matches(self, query: str) -> bool:
+        """Every word of ``query`` is in the prompt, negative prompt, model, seed or date (any case)."""
+        p = self.params
+        text = " ".join(
+            str(value) for value in (p.get("prompt"), p.get("negative_prompt"), p.get("model"), p.get("seed"),
+                                     self.created.strftime("%Y-%m-%d"), self.path.name) if value is not None
+        ).lower()
+        return all(word in text for word in query.lower().split())
 
 
 class History:
-    """Saves PNG bytes into ``folder`` and lists them back, newest first."""
+    """Saves PNG bytes into ``folder`` and lists them back, newest first.
 
-    def __init__(self, folder: str | Path, limit: int = DEFAULT_LIMIT):
+    ``everything``: the listing also takes the folders below ``folder`` (an admin's view of
+    ``outputs/``: every login's and API key's images).
+    """
+
+    def __init__(self, folder: str | Path, limit: int = DEFAULT_LIMIT, everything: bool = False):
         self.folder = Path(folder)
         self.limit = limit
+        self.everything = everything
         self._counter = itertools.count()
         self._lock = threading.Lock()
 
@@ -95,22 +122,66 @@ class History:
                 continue
         raise AssertionError("unreachable")
 
-    def entries(self, limit: int | None = None) -> list[Entry]:
-        """The newest images first, at most ``limit`` (default: this history's limit)."""
+    def entries(self, limit: int | None = None, query: str = "") -> list[Entry]:
+        """The newest images first, at most ``limit`` (default: this history's limit), matching ``query``."""
         limit = self.limit if limit is None else limit
-        if not self.folder.is_dir():
-            return []
-        paths = sorted(self.folder.glob("*.png"), key=_sort_key, reverse=True)
         entries = []
-        for path in paths:
+        for path in self._paths():
             if len(entries) >= limit:
                 break
             try:
                 params = pngmeta.read(path)
             except (OSError, ValueError, SyntaxError):  # a half-written or foreign file: skip it
                 continue
-            entries.append(Entry(path=path, params=params))
+            entry = Entry(path=path, params=params)
+            if not query.strip() or entry.matches(query):
+                entries.append(entry)
         return entries
+
+    def holds(self, path: str | Path) -> bool:
+        """Whether ``path`` is an image of this history (so its owner may see, reuse or delete it)."""
+        target = Path(path).resolve()
+        folder = self.folder.resolve()
+        inside = target.is_relative_to(folder) if self.everything else target.parent == folder
+        return inside and target.suffix == ".png"
+
+    def delete(self, path: str | Path) -> None:
+        """Delete one image of this history: that file, nothing else."""
+        if not self.holds(path):
+            raise PermissionError(f"{Path(path).name} is not an image of this history")
+        Path(path).unlink(missing_ok=True)
+
+    def prune(self, keep_days: float | None = None, keep_images: int | None = None) -> int:
+        """Delete the images older than ``keep_days`` and those past the newest ``keep_images``.
+
+        Each folder keeps its own count (one login's images never push out another's). Returns how
+        many files went. ``None`` or 0 keeps everything.
+        """
+        if not keep_days and not keep_images:
+            return 0
+        cutoff = datetime.now(UTC).timestamp() - keep_days * 86400 if keep_days else None
+        removed = 0
+        for folder in self._folders():
+            for rank, path in enumerate(sorted(folder.glob("*.png"), key=_sort_key, reverse=True)):
+                try:
+                    old = cutoff is not None and path.stat().st_mtime < cutoff
+                    if old or (keep_images and rank >= keep_images):
+                        path.unlink()
+                        removed += 1
+                except OSError:  # gone already (another pruner, a hand delete)
+                    continue
+        return removed
+
+    def _folders(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        if not self.everything:
+            return [self.folder]
+        return [self.folder, *(path for path in sorted(self.folder.rglob("*")) if path.is_dir())]
+
+    def _paths(self) -> list[Path]:
+        paths = [path for folder in self._folders() for path in folder.glob("*.png")]
+        return sorted(paths, key=_sort_key, reverse=True)
 
     def _stem(self, params: dict) -> str:
         # Microseconds plus a per-process counter keep names ordered even within one batch.

@@ -30,7 +30,7 @@ from studio.backend import Backend, BackendStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import InvalidRequest, JobCancelled, StudioError
-from studio.history import History
+from studio.history import History, owner_dir
 from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, Progress
 
 # ---------------------------------------------------------------- constants
@@ -224,9 +224,8 @@ def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None) 
     )
 
 
-def guidance_max(spec: ModelSpec) -> float:
-    """The guidance slider's top; a fixed guidance still needs a range (the slider is hidden then)."""
-    return max(spec.limits.max_guidance, spec.limits.min_guidance + 1)
+def guidance_hint(spec: ModelSpec) -> str:
+    return f"{spec.allowed('guidance')} for {spec.label}"
 
 
 def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
@@ -309,8 +308,30 @@ class Studio:
         self.backend = backend
         self.settings = settings
         self.styles = styles or load_styles()
-        self.history = History(settings.outputs_dir, limit=HISTORY_SHOWN)
+        self.prune(History(settings.outputs_dir, everything=True))
         self._jobs: dict[str, set] = {}  # browser session -> its running jobs, for the Cancel button
+
+    # -- whose images: each login its own folder --------------------------------
+
+    def owner(self, request: gr.Request | None) -> str | None:
+        """The login behind a request when the UI has logins, else None (one shared outputs folder)."""
+        if not self.settings.ui_auth or request is None:
+            return None
+        return getattr(request, "username", None)
+
+    def saved_history(self, request: gr.Request | None) -> History:
+        """Where this request's images go: its login's folder (``history.owner_dir``)."""
+        return History(owner_dir(self.settings.outputs_dir, self.owner(request)), limit=HISTORY_SHOWN)
+
+    def shown_history(self, request: gr.Request | None) -> History:
+        """What the History tab shows this request: its own images; an admin's (``--ui-admin``) every folder's."""
+        if self.owner(request) is not None and self.owner(request) in self.settings.ui_admins:
+            return History(self.settings.outputs_dir, limit=HISTORY_SHOWN, everything=True)
+        return self.saved_history(request)
+
+    def prune(self, history: History) -> None:
+        """Apply ``--keep-days`` / ``--keep-images`` to a history's folders (off by default)."""
+        history.prune(self.settings.keep_days or None, self.settings.keep_images or None)
 
     # -- building a request ---------------------------------------------------
 
@@ -350,8 +371,8 @@ class Studio:
 
     # -- running a job ---------------------------------------------------------
 
-    async def run(self, spec: ModelSpec, request: GenerationRequest, session: str | None):
-        """Submit and follow one job: yields ``Progress`` events, then ``(files, result)``.
+    async def run(self, spec: ModelSpec, request: GenerationRequest, session: str | None, history: History):
+        """Submit and follow one job: yields ``Progress`` events, then ``(files, result)`` saved in ``history``.
 
         Leaving early (Gradio cancelled the event, the browser went away) cancels the job in its worker.
         """
@@ -368,8 +389,9 @@ class Studio:
                 self._jobs.pop(session, None)
             if not job.done():
                 job.cancel()
-        files = [self.history.save(png, pngmeta.metadata(request, seed))
+        files = [history.save(png, pngmeta.metadata(request, seed))
                  for png, seed in zip(result.images, request.seeds)]
+        self.prune(history)
         yield files, result
 
     async def on_generate_click(
@@ -398,7 +420,8 @@ class Studio:
         session_images = list(session_images or [])
         yield status_html("Starting", 0.0), *keep
         try:
-            async for item in self.run(spec, resolved, request.session_hash if request else None):
+            session = request.session_hash if request else None
+            async for item in self.run(spec, resolved, session, self.saved_history(request)):
                 if isinstance(item, Progress):
                     preview = editor.preview_image(item)
                     if preview is not None:
@@ -458,7 +481,8 @@ class Studio:
             prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
         )
         try:
-            async for item in self.run(spec, resolved, request.session_hash if request else None):
+            session = request.session_hash if request else None
+            async for item in self.run(spec, resolved, session, self.saved_history(request)):
                 if isinstance(item, Progress):
                     text, fraction = describe(item, spec)
                     progress(fraction, desc=text)
@@ -583,9 +607,8 @@ class Studio:
             gr.update(choices=size_choices(spec), value=size_value(spec, width, height)),
             gr.update(value=width, interactive=not lim.allowed_sizes, info=size_hint(spec)),
             gr.update(value=height, interactive=not lim.allowed_sizes),
-            gr.update(minimum=1, maximum=lim.max_steps, value=values.get("steps", d.steps), info=steps_hint(spec)),
-            gr.update(minimum=lim.min_guidance, maximum=guidance_max(spec), value=guidance,
-                      visible=spec.cfg and not fixed),
+            gr.update(value=values.get("steps", d.steps), info=steps_hint(spec)),
+            gr.update(value=guidance, info=guidance_hint(spec), visible=spec.cfg and not fixed),
             gr.update(visible=not spec.cfg or fixed,
                       value=f"Guidance is fixed at **{lim.min_guidance:g}** for {spec.label} (guidance-distilled)."),
         )
@@ -637,10 +660,25 @@ class Studio:
         params.pop(pngmeta.A1111_KEY, None)
         return params, path
 
-    def on_history_refresh(self):
-        entries = self.history.entries()
+    def on_history_refresh(self, query: str | None, request: gr.Request):
+        """This login's images, newest first, those matching the filter words; their count in the label."""
+        history = self.shown_history(request)
+        entries = history.entries(query=query or "")
         items = [(str(entry.path), entry.caption) for entry in entries]
-        return items, items
+        label = f"History: {len(items)} image{'' if len(items) == 1 else 's'}" + (
+            f" matching “{query.strip()}”" if (query or "").strip() else "") + " (newest first)"
+        return gr.Gallery(value=items, label=label, selected_index=None), items
+
+    def on_history_delete(self, path: str | None, query: str | None, request: gr.Request):
+        """Delete the selected image's file (only that one), then show the history without it."""
+        if not path:
+            raise gr.Error("Select an image in the history first.")
+        try:
+            self.shown_history(request).delete(path)
+        except PermissionError:
+            raise gr.Error("That image is not in your history.") from None
+        gallery, items = self.on_history_refresh(query, request)
+        return gallery, items, {}, None
 
     def on_reuse_click(self, path: str | None):
         """Fill every control from the selected image's metadata, ready to generate it again."""
@@ -756,7 +794,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
     style_choices = [(style.label, style.id) for style in studio.styles.values()]
 
     with gr.Blocks(title="Image Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="header-row"):
             gr.HTML(
                 f'<div id="studio-header">{(ASSETS_DIR / "logo.svg").read_text()}'
                 '<div><div class="studio-title">Image Studio</div>'
@@ -777,9 +815,13 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                         negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative-prompt",
                                               placeholder=negative_placeholder(default),
                                               visible=default.negative_prompt)
-                        with gr.Row(elem_id="generate-row"):
-                            generate = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=3)
-                            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button", scale=1)
+                        # Generate and the live status together: a bar that stays on screen on a phone.
+                        with gr.Column(elem_id="action-bar"):
+                            with gr.Row(elem_id="generate-row"):
+                                generate = gr.Button("Generate", variant="primary", elem_id="generate-button",
+                                                     scale=3)
+                                cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button", scale=1)
+                            job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
                         able = ", ".join(spec.label for spec in catalog if len(spec.tasks) > 1)
                         with gr.Accordion("Edit an image (image-to-image, inpainting)", open=False,
                                           elem_id="edit-panel", visible=len(default.tasks) > 1) as edit_panel:
@@ -801,12 +843,15 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             height = gr.Number(default.defaults.height, label="Height", precision=0, elem_id="height",
                                                interactive=not default.limits.allowed_sizes)
                         with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
-                            steps = gr.Slider(1, default.limits.max_steps, value=default.defaults.steps, step=1,
-                                              label="Steps", elem_id="steps", info=steps_hint(default))
-                            fixed = default.limits.min_guidance == default.limits.max_guidance
-                            guidance = gr.Slider(default.limits.min_guidance, guidance_max(default), step=0.1,
-                                                 value=default.defaults.guidance, label="Guidance",
-                                                 elem_id="guidance", visible=default.cfg and not fixed)
+                            # Number boxes, not sliders: a slider silently clamps a typed 400 to its top;
+                            # a box passes it on to the one validation, which says the model's range.
+                            with gr.Row():
+                                steps = gr.Number(default.defaults.steps, label="Steps", precision=0,
+                                                  elem_id="steps", info=steps_hint(default), min_width=140)
+                                fixed = default.limits.min_guidance == default.limits.max_guidance
+                                guidance = gr.Number(default.defaults.guidance, label="Guidance", step=0.1,
+                                                     elem_id="guidance", info=guidance_hint(default),
+                                                     visible=default.cfg and not fixed, min_width=140)
                             guidance_note = gr.Markdown(studio.model_controls(default)[-1]["value"],
                                                         visible=not default.cfg or fixed)
                             with gr.Row(elem_id="seed-row"):
@@ -818,7 +863,6 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                                        size="md")
                             num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
                     with gr.Column(scale=7, elem_id="results"):
-                        job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
                         live_preview = gr.Image(label="Preview (while the job runs)", elem_id="live-preview",
                                                 visible=False, interactive=False, height=320, format="png")
                         results = gr.Gallery(label="Results", elem_id="results-gallery", columns=2, height=560,
@@ -849,14 +893,22 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             with gr.Tab("History", id="history") as history_tab:
                 with gr.Row():
                     with gr.Column(scale=7):
+                        with gr.Row(elem_id="history-tools"):
+                            history_filter = gr.Textbox(placeholder="Filter: words of the prompt, a model, a seed, "
+                                                        "a date (2026-11-28)", show_label=False, scale=4,
+                                                        elem_id="history-filter", container=False)
+                            refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh", scale=0,
+                                                min_width=90)
                         history = gr.Gallery(label="History (newest first)", elem_id="history-gallery", columns=4,
                                              height=620, format="png", type="filepath", interactive=False,
                                              buttons=["download", "fullscreen"])
                     with gr.Column(scale=3):
-                        refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
                         history_params = gr.JSON(label="Parameters of the selected image")
-                        history_reuse = gr.Button("Reuse these settings", elem_id="history-reuse", size="sm")
-                        history_edit = gr.Button("Send to edit", elem_id="history-send-to-edit", size="sm")
+                        with gr.Row():
+                            history_reuse = gr.Button("Reuse these settings", elem_id="history-reuse", size="sm")
+                            history_edit = gr.Button("Send to edit", elem_id="history-send-to-edit", size="sm")
+                            history_delete = gr.Button("🗑 Delete this image", elem_id="history-delete", size="sm",
+                                                       variant="stop")
 
         # The Gradio API: inputs default to None so each model's defaults apply (the UI always sends values).
         with gr.Group(visible=False):
@@ -911,7 +963,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             show_progress="minimal",
             show_progress_on=[results],
         )
-        generation.then(studio.on_history_refresh, None, [history, history_items], **private)
+        generation.then(studio.on_history_refresh, history_filter, [history, history_items], **private)
         cancel.click(studio.on_cancel_click, None, job_status, cancels=[generation], **private)
 
         results.select(studio.on_gallery_select, session_images, [params, selected], **private)
@@ -920,8 +972,10 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         reuse.click(studio.on_reuse_click, selected, reuse_outputs, **private)
         history_reuse.click(studio.on_reuse_click, history_selected, reuse_outputs, **private)
         models_tab.select(studio.on_models_select, None, model_cards, **private)
-        gr.on([refresh.click, history_tab.select, demo.load], studio.on_history_refresh, None,
-              [history, history_items], **private)
+        gr.on([refresh.click, history_filter.submit, history_tab.select, demo.load], studio.on_history_refresh,
+              history_filter, [history, history_items], **private)
+        history_delete.click(studio.on_history_delete, [history_selected, history_filter],
+                             [history, history_items, history_params, history_selected], **private)
         timer.tick(studio.on_status_tick, None, slot_status, **private)
 
         api_trigger.click(

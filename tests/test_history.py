@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from PIL import Image
 
 from studio import pngmeta
@@ -85,3 +86,54 @@ def test_owner_dir_gives_each_login_and_api_key_its_own_folder(tmp_path):
     for folder in folders:
         assert folder.parent == tmp_path / "users"
         assert folder.name not in {".", ".."} and "/" not in folder.name
+
+
+def test_captions_show_the_prompt_and_date_and_the_filter_matches_every_word(tmp_path):
+    history = History(tmp_path)
+    history.save(_png("a red fox in the snow", 1))
+    history.save(_png("a blue whale", 2, model="sdxl-base"))
+
+    newest, oldest = history.entries()
+    assert newest.caption.startswith("a blue whale — sdxl-base · 64×64 · seed 2 · ")
+    assert newest.created.strftime("%Y-%m-%d") in newest.caption
+    assert [e.params["seed"] for e in history.entries(query="RED snow")] == [1]
+    assert [e.params["seed"] for e in history.entries(query="sdxl-base")] == [2]
+    assert history.entries(query="red whale") == []
+    assert len(history.entries(query="  ")) == 2
+
+
+def test_delete_removes_only_that_file_and_only_inside_the_history(tmp_path):
+    history = History(tmp_path / "users" / "ann")
+    keep, gone = history.save(_png("keep", 1)), history.save(_png("gone", 2))
+    other = History(tmp_path / "users" / "bob").save(_png("bob's", 3))
+
+    history.delete(gone)
+
+    assert not gone.exists() and keep.exists() and other.exists()
+    for path in (other, tmp_path / "users" / "ann" / ".." / "bob" / other.name, tmp_path / "notes.txt"):
+        with pytest.raises(PermissionError):
+            history.delete(path)
+    assert other.exists()
+    admin = History(tmp_path, everything=True)  # an admin's view holds every folder below
+    assert {e.params["prompt"] for e in admin.entries()} == {"keep", "bob's"}
+    admin.delete(other)
+    assert not other.exists()
+
+
+def test_retention_keeps_the_newest_images_per_folder_and_drops_old_ones(tmp_path):
+    ann, bob = History(tmp_path / "users" / "ann"), History(tmp_path / "users" / "bob")
+    ann_files = [ann.save(_png(f"ann {i}", i)) for i in range(4)]
+    bob_files = [bob.save(_png(f"bob {i}", i)) for i in range(2)]
+    notes = tmp_path / "users" / "ann" / "notes.txt"
+    notes.write_text("not an image")
+    everything = History(tmp_path, everything=True)
+
+    assert everything.prune() == 0 and everything.prune(keep_days=0, keep_images=0) == 0  # off by default
+    assert everything.prune(keep_images=3) == 1
+    assert [p.exists() for p in ann_files] == [False, True, True, True]
+    assert all(p.exists() for p in bob_files) and notes.exists()  # bob's count is his own
+
+    old = time.time() - 3 * 86400
+    os.utime(bob_files[0], (old, old))
+    assert everything.prune(keep_days=2) == 1
+    assert not bob_files[0].exists() and bob_files[1].exists() and ann_files[1].exists()

@@ -21,6 +21,8 @@ from studio.schemas import GenerationRequest
 from studio.ui import NO_STYLE, RANDOM_SEED, Studio, load_styles
 
 MODELS = ("sdxl-turbo", "sdxl-base")
+ARTIFACTS = Path(__file__).parent / "artifacts"  # the screenshots, kept after the run (ignored by git)
+PHONE = {"width": 390, "height": 844}
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -61,6 +63,44 @@ def page(browser, server):
     page.wait_for_selector("#generate-button", timeout=30_000)
     yield page
     page.close()
+
+
+@pytest.fixture
+def phone(browser, server):
+    page = browser.new_page(viewport=PHONE, device_scale_factor=1, is_mobile=True, has_touch=True)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#generate-button", timeout=30_000)
+    yield page
+    page.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=path)
+    return path
+
+
+def generate_and_wait(page, outputs: Path) -> Path:
+    """Click Generate and wait for its image: the new file in the outputs folder, its seed in the status line."""
+    before = set(outputs.rglob("*.png"))
+    page.click("#generate-button")
+    deadline = time.monotonic() + 90
+    while not (new := set(outputs.rglob("*.png")) - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert new, "no image was saved within 90 s"
+    newest = max(new, key=lambda path: path.name)
+    seed = pngmeta.read(newest)["seed"]
+    page.wait_for_function("seed => document.querySelector('#job-status').innerText.includes('seed ' + seed)",
+                           arg=seed, timeout=30_000)
+    return newest
+
+
+def in_view(page, selector: str) -> bool:
+    """Whether the element is wholly inside the viewport (not scrolled away, not below the fold)."""
+    box = page.locator(selector).first.bounding_box()
+    viewport = page.viewport_size
+    return bool(box) and box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"] + 1
 
 
 def slots_busy(client) -> list[bool]:
@@ -150,6 +190,7 @@ def test_browser_generates_and_shows_the_image(page, server, tmp_path):
     page.wait_for_selector("#results-gallery img", timeout=60_000)
     page.wait_for_function("() => document.querySelector('#job-status').innerText.startsWith('Done')")
     page.screenshot(path=tmp_path / "studio.png", full_page=True)
+    screenshot(page, "desktop-create.png")
 
     status = page.inner_text("#job-status")
     seed = int(status.split("seed ")[1].split(" ")[0])
@@ -186,6 +227,88 @@ def test_cancel_in_the_browser_stops_the_job_and_frees_the_slot(page, client):
     assert files and time.monotonic() - started < 30
 
 
+def test_the_gallery_selects_the_newest_image_and_the_parameters_follow_the_selection(page, server):
+    pick_model(page, "SDXL Turbo")
+    page.fill("#prompt textarea", "a lantern")
+    first = generate_and_wait(page, server.outputs)
+    second = generate_and_wait(page, server.outputs)
+    page.locator("#results-gallery button.thumbnail-small").nth(1).click()  # the older one
+    page.wait_for_function("seed => document.querySelector('#params').innerText.includes(seed)",
+                           arg=str(pngmeta.read(first)["seed"]))
+
+    third = generate_and_wait(page, server.outputs)
+
+    newest_seed = str(pngmeta.read(third)["seed"])
+    page.wait_for_function("name => document.querySelector('#results-gallery .media-button img').src.endsWith(name)",
+                           arg=third.name, timeout=15_000)
+    assert newest_seed in page.inner_text("#params")
+    assert str(pngmeta.read(second)["seed"]) not in page.inner_text("#params")
+    # ♻ puts the shown image's seed back; 🎲 draws a concrete one.
+    page.click("#advanced")
+    page.click("#seed-reuse")
+    page.wait_for_function("seed => document.querySelector('#seed input').value === seed", arg=newest_seed)
+    page.click("#seed-random")
+    page.wait_for_function("seed => !['-1', seed].includes(document.querySelector('#seed input').value)",
+                           arg=newest_seed)
+    assert 0 <= int(page.input_value("#seed input"))
+
+
+def test_an_invalid_value_stays_in_the_status_line_with_the_models_range(page):
+    pick_model(page, "SDXL Turbo")
+    assert "32..256 px" in page.inner_text("#width")  # the hint says the tiny model's range...
+    page.fill("#prompt textarea", "a wide fox")
+    page.fill("#width input", "5000")
+    page.click("#generate-button")
+
+    message = "width: 5000 is out of range for sdxl-turbo; allowed 32..256"  # ...and so does the error
+    page.wait_for_function("text => document.querySelector('#job-status').innerText.includes(text)", arg=message)
+    time.sleep(11)  # longer than Gradio's error toast lives
+    assert message in page.inner_text("#job-status")
+    page.fill("#width input", "64")
+    page.click("#advanced")
+    page.fill("#steps input", "400")  # a box, not a slider: no silent clamp to the top
+    page.click("#generate-button")
+    page.wait_for_function("() => document.querySelector('#job-status').innerText.includes("
+                           "'steps: 400 is out of range for sdxl-turbo; allowed 1..4')")
+
+
+def test_on_a_phone_generate_the_status_and_the_newest_image_are_on_screen_together(phone, server):
+    screenshot(phone, "phone-start.png")
+    header = phone.locator("#header-row").bounding_box()
+    assert header["height"] < 120, f"the header takes {header['height']} px of a 844 px screen"
+    pick_model(phone, "SDXL Turbo")
+    phone.fill("#prompt textarea", "a kite over the sea")
+
+    newest = generate_and_wait(phone, server.outputs)
+
+    phone.wait_for_function("name => document.querySelector('#results-gallery .media-button img').src.endsWith(name)",
+                            arg=newest.name, timeout=15_000)
+    phone.wait_for_timeout(800)  # the smooth scroll to the results
+    screenshot(phone, "phone-after-generate.png")
+    for selector in ("#generate-button", "#job-status", "#results-gallery .media-button img"):
+        assert in_view(phone, selector), f"{selector} is not on screen after Generate"
+    assert phone.inner_text("#job-status").startswith("Done")
+
+    phone.click("#studio-tabs button[role=tab]:has-text('Models')")  # a tab of its own, not behind "•••"
+    groups = phone.locator("h2.model-group")
+    groups.first.wait_for()
+    assert groups.all_inner_texts() == ["Top tier", "Excellent tier", "Specialized", "Fast generation",
+                                        "Experimental"]
+    ranks = phone.locator(".model-tile .model-card[data-rank]").evaluate_all("cards => cards.map(c => +c.dataset.rank)")
+    assert ranks == list(range(1, 16))
+    screenshot(phone, "phone-models.png")
+
+
+def test_use_on_a_card_loads_the_recommended_settings(page):
+    page.click("#studio-tabs button[role=tab]:has-text('Models')")
+    page.click("#use-pixart-sigma")
+    page.wait_for_function("() => document.querySelector('#model-card').innerText.includes('PixArt-Sigma')")
+    page.click("#advanced")
+    assert page.input_value("#steps input") == "40"
+    assert float(page.input_value("#guidance input")) == 4.5
+    screenshot(page, "desktop-after-use.png")
+
+
 # ---------------------------------------------------------------- handlers, no server needed
 
 
@@ -204,11 +327,12 @@ def test_each_model_shows_only_the_controls_it_supports(studio):
     flux = _controls(studio, "flux-schnell")
     assert flux.negative["visible"] is False
     assert flux.guidance["visible"] is False and flux.note["visible"] is True
-    assert flux.steps["maximum"] == 12
+    assert flux.steps["info"] == "1..12 for FLUX.1 [schnell]"  # the same range as its errors
 
     sdxl = _controls(studio, "sdxl-base")
     assert sdxl.negative["visible"] is True
-    assert (sdxl.guidance["visible"], sdxl.guidance["minimum"], sdxl.guidance["maximum"]) == (True, 1.0, 20.0)
+    assert (sdxl.guidance["visible"], sdxl.guidance["info"]) == (True, "1..20 for SDXL Base 1.0")
+    assert "decoder (stage B) always runs" in _controls(studio, "stable-cascade").steps["info"]
 
     hunyuan = _controls(studio, "hunyuan-dit")
     sizes = [value for _, value in hunyuan.size["choices"]]
@@ -262,7 +386,7 @@ def test_history_tab_lists_images_from_before_a_restart(server, client, tmp_path
     shutil.copytree(server.outputs, copy)
 
     fresh = Studio(load_catalog(), backend=None, settings=Settings(outputs_dir=copy))  # as after a restart
-    items, _ = fresh.on_history_refresh()
+    _, items = fresh.on_history_refresh("", None)
 
     assert len(items) == len(list(copy.glob("*.png")))
     assert pngmeta.read(items[0][0])["prompt"] == "remember me"
