@@ -309,6 +309,46 @@ def test_use_on_a_card_loads_the_recommended_settings(page):
     screenshot(page, "desktop-after-use.png")
 
 
+@pytest.fixture(scope="module")
+def logins_server(tiny_models, tmp_path_factory):
+    from tests.live import serve
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    settings = Settings(devices=["cpu"], models_dir=tiny_models(*MODELS), outputs_dir=outputs, max_queue=8,
+                        ui_auth=[("ann", "pw-ann"), ("bob", "pw-bob")])
+    with serve(settings) as url:
+        yield SimpleNamespace(url=url, outputs=outputs)
+
+
+def history_as(browser, server, user: str, password: str) -> list[str]:
+    """Sign in through the real login route, open the History tab, return its image file names."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        answer = page.request.post(server.url + "/login", form={"username": user, "password": password})
+        assert answer.ok, answer.status
+        page.goto(server.url + "/")
+        page.wait_for_selector("#generate-button", timeout=30_000)
+        page.click("#studio-tabs button[role=tab]:has-text('History')")
+        page.wait_for_function("() => /History: \\d+ image/.test(document.querySelector('#history-gallery').innerText)")
+        return page.locator("#history-gallery img").evaluate_all(
+            "images => [...new Set(images.map(i => decodeURIComponent(i.src).split('/').pop()))]")
+    finally:
+        context.close()
+
+
+def test_each_login_sees_only_its_own_images(logins_server, browser):
+    from gradio_client import Client
+
+    ann = Client(logins_server.url + "/", auth=("ann", "pw-ann"), verbose=False)
+    files, params = ann.predict(prompt="ann's secret garden", model="sdxl-turbo", api_name="/generate")
+
+    saved = logins_server.outputs / "users" / "ann" / params["files"][0]
+    assert saved.is_file() and not list(logins_server.outputs.glob("*.png"))  # in ann's folder, not the shared one
+    assert history_as(browser, logins_server, "ann", "pw-ann") == [saved.name]
+    assert history_as(browser, logins_server, "bob", "pw-bob") == []
+
+
 # ---------------------------------------------------------------- handlers, no server needed
 
 
@@ -452,3 +492,22 @@ def test_send_to_edit_puts_the_image_in_the_edit_panel(studio, tmp_path):
     assert value["background"].size == (1024, 768) and panel.open is True
     assert (width, height) == (1024, 768)  # already valid for SDXL: kept
     assert studio.on_send_to_edit("flux-schnell", str(path))[2:4] == (1024, 768)
+
+
+def test_an_admin_login_sees_every_folder_and_deletes_only_inside_a_history(tmp_path):
+    settings = Settings(outputs_dir=tmp_path, ui_auth=[("ann", "a"), ("bob", "b"), ("root", "r")], ui_admins=["root"])
+    studio = Studio(load_catalog(), backend=None, settings=settings)
+    as_user = {user: SimpleNamespace(username=user) for user in ("ann", "bob", "root")}
+    request = GenerationRequest(prompt="mine", model="sdxl-turbo", width=64, height=64, steps=1, guidance=0.0,
+                                seed=5, num_images=1)
+    png = pngmeta.encode(Image.new("RGB", (8, 8)), request, 5, "SDXL Turbo")
+    ann_file = studio.saved_history(as_user["ann"]).save(png)
+
+    assert ann_file.parent == tmp_path / "users" / "ann"
+    assert [item[0] for item in studio.on_history_refresh("", as_user["bob"])[1]] == []
+    assert [item[0] for item in studio.on_history_refresh("mine", as_user["root"])[1]] == [str(ann_file)]
+    with pytest.raises(Exception, match="not in your history"):
+        studio.on_history_delete(str(ann_file), "", as_user["bob"])
+    assert ann_file.exists()
+    studio.on_history_delete(str(ann_file), "", as_user["ann"])
+    assert not ann_file.exists()
