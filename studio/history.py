@@ -141,9 +141,7 @@ class History:
     def holds(self, path: str | Path) -> bool:
         """Whether ``path`` is an image of this history (so its owner may see, reuse or delete it)."""
         target = Path(path).resolve()
-        folder = self.folder.resolve()
-        inside = target.is_relative_to(folder) if self.everything else target.parent == folder
-        return inside and target.suffix == ".png"
+        return target.suffix == ".png" and any(target.parent == folder.resolve() for folder in self._folders())
 
     def delete(self, path: str | Path) -> None:
         """Delete one image of this history: that file, nothing else."""
@@ -173,11 +171,18 @@ class History:
         return removed
 
     def _folders(self) -> list[Path]:
+        """This history's folder; for ``everything``, also the owner folders ``owner_dir`` makes below it
+        (and no other folder, so retention never touches images a user keeps elsewhere in there)."""
         if not self.folder.is_dir():
             return []
         if not self.everything:
             return [self.folder]
-        return [self.folder, *(path for path in sorted(self.folder.rglob("*")) if path.is_dir())]
+        folders = [self.folder]
+        for kind in OWNER_KINDS:
+            shared = self.folder / kind
+            if shared.is_dir():
+                folders += [shared, *sorted(path for path in shared.iterdir() if path.is_dir())]
+        return folders
 
     def _paths(self) -> list[Path]:
         paths = [path for folder in self._folders() for path in folder.glob("*.png")]

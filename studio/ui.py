@@ -861,7 +861,8 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                                       size="md")
                                 reuse_seed = gr.Button("♻ Reuse", elem_id="seed-reuse", scale=0, min_width=90,
                                                        size="md")
-                            num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
+                            num_images = gr.Number(1, label="Images", precision=0, elem_id="num-images",
+                                                   info=f"1..{MAX_IMAGES} in one batch")
                     with gr.Column(scale=7, elem_id="results"):
                         live_preview = gr.Image(label="Preview (while the job runs)", elem_id="live-preview",
                                                 visible=False, interactive=False, height=320, format="png")

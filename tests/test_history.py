@@ -137,3 +137,15 @@ def test_retention_keeps_the_newest_images_per_folder_and_drops_old_ones(tmp_pat
     os.utime(bob_files[0], (old, old))
     assert everything.prune(keep_days=2) == 1
     assert not bob_files[0].exists() and bob_files[1].exists() and ann_files[1].exists()
+
+
+def test_retention_of_everything_stays_in_the_owner_folders(tmp_path):
+    kept = tmp_path / "my-favourites"  # a folder of the user's own inside outputs/: not ours to prune
+    saved = [History(kept).save(_png("favourite", 1)), History(tmp_path / "api").save(_png("rest", 2)),
+             History(tmp_path / "api" / "ci").save(_png("ci", 3))]
+    old = time.time() - 10 * 86400
+    for path in saved:
+        os.utime(path, (old, old))
+
+    assert History(tmp_path, everything=True).prune(keep_days=1) == 2
+    assert len(list(kept.glob("*.png"))) == 1
