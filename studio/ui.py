@@ -543,7 +543,8 @@ class Studio:
             image=data, mask=mask_data, strength=strength,
         )
         try:
-            async for item in self.run(spec, resolved, request.session_hash if request else None):
+            session = request.session_hash if request else None
+            async for item in self.run(spec, resolved, session, self.saved_history(request)):
                 if isinstance(item, Progress):
                     text, fraction = describe(item, spec)
                     progress(fraction, desc=text)
