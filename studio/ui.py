@@ -858,7 +858,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             with gr.Row(elem_id="seed-row"):
                                 seed = gr.Number(RANDOM_SEED, label="Seed", precision=0, elem_id="seed", scale=4,
                                                  info=f"{RANDOM_SEED}: a new seed each run; 0..{MAX_SEED} repeats one")
-                                randomise = gr.Button("🎲 Random", elem_id="seed-random", scale=0, min_width=90,
+                                randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90,
                                                       size="md")
                                 reuse_seed = gr.Button("♻ Reuse", elem_id="seed-reuse", scale=0, min_width=90,
                                                        size="md")
@@ -909,7 +909,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                         with gr.Row():
                             history_reuse = gr.Button("Reuse these settings", elem_id="history-reuse", size="sm")
                             history_edit = gr.Button("Send to edit", elem_id="history-send-to-edit", size="sm")
-                            history_delete = gr.Button("🗑 Delete this image", elem_id="history-delete", size="sm",
+                            history_delete = gr.Button("Delete this image", elem_id="history-delete", size="sm",
                                                        variant="stop")
 
         # The Gradio API: inputs default to None so each model's defaults apply (the UI always sends values).

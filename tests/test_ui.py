@@ -243,7 +243,7 @@ def test_the_gallery_selects_the_newest_image_and_the_parameters_follow_the_sele
                            arg=third.name, timeout=15_000)
     assert newest_seed in page.inner_text("#params")
     assert str(pngmeta.read(second)["seed"]) not in page.inner_text("#params")
-    # ♻ puts the shown image's seed back; 🎲 draws a concrete one.
+    # ♻ Reuse puts the shown image's seed back; Random draws a concrete one.
     page.click("#advanced")
     page.click("#seed-reuse")
     page.wait_for_function("seed => document.querySelector('#seed input').value === seed", arg=newest_seed)
