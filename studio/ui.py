@@ -433,10 +433,10 @@ class Studio:
                 else:
                     files, result = item
         except JobCancelled:
-            yield status_html("Cancelled."), *keep
+            yield status_html("Cancelled."), *keep[:-1], gr.Image(None, visible=False)
             return
         except StudioError as exc:
-            yield status_html(exc.message, error=True), *keep
+            yield status_html(exc.message, error=True), *keep[:-1], gr.Image(None, visible=False)
             raise gr.Error(exc.message) from None
         params = result_params(resolved, result, style or NO_STYLE, files)
         fresh = [(str(path), self._caption(resolved, seed)) for path, seed in zip(files, resolved.seeds)]

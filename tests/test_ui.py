@@ -466,6 +466,7 @@ def test_browser_shows_a_live_preview_while_the_job_runs(page, client):
     assert not page.inner_text("#job-status").startswith("Done")
     page.click("#cancel-button")
     page.wait_for_function("() => document.querySelector('#job-status').innerText.includes('Cancelled')")
+    page.wait_for_selector("#live-preview", state="hidden", timeout=10_000)  # no stale preview after a cancel
 
 
 def test_the_edit_panel_makes_the_mask_from_the_paint(studio):
