@@ -586,11 +586,12 @@ class Studio:
     async def on_cancel_click(self, request: gr.Request):
         """Stop this browser's jobs in their workers (queued ones leave the queue at once).
 
-        Async, so it runs on the event loop with the generate handlers that fill ``_jobs``."""
+        Async, so it runs on the event loop with the generate handlers that fill ``_jobs``. It also hides
+        the live preview: Gradio cancels the generate handler, which then never gets to."""
         jobs = list(self._jobs.get(request.session_hash if request else None, ()))
         for job in jobs:
             job.cancel()
-        return status_html("Cancelled." if jobs else "Nothing to cancel.")
+        return status_html("Cancelled." if jobs else "Nothing to cancel."), gr.Image(None, visible=False)
 
     # -- model and size controls ---------------------------------------------
 
@@ -966,7 +967,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             show_progress_on=[results],
         )
         generation.then(studio.on_history_refresh, history_filter, [history, history_items], **private)
-        cancel.click(studio.on_cancel_click, None, job_status, cancels=[generation], **private)
+        cancel.click(studio.on_cancel_click, None, [job_status, live_preview], cancels=[generation], **private)
 
         results.select(studio.on_gallery_select, session_images, [params, selected], **private)
         history.select(studio.on_gallery_select, history_items, [history_params, history_selected], **private)
