@@ -26,8 +26,8 @@ STARVATION_S = 60.0  # past this wait a job takes any idle slot, whatever the es
 
 
 def work_units(request: GenerationRequest) -> float:
-    """Megapixel-steps: what a job's duration scales with."""
-    return request.steps * request.num_images * request.width * request.height / 1e6
+    """Megapixel-steps: what a job's duration scales with (an edit's steps x strength)."""
+    return request.denoising_steps * request.num_images * request.width * request.height / 1e6
 
 
 class Estimates:

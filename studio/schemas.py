@@ -44,6 +44,11 @@ class GenerationRequest(BaseModel):
     previews: int = Field(0, ge=0, le=MAX_PREVIEWS, exclude=True, description="Preview images sent during the run.")
 
     @property
+    def denoising_steps(self) -> float:
+        """The steps that really run: an edit runs ``steps x strength`` of the schedule (about; pipelines round)."""
+        return self.steps * (self.strength if self.image is not None and self.strength else 1.0)
+
+    @property
     def task(self) -> str:
         """ "text-to-image", "image-to-image" (an input image) or "inpainting" (an image and a mask)."""
         if self.image is None:

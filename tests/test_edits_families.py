@@ -177,3 +177,11 @@ def test_edit_jobs_and_previews_cross_the_pipe_whole(catalog):
     assert (job.request.image, job.request.mask, job.request.task) == (request.image, request.mask, "inpainting")
     message = Preview("j1", index=0, step=1, total=2, png=b"png")
     assert pickle.loads(pickle.dumps(message)) == message
+
+
+def test_an_edit_counts_the_steps_it_runs_for_the_estimates(catalog):
+    from studio.routing import work_units
+
+    _, text = edit(catalog, "sdxl-base", steps=8)
+    _, half = edit(catalog, "sdxl-base", steps=8, image=gradient(64, 64), strength=0.5)
+    assert work_units(half) == pytest.approx(work_units(text) / 2)
