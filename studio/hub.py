@@ -368,7 +368,9 @@ def download(
     """Fetch what the plan misses into the cache, reporting byte progress every ``poll_s`` seconds.
 
     huggingface_hub resumes a file after a dropped connection (ranged GET); files finished before
-    a Ctrl+C or a crash stay in the cache, so the next run fetches only the rest.
+    a Ctrl+C or a crash stay in the cache, so the next run fetches only the rest. The fetching runs
+    in a thread of its own, so a Ctrl+C here is not held up by the files in flight: their partial
+    copies are removed (this huggingface_hub cannot resume them) and ``KeyboardInterrupt`` goes on.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars
@@ -377,37 +379,42 @@ def download(
     check_disk(plan, cache, free)
     disable_progress_bars()  # the progress is ours: one line per model, not one bar per file
     progress = Progress(spec.id, spec.label, done=plan.on_disk(cache), total=plan.total)
-    stop = threading.Event()
+    partials_before = set(_partials(plan, cache))
+    failure: list[BaseException] = []
 
-    def report():
-        last_done, last_time = progress.done, time.monotonic()
-        while not stop.wait(poll_s):
+    def fetch():
+        try:
+            for repo in plan.repos:
+                missing = [path for path in repo.files if path not in _cached_sizes(repo, cache)]
+                if missing:
+                    snapshot_download(
+                        repo.load.repo, revision=repo.load.revision or None, cache_dir=cache,
+                        allow_patterns=[glob_escape(path) for path in missing],
+                    )
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            failure.append(exc)
+
+    fetcher = threading.Thread(target=fetch, name=f"download-{spec.id}", daemon=True)
+    fetcher.start()
+    last_done, last_time = progress.done, time.monotonic()
+    try:
+        while fetcher.is_alive():
+            fetcher.join(poll_s)
             now = time.monotonic()
             # Never backwards: a file renamed from partial to finished between two looks counts in neither.
             progress.done = max(progress.done, min(progress.total, _bytes_on_disk(plan, cache)))
             rate = (progress.done - last_done) / max(now - last_time, 1e-6)
             progress.speed = rate if progress.speed == 0 else 0.7 * progress.speed + 0.3 * rate
             last_done, last_time = progress.done, now
-            if on_progress:
+            if on_progress and fetcher.is_alive():
                 on_progress(progress)
-
-    reporter = threading.Thread(target=report, name=f"progress-{spec.id}", daemon=True)
-    reporter.start()
-    try:
-        for repo in plan.repos:
-            missing = [path for path in repo.files if path not in _cached_sizes(repo, cache)]
-            if missing:
-                snapshot_download(
-                    repo.load.repo, revision=repo.load.revision or None, cache_dir=cache,
-                    allow_patterns=[glob_escape(path) for path in missing],
-                )
-    except StudioError:
+    except KeyboardInterrupt:
+        for partial in set(_partials(plan, cache)) - partials_before:
+            partial.unlink(missing_ok=True)
         raise
-    except Exception as exc:
-        raise explain(exc, spec) from None
-    finally:
-        stop.set()
-        reporter.join()
+    if failure:
+        exc = failure[0]
+        raise exc if isinstance(exc, StudioError) else explain(exc, spec) from None
     progress.done = plan.on_disk(cache)
     if on_progress:
         on_progress(progress)
@@ -424,16 +431,23 @@ def glob_escape(path: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", path)
 
 
-def _bytes_on_disk(plan: ModelPlan, cache: Path) -> int:
-    """Finished files of the plan plus the partial files being written (``blobs/*.incomplete``)."""
-    done = plan.on_disk(cache)
+def _partials(plan: ModelPlan, cache: Path) -> list[Path]:
+    """The partial files being written for the plan's repos (``blobs/*.incomplete``)."""
+    partials = []
     for repo in plan.repos:
         blobs = _storage(repo.load.repo, cache) / "blobs"
-        for partial in blobs.glob("*.incomplete") if blobs.is_dir() else ():
-            try:
-                done += partial.stat().st_size
-            except FileNotFoundError:  # finished (renamed) between the listing and the stat
-                pass
+        partials += blobs.glob("*.incomplete") if blobs.is_dir() else []
+    return partials
+
+
+def _bytes_on_disk(plan: ModelPlan, cache: Path) -> int:
+    """Finished files of the plan plus the partial files being written."""
+    done = plan.on_disk(cache)
+    for partial in _partials(plan, cache):
+        try:
+            done += partial.stat().st_size
+        except FileNotFoundError:  # finished (renamed) between the listing and the stat
+            pass
     return done
 
 

@@ -143,6 +143,7 @@ def test_an_interrupted_pull_goes_on_where_it_stopped(hubserver, tmp_path):
     assert "interrupted; finished files stay in the cache" in err
     finished = {p.relative_to(next(snapshots.iterdir())).as_posix() for p in snapshots.glob("*/**/*") if p.is_file()}
     assert finished
+    assert not list((snapshots.parent / "blobs").glob("*.incomplete"))  # no partial file left behind
 
     hubserver.throttle_bps = None
     first_run = len(hubserver.requests)
