@@ -1,6 +1,6 @@
 """Image Studio: ``python app.py [--port 7860] [--devices cuda:0,cuda:1] [--api-key KEY] ...``.
 
-Wiring only: settings -> app (slot manager, REST, Gradio UI) -> uvicorn. A Hugging Face Space
+Wiring only: settings -> app (backend, REST, Gradio UI) -> uvicorn. A Hugging Face Space
 runs this same file and reaches it on port 7860 (the default, or ``GRADIO_SERVER_PORT``).
 """
 

@@ -1,7 +1,8 @@
 """``Backend``: what the front ends (REST, UI, metrics, /health) may ask of whatever runs the jobs.
 
-``studio.server`` picks the backend (today ``studio.slots.SlotManager``, local worker processes);
-nothing else names one. A backend:
+``studio.server.make_backend`` picks the backend (``studio.slots.SlotManager``: worker processes on
+this machine, or ``studio.ray_backend.RayBackend``: Ray Serve replicas); nothing else names one.
+A backend:
 
 - ``start()`` blocks until it can run jobs (or raises ``WorkerFailed``); ``shutdown()`` cancels
   what is queued and running and releases everything; both are idempotent enough to call twice.

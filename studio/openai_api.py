@@ -38,7 +38,7 @@ from studio.schemas import MAX_IMAGES, GenerationRequest, JobResult, allowed_ran
 log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks whether its client is still there
-TIMEOUT_GRACE_S = 5.0  # the slot manager times jobs out itself; this only backs it up
+TIMEOUT_GRACE_S = 5.0  # the backend times jobs out itself; this only backs it up
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but logs show what happened
 
 SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
