@@ -1,27 +1,43 @@
 """Image Studio: ``python app.py [--port 7860] [--devices cuda:0,cuda:1] [--api-key KEY] ...``.
 
-Wiring only: settings -> app (backend, REST, Gradio UI) -> uvicorn. A Hugging Face Space
-runs this same file and reaches it on port 7860 (the default, or ``GRADIO_SERVER_PORT``).
+Wiring only: settings -> app (backend, REST, Gradio UI) -> uvicorn, and a banner once it is ready.
+A Hugging Face Space runs this same file and reaches it on port 7860 (the default, or
+``GRADIO_SERVER_PORT``).
 """
 
 from __future__ import annotations
-
-import logging
 
 from studio.config import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
+    settings = Settings.from_args(argv)  # first: a bad flag exits 2 at once, before the slow imports
+
     # Imported here, not at the top: spawned workers re-import this file as __mp_main__,
     # and they have no use for FastAPI, Gradio or uvicorn.
     import uvicorn
 
+    from studio import terminal
     from studio.server import create_app
 
-    settings = Settings.from_args(argv)
-    logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
-    logging.getLogger("studio").setLevel(logging.INFO)  # slot starts, restarts, cancels; libraries stay quiet
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)  # the app's lifespan: every worker is ready after this
+            if self.started:
+                slots = app.state.backend.status().slots
+                devices = [f"{slot.device} ({slot.model})" if slot.model else slot.device for slot in slots]
+                url = terminal.local_url(settings.host, settings.port)
+                print(terminal.banner(url, devices, app.state.catalog, terminal.models_on_disk(app.state.catalog)),
+                      flush=True)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
+    terminal.setup_logging()  # after uvicorn.Config, which sets up uvicorn's loggers
+    try:
+        Server(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled; a clean stop (as uvicorn.run does)
+        pass
 
 
 if __name__ == "__main__":

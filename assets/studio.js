@@ -20,4 +20,16 @@
       button.click();
     }
   });
+
+  // Gradio's "Use via API" page probes gradio_api/mcp/schema for an MCP server, which the studio does
+  // not run (its Gradio API, REST API and gradio_client are the ways in). Answer that probe here, as the
+  // server would, so the browser does not log a failed request for it on every visit.
+  const fetchFromServer = window.fetch.bind(window);
+  window.fetch = (resource, options) => {
+    const url = typeof resource === "string" ? resource : String((resource && resource.url) || resource);
+    if (url.split("?")[0].endsWith("/gradio_api/mcp/schema")) {
+      return Promise.resolve(new Response("This server has no MCP endpoint.", { status: 404 }));
+    }
+    return fetchFromServer(resource, options);
+  };
 }

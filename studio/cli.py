@@ -4,6 +4,7 @@ catalog with what is on disk, and model downloads into the Hugging Face cache.""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,10 +12,13 @@ from pathlib import Path
 
 from studio import hub, pngmeta
 from studio.catalog import load_catalog
+from studio.config import models_dir_problem
 from studio.errors import InvalidRequest, StudioError
+from studio.terminal import quiet_libraries
 
 # The output file's suffix picks its format; every format keeps the generation parameters.
 SUFFIX_FORMATS = {"": "png", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+MODELS_DIR_HELP = "local folder of <model-id>/ pipelines (default: STUDIO_MODELS_DIR)"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -27,6 +31,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio")
+    models_dir = os.environ.get("STUDIO_MODELS_DIR") or None  # the server's variable: one `export` serves both
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate images to PNG (or JPEG, WebP) files")
     gen.add_argument("--model", default=None, help="model id or alias (default: the catalog's default)")
@@ -37,12 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--n", type=int, default=1, help="number of images (1..4), one batched call")
-    gen.add_argument("--models-dir", default=None, help="local folder of <model-id>/ pipelines")
+    gen.add_argument("--models-dir", default=models_dir, help=MODELS_DIR_HELP)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("-o", "--output", required=True,
                      help="OUT.png (or .jpg, .webp); several images become OUT-1.png, OUT-2.png ...")
     listing = commands.add_parser("models", help="list the catalog: on disk or not, download size")
-    listing.add_argument("--models-dir", default=None, help="local folder of <model-id>/ pipelines")
+    listing.add_argument("--models-dir", default=models_dir, help=MODELS_DIR_HELP)
     pull = commands.add_parser("pull", help="download models into the Hugging Face cache (HF_HOME), resumable")
     pull.add_argument("ids", nargs="*", metavar="ID", help="model ids or aliases")
     pull.add_argument("--all", action="store_true", help="every model of the catalog")
@@ -77,7 +82,8 @@ def generate(args) -> int:
     if not hub.offline() and not _on_disk(spec):
         _pull_one(spec)  # with its progress bar, before torch loads anything
 
-    from studio.engine import Engine  # torch only after the input is known to be good
+    quiet_libraries()  # torch only after the input is known to be good; our step counter is the progress
+    from studio.engine import Engine
 
     device = args.device or _default_device()
     result = Engine(device).run(spec, request, on_step=lambda step, total: print(f"step {step}/{total}", file=sys.stderr))
@@ -187,6 +193,10 @@ COMMANDS = {"generate": generate, "models": list_models, "pull": pull}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = models_dir_problem(getattr(args, "models_dir", None))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except StudioError as exc:

@@ -63,6 +63,9 @@ class Settings:
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         parser = build_parser()
         args = parser.parse_args(argv)
+        problem = models_dir_problem(args.models_dir)
+        if problem:  # one line and exit 2, like any bad flag, before anything starts
+            parser.exit(2, f"{parser.prog}: error: {problem}\n")
         return cls(
             host=args.host,
             port=args.port,
@@ -102,6 +105,14 @@ def _non_negative(kind):
         return value
 
     return parse
+
+
+def models_dir_problem(models_dir: str | Path | None) -> str | None:
+    """Why ``models_dir`` cannot be the models folder, or None. A typo must not fall back to the hub."""
+    if models_dir is None or Path(models_dir).is_dir():
+        return None
+    return (f"--models-dir {models_dir}: no such folder (leave the flag out to load models from the Hugging Face "
+            f"cache and hub; `python -m studio.tiny {models_dir}` builds tiny test models there)")
 
 
 def _flag(text: str | None) -> bool:

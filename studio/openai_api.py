@@ -278,6 +278,10 @@ def http_error(status: int, message: str, code: str | None = None) -> StudioErro
 def error_response(exc: BaseException) -> JSONResponse:
     """The OpenAI error object for any exception, with its status and headers."""
     error = as_studio_error(exc)
+    if error.status >= 500:  # the access log says that a request failed; this line says why
+        log.warning("failed: %s", error.message)
+    else:
+        log.info("refused: %s", error.message)
     headers = {}
     if isinstance(error, QueueFull):
         headers["Retry-After"] = str(error.retry_after_s)  # the OpenAI SDK honours it when it retries

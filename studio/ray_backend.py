@@ -114,6 +114,7 @@ class EngineReplica:
         import torch
 
         from studio.engine import Engine
+        from studio.terminal import quiet_libraries
 
         gpus = ray.get_gpu_ids()
         device = "cuda" if gpus else "cpu"  # Ray already narrowed CUDA_VISIBLE_DEVICES to our GPU
@@ -121,6 +122,7 @@ class EngineReplica:
             call_hook(fault_hook, 0, device)
         if threads:
             torch.set_num_threads(threads)  # CPU replicas on one machine share its cores
+        quiet_libraries()  # as in a local worker: no library warnings or bars in the replica's log
         self.engine = Engine(device, engine_options)
         context = serve.get_replica_context()
         self.replica = context.replica_id.to_full_id_str()

@@ -15,6 +15,7 @@ Never imports torch: this runs in the parent process.
 from __future__ import annotations
 
 import html
+import logging
 import math
 import random
 import tomllib
@@ -32,6 +33,8 @@ from studio.config import Settings
 from studio.errors import InvalidRequest, JobCancelled, StudioError
 from studio.history import History, owner_dir
 from studio.schemas import MAX_IMAGES, MAX_SEED, GenerationRequest, JobResult, Progress
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- constants
 
@@ -94,6 +97,19 @@ def mount_options(settings: Settings) -> dict:
 
 
 # ---------------------------------------------------------------- pure helpers
+
+
+def user_error(message: str, status: int = 400) -> gr.Error:
+    """The error a user sees, logged here in one line instead of Gradio's traceback of our re-raise.
+
+    For a StudioError, pass ``exc.message, exc.status``: refusals (4xx) log at INFO, failures at WARNING.
+    Unexpected exceptions are not turned into this: Gradio prints their traceback.
+    """
+    if status >= 500:
+        log.warning("failed: %s", message)
+    else:
+        log.info("refused: %s", message)
+    return gr.Error(message, print_exception=False)
 
 
 def ratio_name(width: int, height: int) -> str | None:
@@ -416,7 +432,7 @@ class Studio:
             )
         except StudioError as exc:
             yield status_html(exc.message, error=True), *keep
-            raise gr.Error(exc.message) from None
+            raise user_error(exc.message, exc.status) from None
         session_images = list(session_images or [])
         yield status_html("Starting", 0.0), *keep
         try:
@@ -437,7 +453,7 @@ class Studio:
             return
         except StudioError as exc:
             yield status_html(exc.message, error=True), *keep[:-1], gr.Image(None, visible=False)
-            raise gr.Error(exc.message) from None
+            raise user_error(exc.message, exc.status) from None
         params = result_params(resolved, result, style or NO_STYLE, files)
         fresh = [(str(path), self._caption(resolved, seed)) for path, seed in zip(files, resolved.seeds)]
         session_images = (fresh + session_images)[:SESSION_RESULTS]
@@ -489,7 +505,7 @@ class Studio:
                 else:
                     files, result = item
         except StudioError as exc:
-            raise gr.Error(exc.message) from None
+            raise user_error(exc.message, exc.status) from None
         return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
 
     async def on_api_edit(
@@ -537,7 +553,7 @@ class Studio:
             if _int(width, "width") is None and _int(height, "height") is None:
                 width, height = spec.fit_size(upload.width, upload.height)
         except StudioError as exc:
-            raise gr.Error(exc.message) from None
+            raise user_error(exc.message, exc.status) from None
         spec, resolved = self._resolve_or_error(
             prompt, spec.id, negative_prompt, width, height, steps, guidance, seed, num_images, style,
             image=data, mask=mask_data, strength=strength,
@@ -551,7 +567,7 @@ class Studio:
                 else:
                     files, result = item
         except StudioError as exc:
-            raise gr.Error(exc.message) from None
+            raise user_error(exc.message, exc.status) from None
         return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
 
     def on_model_edit_support(self, model_id: str):
@@ -570,13 +586,13 @@ class Studio:
     def on_send_to_edit(self, model_id: str, path: str | None):
         """Put the selected image into the edit panel of the Create tab, its size fitted to the model."""
         if not path:
-            raise gr.Error("Select an image in the gallery first.")
+            raise user_error("Select an image in the gallery first.")
         try:
             with Image.open(path) as image:
                 image.load()
                 background = image.convert("RGB")
         except OSError:
-            raise gr.Error("That image is no longer in the outputs folder.") from None
+            raise user_error("That image is no longer in the outputs folder.") from None
         spec = self._spec_or_error(model_id)
         width, height = spec.fit_size(*background.size)
         value = {"background": background, "layers": [], "composite": background}
@@ -645,7 +661,7 @@ class Studio:
             except OSError:
                 pass
         if seed is None:
-            raise gr.Error("No image yet: generate one, or select one in the results, to reuse its seed.")
+            raise user_error("No image yet: generate one, or select one in the results, to reuse its seed.")
         return int(seed)
 
     # -- results, history and reuse -------------------------------------------
@@ -674,24 +690,24 @@ class Studio:
     def on_history_delete(self, path: str | None, query: str | None, request: gr.Request):
         """Delete the selected image's file (only that one), then show the history without it."""
         if not path:
-            raise gr.Error("Select an image in the history first.")
+            raise user_error("Select an image in the history first.")
         try:
             self.shown_history(request).delete(path)
         except PermissionError:
-            raise gr.Error("That image is not in your history.") from None
+            raise user_error("That image is not in your history.") from None
         gallery, items = self.on_history_refresh(query, request)
         return gallery, items, {}, None
 
     def on_reuse_click(self, path: str | None):
         """Fill every control from the selected image's metadata, ready to generate it again."""
         if not path:
-            raise gr.Error("Select an image in the gallery first.")
+            raise user_error("Select an image in the gallery first.")
         try:
             params = pngmeta.read(path)
         except OSError:
-            raise gr.Error("That image is no longer in the outputs folder.") from None
+            raise user_error("That image is no longer in the outputs folder.") from None
         if not params.get("model") or not params.get("prompt"):
-            raise gr.Error("That image has no Image Studio parameters to reuse.")
+            raise user_error("That image has no Image Studio parameters to reuse.")
         spec = self._spec_or_error(params["model"])
         seed = params.get("seed")
         return (
@@ -736,13 +752,13 @@ class Studio:
         try:
             return self.catalog.get(model)
         except StudioError as exc:
-            raise gr.Error(exc.message) from None
+            raise user_error(exc.message, exc.status) from None
 
     def _resolve_or_error(self, *values, **edit):
         try:
             return self.resolve(*values, **edit)
         except StudioError as exc:
-            raise gr.Error(exc.message) from None
+            raise user_error(exc.message, exc.status) from None
 
     @staticmethod
     def _caption(request: GenerationRequest, seed: int) -> str:

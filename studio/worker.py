@@ -32,6 +32,7 @@ from studio.protocol import (
     WorkerState,
 )
 from studio.schemas import GenerationRequest
+from studio.terminal import quiet_libraries
 
 WARM_UP_PROMPT = "warm-up"
 REMEMBERED_CANCELS = 64  # cancels can arrive before their job or after it ended; keep a few
@@ -51,6 +52,7 @@ def worker_main(
     try:
         if fault_hook:  # test-only: see Settings.fault_hook
             call_hook(fault_hook, slot_index, device)
+        quiet_libraries()  # before any pipeline loads: no library warnings or bars in the server's terminal
         engine, timings = start_engine(device, preload_specs, threads, engine_options)
     except BaseException as exc:  # anything at all: the parent must hear why, not just see an exit
         conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))

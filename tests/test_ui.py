@@ -144,7 +144,7 @@ def test_a_style_wraps_the_prompt(client):
     "inputs, message",
     [
         (dict(model="sdxl-turbo", steps=0), "steps: 0 is out of range for sdxl-turbo; allowed 1..4"),
-        (dict(model="sdxl-turbo", width=5000), "width: 5000 is out of range for sdxl-turbo; allowed 32..256"),
+        (dict(model="sdxl-turbo", width=5000), "width: 5000 is out of range for sdxl-turbo; allowed 32..1024"),
         (dict(model="sdxl-base", steps=400), "steps: 400 is out of range for sdxl-base; allowed 1..150"),
         (dict(model="sdxl-turbo", steps=9), "steps: 9 is out of range for sdxl-turbo; allowed 1..4"),
         (dict(model="sdxl-base", width=100), "width: 100 must be a multiple of 8 for sdxl-base"),
@@ -255,12 +255,12 @@ def test_the_gallery_selects_the_newest_image_and_the_parameters_follow_the_sele
 
 def test_an_invalid_value_stays_in_the_status_line_with_the_models_range(page):
     pick_model(page, "SDXL Turbo")
-    assert "32..256 px" in page.inner_text("#width")  # the hint says the tiny model's range...
+    assert "32..1024 px" in page.inner_text("#width")  # the hint says the tiny model's range...
     page.fill("#prompt textarea", "a wide fox")
     page.fill("#width input", "5000")
     page.click("#generate-button")
 
-    message = "width: 5000 is out of range for sdxl-turbo; allowed 32..256"  # ...and so does the error
+    message = "width: 5000 is out of range for sdxl-turbo; allowed 32..1024"  # ...and so does the error
     page.wait_for_function("text => document.querySelector('#job-status').innerText.includes(text)", arg=message)
     time.sleep(11)  # longer than Gradio's error toast lives
     assert message in page.inner_text("#job-status")

@@ -29,10 +29,14 @@ BUILDERS = {
     "cascade": "studio.tiny.cascade",
 }
 
-# Small enough for a CPU test in about a second; each family may tighten or replace these.
+# Defaults small enough for a CPU test in about a second. The limits take the real models' sizes up to
+# 1024x1024, so a request written for the real model (README's examples) runs here as written; the
+# real models' bigger sizes would take minutes on a CPU even with tiny weights (PixArt's 4096x4096:
+# over 8 min on 2 cores). Each family may tighten or replace these.
+TINY_MAX_SIDE = 1024
 TINY_OVERRIDES = {
     "defaults": {"steps": 2, "width": 64, "height": 64},
-    "limits": {"min_side": 32, "max_side": 256, "max_pixels": 256 * 256},
+    "limits": {"min_side": 32, "max_side": TINY_MAX_SIDE, "max_pixels": TINY_MAX_SIDE * TINY_MAX_SIDE},
 }
 
 

@@ -72,7 +72,7 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
     return {
         "decoder_steps": 2,
         "defaults": {"width": 128, "height": 128},
-        "limits": {"size_multiple": 128, "min_side": 128, "max_side": 256},
+        "limits": {"size_multiple": 128, "min_side": 128},
     }
 
 

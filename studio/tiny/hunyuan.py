@@ -6,8 +6,8 @@ encoder as a ``BertModel`` with a ``BertTokenizer`` (77 tokens), the mT5 encoder
 style and image-size conditioning (dropped in v1.2), the SDXL fp16-fix ``AutoencoderKL``
 and the v-prediction ``DDPMScheduler`` of the official inference code.
 
-The real model only knows ten sizes around one megapixel; the tiny one gets the same
-aspect ratios at 1/16 of the side (those that stay multiples of 16), so the catalog's
+The real model only knows ten sizes around one megapixel; the tiny one knows those and the
+same aspect ratios at 1/16 of the side (those that stay multiples of 16), so the catalog's
 exact-size rule is exercised without 1024 px images on CPU.
 """
 
@@ -45,7 +45,7 @@ TINY_SIZES = ["64x64", "80x80", "64x48", "48x64", "80x48", "48x80"]
 
 
 def build(spec: ModelSpec, out_dir: Path) -> dict:
-    """Save a tiny ``HunyuanDiTPipeline`` in ``out_dir``; the overrides swap the ten sizes for tiny ones."""
+    """Save a tiny ``HunyuanDiTPipeline`` in ``out_dir``; the overrides add tiny sizes to the real ten."""
     tokenizer = bert_tokenizer(max_length=CLIP_TEXT_LENGTH)
     tokenizer_2 = t5_tokenizer(max_length=T5_TEXT_LENGTH)
     pipe = HunyuanDiTPipeline(
@@ -61,7 +61,10 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
         tokenizer_2=tokenizer_2,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    return {"limits": {"allowed_sizes": TINY_SIZES}}
+    # The real sizes too, so requests written for HunyuanDiT run here; the tiny default (64x64) is among the last.
+    real = [f"{width}x{height}" for width, height in spec.limits.allowed_sizes]
+    return {"limits": {"allowed_sizes": real + TINY_SIZES, "max_side": spec.limits.max_side,
+                       "max_pixels": spec.limits.max_pixels}}
 
 
 def _bert(tokenizer) -> BertModel:
