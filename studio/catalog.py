@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio import families
-from studio.errors import InvalidRequest, UnknownModel
+from studio.errors import InvalidRequest, UnknownModel, echo
 from studio.schemas import MAX_SEED, GenerationRequest, parse_request
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -279,7 +279,7 @@ class Catalog:
         key = self.aliases.get(key, key)
         if key not in self.models:
             known = ", ".join(self.models)
-            raise UnknownModel(f"model: unknown model '{name}'; available: {known}", field="model")
+            raise UnknownModel(f"model: unknown model '{echo(name)}'; available: {known}", field="model")
         return self.models[key]
 
     def parse(self, data: dict) -> tuple[ModelSpec, GenerationRequest]:

@@ -30,6 +30,34 @@ def _logins(text: str | None) -> list[tuple[str, str]]:
     return logins
 
 
+def _api_keys(text: str | None) -> str | None:
+    """Checks ``--api-key``: one plain key, or ``NAME:KEY[,...]`` when it has a colon (see ``api_keys``)."""
+    if text:
+        api_keys(text)
+    return text or None
+
+
+def api_keys(text: str | None) -> dict[str, str | None]:
+    """Each API key with the name of its owner: ``"ci:k1,ann:k2"`` gives ``{"k1": "ci", "k2": "ann"}``.
+
+    A value without a colon is one plain key, owned by nobody (REST images then go to a shared
+    folder): ``--api-key KEY`` works as it always did.
+    """
+    if not text:
+        return {}
+    if ":" not in text:
+        return {text: None}
+    keys: dict[str, str | None] = {}
+    for number, entry in enumerate(_csv(text), start=1):
+        name, colon, key = entry.partition(":")
+        if not (name and colon and key):  # never echo the entry: it holds a key
+            raise argparse.ArgumentTypeError(f"API key {number} must be NAME:KEY (keys are comma-separated)")
+        if key in keys:
+            raise argparse.ArgumentTypeError(f"API key {number} repeats an earlier key; each key has one owner")
+        keys[key] = name
+    return keys
+
+
 @dataclass
 class Settings:
     host: str = "0.0.0.0"
@@ -40,7 +68,7 @@ class Settings:
     preload: list[str] = field(default_factory=list)
     max_queue: int = 32
     job_timeout_s: float = 600.0
-    api_key: str | None = None
+    api_key: str | None = None  # one plain key, or "name:key,..." (``api_keys`` reads it)
     ui_auth: list[tuple[str, str]] = field(default_factory=list)  # logins for the web UI and the Gradio API
     ui_admins: list[str] = field(default_factory=list)  # logins that see every login's images
     outputs_dir: Path = Path("outputs")
@@ -66,6 +94,10 @@ class Settings:
         problem = models_dir_problem(args.models_dir)
         if problem:  # one line and exit 2, like any bad flag, before anything starts
             parser.exit(2, f"{parser.prog}: error: {problem}\n")
+        admins = _csv(args.ui_admin)
+        unknown = sorted(set(admins) - {user for user, _ in args.ui_auth or []})
+        if unknown:
+            parser.error(f"--ui-admin {', '.join(unknown)}: not a login of --ui-auth")
         return cls(
             host=args.host,
             port=args.port,
@@ -77,6 +109,7 @@ class Settings:
             job_timeout_s=args.job_timeout,
             api_key=args.api_key or None,
             ui_auth=args.ui_auth or [],
+            ui_admins=admins,
             outputs_dir=Path(args.outputs_dir),
             ram_cache_gb=args.ram_cache_gb,
             compile=args.compile,
@@ -131,10 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preload", default=_env("PRELOAD"), help="model ids to load and warm at start")
     parser.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")))
     parser.add_argument("--job-timeout", type=float, default=float(_env("JOB_TIMEOUT", "600")), help="seconds")
-    parser.add_argument("--api-key", default=_env("API_KEY"), help="require this bearer key on /v1 routes")
+    parser.add_argument(
+        "--api-key", type=_api_keys, default=_env("API_KEY"), metavar="KEY | NAME:KEY[,...]",
+        help="require a bearer key on /v1 routes; named keys keep each owner's images in outputs/api/NAME",
+    )
     parser.add_argument(
         "--ui-auth", type=_logins, default=_env("UI_AUTH"), metavar="USER:PASSWORD[,...]",
         help="require a login for the web UI and the Gradio API (gradio_client's auth=)",
+    )
+    parser.add_argument(
+        "--ui-admin", default=_env("UI_ADMIN"), metavar="USER[,...]",
+        help="logins of --ui-auth that may see every login's images (the others see only their own)",
     )
     parser.add_argument("--outputs-dir", default=_env("OUTPUTS_DIR", "outputs"))
     parser.add_argument("--ram-cache-gb", type=float, default=float(_env("RAM_CACHE_GB", "0")))

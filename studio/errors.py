@@ -6,6 +6,14 @@ message, field and extra details intact (``__reduce__``).
 
 from __future__ import annotations
 
+ECHO_LIMIT = 100  # characters of a caller's value an error repeats: a 1 MB model id must not come back
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A caller's value as an error message may quote it: cut to ``limit`` characters, the cut marked."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class StudioError(Exception):
     """Base error: ``status`` is the HTTP status, ``type``/``code`` the OpenAI error fields."""
@@ -24,7 +32,8 @@ class StudioError(Exception):
 
     def to_dict(self) -> dict:
         """The OpenAI error object: ``{"message", "type", "param", "code"}``."""
-        return {"message": self.message, "type": self.type, "param": self.field, "code": self.code}
+        param = None if self.field is None else echo(self.field)
+        return {"message": self.message, "type": self.type, "param": param, "code": self.code}
 
 
 class InvalidRequest(StudioError):

@@ -32,7 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studio import pngmeta, streaming
 from studio.catalog import ModelSpec
-from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized
+from studio.config import api_keys
+from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized, echo
+from studio.history import History, owner_dir
 from studio.schemas import MAX_IMAGES, GenerationRequest, JobResult, allowed_range
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ DISCONNECT_POLL_S = 0.25  # how often a waiting request checks whether its clien
 TIMEOUT_GRACE_S = 5.0  # the backend times jobs out itself; this only backs it up
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but logs show what happened
 
-SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE_PATTERN = re.compile(r"[0-9]{1,5}x[0-9]{1,5}")  # ASCII digits only: "٦٤x٦٤" is no size
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -72,6 +74,7 @@ class ImageGenerationRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # JSON types as documented: "n": "2", "n": true and "seed": "42" are errors, not guesses
         protected_namespaces=(),
         json_schema_extra={"examples": [{"model": "sdxl-turbo", "prompt": "a red fox in snow", "n": 1,
                                          "size": "512x512", "response_format": "b64_json"}]},
@@ -136,11 +139,12 @@ class ImageGenerationRequest(BaseModel):
     @field_validator("size")
     @classmethod
     def _size_shape(cls, value: str | None) -> str | None:
-        if value is None or value.strip().lower() == "auto":
-            return None if value is None else "auto"
-        if not SIZE_PATTERN.match(value.strip().lower()):
-            raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
-        return value.strip().lower()
+        if value is None:
+            return None
+        text = value.lower()
+        if text != "auto" and not SIZE_PATTERN.fullmatch(text):
+            raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024', no spaces) or 'auto'")
+        return text
 
 
 
@@ -299,7 +303,7 @@ def invalid_from_validation(exc: RequestValidationError) -> InvalidRequest:
     loc = [str(part) for part in first.get("loc", ())]
     if loc and loc[0] in ("body", "query", "path", "header"):
         loc = loc[1:]
-    field_name = ".".join(loc) or None
+    field_name = echo(".".join(loc)) if loc else None
     kind = first.get("type", "")
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if kind == "extra_forbidden":
@@ -320,14 +324,19 @@ bearer = HTTPBearer(auto_error=False, description="The server's API key, when it
 async def require_api_key(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> None:
-    """Guard for /v1 routes: a no-op unless the server has an API key."""
-    expected = request.app.state.settings.api_key
-    if not expected:
+    """Guard for /v1 routes: a no-op unless the server has API keys; notes the key's owner in ``request.state``."""
+    request.state.api_owner = None
+    keys = api_keys(request.app.state.settings.api_key)
+    if not keys:
         return
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+    sent = credentials.credentials.encode()
+    # Compare with every key, always: the time taken says nothing about which key came close.
+    matches = [owner for key, owner in keys.items() if hmac.compare_digest(sent, key.encode())]
+    if not matches:
         raise Unauthorized("invalid API key")
+    request.state.api_owner = matches[0]
 
 
 # ---------------------------------------------------------------- request translation
@@ -368,7 +377,7 @@ def resolve(catalog, body: ImageGenerationRequest) -> tuple[ModelSpec, Generatio
         return catalog.parse(generation_data(body))
     except InvalidRequest as exc:
         if exc.field in ("width", "height") and body.size and body.width is None and body.height is None:
-            exc.field = "size"
+            raise InvalidRequest(f"size: {body.size} is not allowed: {exc.message}", field="size") from None
         raise
 
 
@@ -462,8 +471,17 @@ async def create_images(body: ImageGenerationRequest, request: Request):
     result = await wait_for_result(job, request, state.settings.job_timeout_s)
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
-    # base64 of several large PNGs takes a while: keep the event loop (and the UI) responsive.
+    # Saving and base64 of several large PNGs take a while: keep the event loop (and the UI) responsive.
+    folder = owner_dir(state.settings.outputs_dir, getattr(request.state, "api_owner", None), kind="api")
+    await run_in_threadpool(save_images, folder, result)
     return await run_in_threadpool(build_response, body, result)
+
+
+def save_images(folder, result: JobResult) -> None:
+    """Keep REST images like the UI's: PNGs with their parameters, in the key owner's folder."""
+    history = History(folder)
+    for png in result.images:
+        history.save(png)
 
 
 @router.get("/models", response_model=ModelList, responses=READ_ERRORS, summary="List the models")
@@ -509,5 +527,5 @@ async def unknown_route(path: str, request: Request):
         for method in getattr(route, "methods", ())
     )
     if methods:
-        raise http_error(405, f"{request.method} /v1/{path}: method not allowed; use {', '.join(methods)}")
-    raise http_error(404, f"/v1/{path} is not served here; see /docs for the routes", code="not_found")
+        raise http_error(405, f"{request.method} /v1/{echo(path)}: method not allowed; use {', '.join(methods)}")
+    raise http_error(404, f"/v1/{echo(path)} is not served here; see /docs for the routes", code="not_found")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import unicodedata
 
-from studio.errors import InvalidRequest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from studio.errors import InvalidRequest, echo
 
 MAX_SEED = 2**32 - 1  # what A1111-style tools and most UIs accept
 MAX_IMAGES = 4
@@ -55,6 +58,19 @@ class GenerationRequest(BaseModel):
             return "text-to-image"
         return "inpainting" if self.mask is not None else "image-to-image"
 
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        # Prompts end up in PNG text chunks, where NUL is forbidden; no other control character means anything.
+        for index, char in enumerate(value or ""):
+            if unicodedata.category(char) == "Cc" and char not in "\t\n\r":
+                raise PydanticCustomError(
+                    "control_character",
+                    "contains the control character U+{code} at position {index}; only tab and line breaks are allowed",
+                    {"code": f"{ord(char):04X}", "index": index},
+                )
+        return value
+
     @property
     def seeds(self) -> list[int]:
         """One seed per image, so any image can be reproduced alone with n=1."""
@@ -74,7 +90,7 @@ def parse_request(data: dict) -> GenerationRequest:
 def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
     """The first pydantic error as ``"<field>: <reason>"`` (pydantic's reasons already state the bound)."""
     first = exc.errors()[0]
-    field_name = ".".join(str(part) for part in first["loc"]) or "body"
+    field_name = echo(".".join(str(part) for part in first["loc"]) or "body")
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field"

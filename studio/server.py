@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount, Route
 
 from studio import edits, openai_api
+from studio.access import GradioAccess
 from studio.catalog import load_catalog
 from studio.config import Settings
 from studio.downloads import DownloadGate
-from studio.errors import StudioError
+from studio.errors import StudioError, echo
 from studio.metrics import StudioMetrics
 from studio.backend import Backend
 from studio.catalog import Catalog
@@ -73,9 +77,16 @@ def create_app(settings: Settings) -> FastAPI:
         "/metrics", prometheus_metrics, methods=["GET"], tags=["operations"], summary="Prometheus metrics",
         response_class=Response, responses={200: {"content": {"text/plain": {}}}},
     )
-    mount_ui(app, catalog, backend, settings)
+    gradio_app = mount_ui(app, catalog, backend, settings)
+    app.add_middleware(
+        GradioAccess, gradio_app=gradio_app, logins=[user for user, _ in settings.ui_auth],
+        admins=settings.ui_admins, outputs_dir=settings.outputs_dir,
+    )
+    app.add_middleware(WrongMethod)
     if settings.api_key and not settings.ui_auth:
         log.warning("--api-key guards /v1 only: the web UI and the Gradio API are open (--ui-auth closes them)")
+    if settings.ui_auth and not settings.api_key:
+        log.warning("--ui-auth guards the web UI only: the REST API (/v1) is open to anyone (--api-key closes it)")
     return app
 
 
@@ -108,16 +119,59 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, handle)
 
 
-def mount_ui(app: FastAPI, catalog, backend: Backend, settings: Settings) -> None:
-    """Mount the Gradio UI at ``/``, with the styling and file access the UI module asks for."""
+def mount_ui(app: FastAPI, catalog, backend: Backend, settings: Settings):
+    """Mount the Gradio UI at ``/``, with the styling and file access the UI module asks for; the Gradio app."""
     import gradio as gr
 
     from studio.ui import build_ui, mount_options
 
+    blocks = build_ui(catalog, backend, settings)
     gr.mount_gradio_app(
-        app, build_ui(catalog, backend, settings), path="/",
-        server_name=settings.host, server_port=settings.port, **mount_options(settings),
+        app, blocks, path="/", server_name=settings.host, server_port=settings.port, **mount_options(settings),
     )
+    return next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "")
+
+
+class WrongMethod:
+    """A route of the app asked with a method it does not take answers 405, not the UI's 404.
+
+    The UI mounted at "/" matches every path, so Starlette never reaches its own 405 for them.
+    The routes come from the app's OpenAPI schema (public, whatever FastAPI nests internally) and
+    its plain routes (the docs), read at the first request, when every route is registered.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.routes: list[tuple[re.Pattern, set[str]]] | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            if self.routes is None:
+                self.routes = known_routes(scope["app"])
+            path, method = scope["path"], scope["method"]
+            allowed = set().union(*(methods for pattern, methods in self.routes if pattern.match(path)))
+            if allowed and method not in allowed and not (method == "HEAD" and "GET" in allowed):
+                allow = ", ".join(sorted(allowed))
+                error = openai_api.http_error(405, f"{method} {echo(path)}: method not allowed; use {allow}")
+                response = openai_api.error_response(error)
+                response.headers["Allow"] = allow
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+
+
+def known_routes(app: FastAPI) -> list[tuple[re.Pattern, set[str]]]:
+    """Each path of the app's own routes (not the UI) as a pattern, with the methods it takes."""
+    routes = []
+    for path, operations in app.openapi().get("paths", {}).items():
+        pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
+        routes.append((pattern, {name.upper() for name in operations} & HTTP_METHODS))
+    for route in app.router.routes:
+        if isinstance(route, Route) and not isinstance(route, APIRoute):  # plain routes: /docs, /openapi.json
+            routes.append((route.path_regex, set(route.methods or ())))
+    return routes
 
 
 async def health(request: Request) -> JSONResponse:

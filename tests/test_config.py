@@ -2,7 +2,7 @@
 
 import pytest
 
-from studio.config import Settings
+from studio.config import Settings, api_keys
 
 
 def test_ui_logins_parse_from_the_flag_and_the_environment(monkeypatch):
@@ -45,3 +45,33 @@ def test_bad_backend_flags_name_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit):
         Settings.from_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_api_keys_are_one_plain_key_or_named(monkeypatch):
+    assert api_keys(Settings.from_args(["--api-key", "plain-key"]).api_key) == {"plain-key": None}
+    named = Settings.from_args(["--api-key", "ci:k1, ann:k:2"]).api_key
+    assert api_keys(named) == {"k1": "ci", "k:2": "ann"}  # only the first colon splits
+    monkeypatch.setenv("STUDIO_API_KEY", "ops:k3")
+    assert api_keys(Settings.from_args([]).api_key) == {"k3": "ops"}
+
+
+@pytest.mark.parametrize("value", ["ci:k1,bare", "ci:", "ci:k1,ann:k1"])
+def test_a_bad_named_key_list_is_refused_without_echoing_keys(value, capsys):
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--api-key", value])
+    error = capsys.readouterr().err
+    assert "--api-key" in error and "k1" not in error and "bare" not in error
+
+
+def test_an_admin_must_be_a_login(capsys):
+    assert Settings.from_args(["--ui-auth", "ann:a,bob:b", "--ui-admin", "bob"]).ui_admins == ["bob"]
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--ui-auth", "ann:a", "--ui-admin", "zed"])
+    assert "--ui-admin zed: not a login" in capsys.readouterr().err
+
+
+def test_a_login_without_an_api_key_warns_that_rest_is_open(tiny_models, caplog):
+    from studio.server import create_app
+
+    create_app(Settings(devices=["cpu"], models_dir=tiny_models("sdxl-turbo"), ui_auth=[("ann", "pw")]))
+    assert "REST API (/v1) is open to anyone" in caplog.text

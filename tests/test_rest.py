@@ -244,6 +244,45 @@ def test_bad_requests_get_openai_errors(http, body, status, param, words):
     assert error["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    "body,param,words",
+    [
+        ({"prompt": "x", "n": "2"}, "n", "valid integer"),
+        ({"prompt": "x", "n": True}, "n", "valid integer"),
+        ({"prompt": "x", "seed": "42"}, "seed", "valid integer"),
+        ({"prompt": "x", "guidance": "7"}, "guidance", "valid number"),
+        ({"prompt": "x", "stream": 0}, "stream", "valid boolean"),
+        ({"prompt": "x", "size": " 64x64"}, "size", "no spaces"),
+        ({"prompt": "x", "size": "64x64 "}, "size", "no spaces"),
+        ({"prompt": "x", "size": "\u0666\u0664x\u0666\u0664"}, "size", "WIDTHxHEIGHT"),  # Arabic-Indic digits
+        ({"prompt": "x", "model": "sdxl-base", "size": "0x0"}, "size", "size: 0x0"),
+        ({"prompt": "a\u0000b"}, "prompt", "U+0000"),
+        ({"prompt": "x", "model": "sdxl-base", "negative_prompt": "\u001b[31m"}, "negative_prompt", "U+001B"),
+    ],
+)
+def test_strict_types_and_clean_text(http, body, param, words):
+    error = assert_openai_error(http.post("/v1/images/generations", json=body), 400, param=param)
+    assert words in error["message"] and error["message"].startswith(f"{param}: "), error
+
+
+def test_errors_quote_at_most_a_short_piece_of_what_was_sent(http):
+    huge = "m" * 1_000_000
+    missing = http.post("/v1/images/generations", json={"prompt": "x", "model": huge})
+    assert_openai_error(missing, 404, code="model_not_found")
+    unknown = http.post("/v1/images/generations", json={"prompt": "x", huge: 1})
+    assert_openai_error(unknown, 400)
+    assert len(missing.content) < 2000 and len(unknown.content) < 2000
+    assert len(http.get(f"/v1/models/{'m' * 5000}").content) < 2000
+
+
+def test_a_known_route_with_a_wrong_method_is_405(http):
+    for method, path in (("POST", "/v1/models/sdxl-base"), ("DELETE", "/v1/models"), ("POST", "/health"),
+                         ("POST", "/metrics"), ("PUT", "/v1/images/generations")):
+        response = http.request(method, path)
+        assert_openai_error(response, 405)
+        assert "GET" in response.headers.get("Allow", "GET") or "POST" in response.headers["Allow"]
+
+
 def test_sdk_raises_typed_errors(client):
     with pytest.raises(openai.BadRequestError) as bad:
         client.images.generate(model="sdxl-base", prompt="x", n=5)
