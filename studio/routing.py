@@ -6,9 +6,10 @@ uses what is true at that moment:
 
 1. a job that waited past ``starvation_s`` takes any idle slot first;
 2. a job whose model an idle slot already holds goes there (no load);
-3. a job whose model a busy slot holds (or is about to hold) waits for it when that slot is
-   expected free sooner than a swap would take (estimated per model from measured load times,
-   from disk or from a worker's RAM cache, and job durations);
+3. a job whose model a busy slot holds (or is about to hold) waits for it only when that slot is
+   expected free sooner than a swap would take, as measured: warm loads of the model (from disk
+   or from a worker's RAM cache; a worker's first load, which pays for its imports, is never
+   recorded) and job durations. With no warm load measured yet, the job takes the idle slot;
 4. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
    an empty one, then one holding a model nobody in the queue wants, then the least recently
    used; that slot swaps models.
@@ -47,6 +48,10 @@ class Estimates:
     def load_s(self, model_id: str, cached: bool = False) -> float:
         default = self.default_cached_load_s if cached else self.default_load_s
         return self._load_s.get((model_id, cached), default)
+
+    def measured_load_s(self, model_id: str, cached: bool = False) -> float | None:
+        """A load time that was really measured (warm), else None: no guess ever makes a job wait."""
+        return self._load_s.get((model_id, cached))
 
     def job_s(self, model_id: str, request: GenerationRequest) -> float:
         return work_units(request) * self._unit_s.get(model_id, self.default_unit_s)
@@ -146,12 +151,22 @@ def plan_dispatch(
         holders = [slot for slot in busy if slot.next_model == model]
         if holders:
             soonest = min(holders, key=lambda slot: free_at[slot.index])
-            swap_s = min(estimates.load_s(model, cached=model in slot.cached) for slot in idle)
-            if free_at[soonest.index] - now < swap_s:
+            measured = [estimates.measured_load_s(model, cached=model in slot.cached) for slot in idle]
+            swap_s = min((seconds for seconds in measured if seconds is not None), default=None)
+            if swap_s is not None and free_at[soonest.index] - now < swap_s:
                 free_at[soonest.index] += estimates.job_s(model, job.request)
                 continue
         bind(job, _victim(idle, waiting, model))
     return plan
+
+
+def backlog(queue: Sequence[Job], slots: Sequence[Slot]) -> int:
+    """Queued jobs that no slot can start now: what ``--max-queue`` limits.
+
+    Jobs held back for a busy slot that holds their model are not counted while an idle slot
+    could take them: they wait by choice, not for lack of room.
+    """
+    return max(0, len(queue) - sum(1 for slot in slots if slot.available))
 
 
 def _same_model(idle: list[Slot], job: Job) -> Slot | None:

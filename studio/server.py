@@ -11,6 +11,7 @@ Runs in the parent process: never imports torch (only the spawned workers do).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
         admins=settings.ui_admins, outputs_dir=settings.outputs_dir,
     )
     app.add_middleware(WrongMethod)
+    app.add_middleware(EndCancelledResponses)
     if settings.api_key and not settings.ui_auth:
         log.warning("--api-key guards /v1 only: the web UI and the Gradio API are open (--ui-auth closes them)")
     if settings.ui_auth and not settings.api_key:
@@ -130,6 +132,40 @@ def mount_ui(app: FastAPI, catalog, backend: Backend, settings: Settings):
         app, blocks, path="/", server_name=settings.host, server_port=settings.port, **mount_options(settings),
     )
     return next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "")
+
+
+class EndCancelledResponses:
+    """Requests still open when the server stops (a gradio_client's event stream, a browser's
+    heartbeat) are cancelled by uvicorn after its grace period: end their answers cleanly instead
+    of letting the cancel surface as an "Exception in ASGI application" traceback."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        sent = {"start": False, "end": False}
+
+        async def tracking(message):
+            if message["type"] == "http.response.start":
+                sent["start"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                sent["end"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except asyncio.CancelledError:
+            # Only uvicorn's shutdown cancels a request task (a client that leaves is told by a message).
+            log.info("%s %s: still open at shutdown; closed", scope.get("method"), echo(scope.get("path")))
+            try:
+                if not sent["start"]:
+                    await send({"type": "http.response.start", "status": 503, "headers": []})
+                if not sent["end"]:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:  # the connection is already gone: nothing left to end
+                pass
 
 
 class WrongMethod:

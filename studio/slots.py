@@ -51,7 +51,7 @@ from studio.protocol import (
     ToWorker,
     WorkerState,
 )
-from studio.routing import STARVATION_S, Estimates, Slot, plan_dispatch
+from studio.routing import STARVATION_S, Estimates, Slot, backlog, plan_dispatch
 from studio.schemas import GenerationRequest, Progress
 from studio.speed import EngineOptions
 from studio.worker import worker_main
@@ -66,6 +66,7 @@ RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint when no job is ru
 RETRY_AFTER_MAX_S = 300
 DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
+REAP_POLL_S = 0.02
 STOP_JOIN_S = 10.0  # shutdown waits this long for workers to exit before killing them
 
 
@@ -98,6 +99,8 @@ class WorkerSlot(Slot):
     failed_starts: int = 0  # workers in a row that died before their handshake
     restart_at: float | None = None
     killed: bool = False  # we killed it (a job ignored its timeout): not a crash
+    warm: bool = False  # this worker has loaded a model: its next load is a swap, not the imports too
+    reap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # see reap() and kill()
     last_error: str | None = None
 
     @property
@@ -206,11 +209,10 @@ class SlotManager:
             process = slot.process
             if process is None:
                 continue
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
+            if reap(process, slot.reap_lock, max(0.0, deadline - time.monotonic())) is None:
                 log.warning("slot %d (%s): worker did not exit; killing it", slot.index, slot.device)
-                process.kill()
-                process.join(5)
+                kill(process, slot.reap_lock)
+                reap(process, slot.reap_lock, 5)
         for thread in self._threads:
             thread.join(5)
         with self._cond:
@@ -236,9 +238,10 @@ class SlotManager:
             down = self._down_reason(now)
             if down:
                 refusal = WorkerFailed(down)
-            elif len(self._queue) >= limit:
+            elif backlog(self._queue, self._slots) >= limit:
                 retry_s = self._queue_place_in_s(now)
-                refusal = QueueFull(f"the queue is full: {len(self._queue)} jobs are waiting (limit {limit}); "
+                waiting = backlog(self._queue, self._slots)
+                refusal = QueueFull(f"the queue is full: {waiting} jobs are waiting (limit {limit}); "
                                     f"try again in about {retry_s} s", retry_after_s=retry_s)
             if refusal is not None:
                 self._end(job, refusal)  # ended at once, so observers (metrics) count refusals from every face
@@ -374,8 +377,10 @@ class SlotManager:
         if isinstance(message, Ready):
             slot.state, slot.failed_starts = "ready", 0
             self._apply_state(slot, message.state)
-            for model_id, seconds in message.timings:
+            # A new worker's first load pays for its imports too: not what a swap costs later.
+            for model_id, seconds in message.timings[1:]:
                 self.estimates.record_load(model_id, seconds)
+            slot.warm = bool(message.timings)
             self._cond.notify_all()  # start() waits on this
             if self._phase == "running":
                 log.info("slot %d (%s): worker %s ready again", slot.index, slot.device, slot.pid)
@@ -404,7 +409,9 @@ class SlotManager:
             state = message.state
             if slot.loading_at is not None and slot.generating_at is not None:
                 from_cache = slot.counts_before[1] + state.cache_hits > slot.cache_hits
-                self.estimates.record_load(job.spec.id, slot.generating_at - slot.loading_at, cached=from_cache)
+                if slot.warm:
+                    self.estimates.record_load(job.spec.id, slot.generating_at - slot.loading_at, cached=from_cache)
+                slot.warm = True
             slot.job, slot.last_used, slot.crashes_in_row = None, now, 0
             self._apply_state(slot, state)
             if isinstance(message, Done):
@@ -516,6 +523,7 @@ class SlotManager:
             generation = slot.generation
             slot.state, slot.started_at, slot.restart_at = "starting", time.monotonic(), None
             slot.process, slot.conn, slot.unreachable, slot.last_error = process, parent_conn, False, None
+            slot.warm = False
         try:
             process.start()
         except Exception as exc:  # out of processes, unpicklable preload ...
@@ -546,7 +554,7 @@ class SlotManager:
             with self._locked():
                 if slot.generation == generation:
                     self._handle(slot, message, time.monotonic())
-        process.join(5)  # reap it, for the exit code
+        reap(process, slot.reap_lock, 5)  # for the exit code
         with self._locked():
             if slot.generation == generation:
                 self._on_exit(slot, process.exitcode, time.monotonic())
@@ -586,7 +594,32 @@ class SlotManager:
                 log.warning("slot %d (%s): worker ignored the cancel of job %s for %.0f s; killing it",
                             slot.index, slot.device, job.id, self.cancel_grace_s)
                 slot.killed = True
-                slot.process.kill()
+                kill(slot.process, slot.reap_lock)
+
+
+def reap(process, lock: threading.Lock, timeout_s: float) -> int | None:
+    """Wait up to ``timeout_s`` for a worker to end; its exit code, or None while it runs.
+
+    Every wait on a worker goes through here: a non-blocking poll under the slot's lock, so two
+    threads (the slot's reader and ``shutdown``) never both wait on the pid, where the loser sees
+    "no such child" and takes a reaped worker for a hung one.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with lock:
+            code = process.exitcode  # polls: reaps an ended child, never blocks
+        if code is not None or time.monotonic() >= deadline:
+            return code
+        time.sleep(REAP_POLL_S)
+
+
+def kill(process, lock: threading.Lock) -> bool:
+    """SIGKILL a worker that has not been reaped; a reaped one's pid may already belong to another process."""
+    with lock:
+        if process.exitcode is not None:
+            return False
+        process.kill()
+        return True
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -165,3 +165,25 @@ def test_a_named_api_key_keeps_its_images_in_its_own_folder(server):
     assert response.status_code == 200, response.text[:300]
     saved = list(owner_dir(outputs, "ci", kind="api").glob("*.png"))
     assert len(saved) == 1 and saved[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stopping_with_a_client_still_listening_logs_no_traceback(models_dir, tmp_path):
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    server_log = logging.getLogger("uvicorn.error")
+    settings = Settings(host="127.0.0.1", devices=["cpu"], models_dir=models_dir, outputs_dir=tmp_path)
+    try:
+        with serve(settings) as base_url:
+            from gradio_client import Client
+
+            server_log.addHandler(handler)  # after uvicorn set up its logging, which drops earlier handlers
+            client = Client(base_url + "/", verbose=False)
+            client.submit(**LONG_JOB, api_name="/generate")  # its event stream stays open at shutdown
+            wait_until(lambda: client.predict(api_name="/status")["slots"][0].get("busy"), what="the job running")
+    finally:
+        server_log.removeHandler(handler)
+    tracebacks = [record.getMessage() for record in records if record.exc_info]
+    assert tracebacks == []

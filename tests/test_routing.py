@@ -6,7 +6,7 @@ import pytest
 
 from studio.catalog import load_catalog
 from studio.jobs import Job
-from studio.routing import Estimates, Slot, plan_dispatch
+from studio.routing import Estimates, Slot, backlog, plan_dispatch
 from studio.schemas import GenerationRequest
 
 BASE, TURBO = "sdxl-base", "sdxl-turbo"
@@ -106,3 +106,27 @@ def test_plan_skips_dead_and_busy_slots(presets):
     dead = Slot(0, "cpu", state="dead", model=BASE)
     busy = busy_slot(1, queued_job(presets, TURBO), 1000.0, step=1, total=2, per_step_s=0.1)
     assert plan_dispatch([job], [dead, busy], Estimates(), now=1000.0) == []
+
+
+def test_plan_never_holds_a_job_on_a_load_time_nobody_measured(presets):
+    """A fresh server: the holder is busy, the other slot idle, no warm load known (the first
+    load of a worker, imports included, is never recorded): the job takes the idle slot."""
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    job = queued_job(presets, BASE)
+    cold = Estimates(default_load_s=60.0)  # guesses only
+    assert plan_dispatch([job], [busy, idle], cold, now) == [(job, idle)]
+    warm = Estimates()
+    warm.record_load(BASE, 5.0)  # a measured swap is slower than the 1 s left: worth the wait
+    assert plan_dispatch([job], [busy, idle], warm, now) == []
+
+
+def test_the_queue_limit_counts_only_jobs_no_slot_can_start(presets):
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)
+    idle = Slot(1, "cpu", state="ready", model=TURBO)
+    held = [queued_job(presets, BASE), queued_job(presets, BASE)]
+    assert backlog(held, [busy, idle]) == 1  # one of them could start on the idle slot now
+    assert backlog(held, [busy]) == 2
+    assert backlog([], [busy, idle]) == 0

@@ -421,3 +421,60 @@ def test_a_crash_loop_backs_off_and_recovers(one_slot, catalog):
     status = wait_restarted(one_slot, 0, old_pid)
     assert status.model is None  # a restart that failed to come up drops the preload
     assert submit(one_slot, catalog, BASE).wait(START_S).images
+
+
+# ---------------------------------------------------------------- reaping and shutdown
+
+
+def test_two_threads_reaping_one_worker_both_see_its_exit_and_nobody_signals_it(monkeypatch):
+    import multiprocessing
+
+    from studio.slots import kill, reap
+
+    signals = []
+    real_kill = os.kill
+    monkeypatch.setattr(os, "kill", lambda pid, sig: (signals.append((pid, sig)), real_kill(pid, sig)))
+    context = multiprocessing.get_context("fork")
+    for _ in range(20):  # the race this guards against lost one shutdown in three
+        process, lock = context.Process(target=time.sleep, args=(0.05,)), threading.Lock()
+        process.start()
+        codes = []
+        threads = [threading.Thread(target=lambda: codes.append(reap(process, lock, 10))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert codes == [0, 0]
+        assert kill(process, lock) is False  # reaped: its pid is no longer ours to signal
+    assert signals == []
+
+
+def test_a_normal_shutdown_kills_no_worker(tiny_models, catalog, caplog):
+    manager = SlotManager(Settings(devices=["cpu", "cpu"], models_dir=tiny_models(BASE, TURBO)), catalog)
+    manager.start()
+    processes = [slot.process for slot in manager._slots]
+    manager.shutdown()
+    assert "did not exit" not in caplog.text
+    assert [process.exitcode for process in processes] == [0, 0]  # they left by themselves, not by SIGKILL
+
+
+def test_a_burst_of_one_model_uses_both_slots_and_the_limit_counts_only_the_backlog(tiny_models, catalog):
+    """Slots holding [sdxl-base, sdxl-turbo], 40 sdxl-turbo jobs at once, --max-queue 2: one runs
+    where its model is, one takes the other slot (no warm load measured says waiting is better),
+    two wait: 4 accepted. Holding the second job for the busy slot let only 3 in."""
+    settings = Settings(devices=["cpu", "cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE, TURBO],
+                        max_queue=2)
+    manager = SlotManager(settings, catalog)
+    manager.start()
+    try:
+        accepted, refused = [], 0
+        for seed in range(40):
+            try:
+                accepted.append(submit(manager, catalog, TURBO, seed=seed, steps=2))
+            except QueueFull:
+                refused += 1
+        assert len(accepted) >= 4 and len(accepted) + refused == 40
+        assert all(job.wait(START_S).images for job in accepted)
+        assert {job.slot for job in accepted} == {0, 1}
+    finally:
+        manager.shutdown()
