@@ -201,7 +201,12 @@ HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 def known_routes(app: FastAPI) -> list[tuple[re.Pattern, set[str]]]:
     """Each path of the app's own routes (not the UI) as a pattern, with the methods it takes."""
     routes = []
-    for path, operations in app.openapi().get("paths", {}).items():
+    try:
+        paths = app.openapi().get("paths", {})
+    except Exception:  # a schema that cannot be built must not take every request down with it
+        log.exception("could not read the app's routes from its OpenAPI schema; no 405 answers")
+        paths = {}
+    for path, operations in paths.items():
         pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
         routes.append((pattern, {name.upper() for name in operations} & HTTP_METHODS))
     for route in app.router.routes:

@@ -308,7 +308,9 @@ def test_kill_9_fails_only_the_running_job_and_the_slot_comes_back(two_slots, ca
     assert status.restarts == 1 and status.model == preload_plan([BASE, TURBO], 2)[index][0]
     assert slot_status(two_slots, other).pid == other_before.pid
     assert slot_status(two_slots, other).jobs_failed == other_before.jobs_failed
-    assert submit(two_slots, catalog, status.model).wait(START_S).slot == index
+    # The restarted slot serves its model (so may the other slot, when earlier jobs left the same one there).
+    holders = {index} | ({other} if slot_status(two_slots, other).model == status.model else set())
+    assert submit(two_slots, catalog, status.model).wait(START_S).slot in holders
 
 
 # ---------------------------------------------------------------- queue limit, timeouts, events
