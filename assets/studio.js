@@ -7,9 +7,19 @@
   document.addEventListener("click", (event) => {
     if (!window.matchMedia(PHONE).matches) return;
     if (!(event.target.closest && event.target.closest("#generate-button"))) return;
-    const results = document.querySelector("#results");
-    if (results) results.scrollIntoView({ behavior: "smooth", block: "start" });
+    scrollToResults("smooth");
   });
+  // The live preview hides when a job ends and the results move up with it: scroll once more when done.
+  const status = document.querySelector("#job-status");
+  if (status) {
+    new MutationObserver(() => {
+      if (window.matchMedia(PHONE).matches && status.innerText.startsWith("Done")) scrollToResults("auto");
+    }).observe(status, { childList: true, subtree: true, characterData: true });
+  }
+  function scrollToResults(behavior) {
+    const results = document.querySelector("#results");
+    if (results) results.scrollIntoView({ behavior, block: "start" });
+  }
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
     const box = event.target.closest && event.target.closest("#prompt, #negative-prompt");

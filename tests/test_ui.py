@@ -261,7 +261,7 @@ def test_an_invalid_value_stays_in_the_status_line_with_the_models_range(page):
     page.click("#generate-button")
 
     message = "width: 5000 is out of range for sdxl-turbo; allowed 32..1024"  # ...and so does the error
-    page.wait_for_function("text => document.querySelector('#job-status').innerText.includes(text)", arg=message)
+    page.wait_for_function("text => document.querySelector('#job-status').innerText.includes(text)", arg=message, timeout=90_000)
     time.sleep(11)  # longer than Gradio's error toast lives
     assert message in page.inner_text("#job-status")
     page.fill("#width input", "64")
@@ -269,7 +269,7 @@ def test_an_invalid_value_stays_in_the_status_line_with_the_models_range(page):
     page.fill("#steps input", "400")  # a box, not a slider: no silent clamp to the top
     page.click("#generate-button")
     page.wait_for_function("() => document.querySelector('#job-status').innerText.includes("
-                           "'steps: 400 is out of range for sdxl-turbo; allowed 1..4')")
+                           "'steps: 400 is out of range for sdxl-turbo; allowed 1..4')", timeout=90_000)
 
 
 def test_on_a_phone_generate_the_status_and_the_newest_image_are_on_screen_together(phone, server):
