@@ -68,6 +68,12 @@ def health(http) -> dict:
     return http.get("/health").json()
 
 
+def replica_pid(http, slot: int) -> int | None:
+    """The slot's worker pid, only once it is a real process other than this one."""
+    pid = {line["index"]: line for line in health(http)["slots"]}[slot].get("pid") or 0
+    return pid if pid > 1 and pid != os.getpid() else None
+
+
 def wait_for(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -206,8 +212,8 @@ def test_a_killed_replica_fails_only_its_job_and_serve_replaces_it(app, http):
     victim = submit(app, BASE, **LONG)
     slot = running_step(victim)
     other = submit(app, TURBO, steps=4, num_images=2)
-    lines = {line["index"]: line for line in health(http)["slots"]}
-    pid = lines[slot]["pid"]
+    # A replica's pid arrives with its next report; until then it reads 0, and kill(0) would hit our own group.
+    pid = wait_for(lambda: replica_pid(http, slot), START_S, "the replica's pid")
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(WorkerFailed) as caught:
         victim.wait(60)
