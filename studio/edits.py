@@ -33,6 +33,7 @@ from studio.openai_api import (
     ImagesResponse,
     _extra,
     build_response,
+    request_data,
     require_api_key,
     stream_response,
     wait_for_result,
@@ -127,20 +128,9 @@ def resolve_edit(catalog, body: ImageEditRequest, image: uploads.Upload, mask: u
         width, height = (int(part) for part in body.size.split("x"))
     else:
         width, height = spec.fit_size(image.width, image.height)
-    data = dict(
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt or None,
-        model=spec.id,
-        width=width,
-        height=height,
-        steps=body.steps,
-        guidance=body.guidance,
-        seed=body.seed,
-        num_images=body.n or 1,
-        strength=body.strength,
-        image=image.data,
-        mask=mask.data if mask else None,
-        previews=(body.partial_images or 0) if body.stream else 0,
+    data = request_data(
+        body, width=width, height=height, num_images=body.n or 1,
+        strength=body.strength, image=image.data, mask=mask.data if mask else None,
     )
     try:
         return catalog.parse(data)

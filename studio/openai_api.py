@@ -342,8 +342,29 @@ async def require_api_key(
 # ---------------------------------------------------------------- request translation
 
 
+def request_data(body, *, width: int | None, height: int | None, num_images: int, **inputs) -> dict:
+    """An Images body (generations or edits) as the plain data of ONE ``GenerationRequest``.
+
+    The fields both routes read alike come from ``body``; the caller settles the ones its route
+    reads its own way: the size, the count, and for an edit its ``inputs`` (image, mask, strength).
+    """
+    return dict(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt or None,
+        model=body.model,
+        width=width,
+        height=height,
+        steps=body.steps,
+        guidance=body.guidance,
+        seed=body.seed,
+        num_images=num_images,
+        previews=(body.partial_images or 0) if body.stream else 0,
+        **inputs,
+    )
+
+
 def generation_data(body: ImageGenerationRequest) -> dict:
-    """The OpenAI fields and the extras as the plain data of ONE ``GenerationRequest``."""
+    """A generations body as request data: ``n`` or its alias, ``size`` or width/height, never contradicting."""
     if body.n is not None and body.num_images is not None and body.n != body.num_images:
         raise InvalidRequest(
             f"num_images: {body.num_images} contradicts n={body.n}; send one of them", field="num_images"
@@ -357,18 +378,7 @@ def generation_data(body: ImageGenerationRequest) -> dict:
                 field="size",
             )
         width, height = size_w, size_h
-    return dict(
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt or None,
-        model=body.model,
-        width=width,
-        height=height,
-        steps=body.steps,
-        guidance=body.guidance,
-        seed=body.seed,
-        num_images=body.n or body.num_images or 1,
-        previews=(body.partial_images or 0) if body.stream else 0,
-    )
+    return request_data(body, width=width, height=height, num_images=body.n or body.num_images or 1)
 
 
 def resolve(catalog, body: ImageGenerationRequest) -> tuple[ModelSpec, GenerationRequest]:

@@ -26,6 +26,8 @@ from PIL import Image
 
 from studio import pngmeta
 from studio.config import Settings
+from studio.edits import ImageEditRequest
+from studio.openai_api import ImageGenerationRequest, generation_data, request_data
 from tests import faults
 from tests.live import serve
 
@@ -128,6 +130,17 @@ def test_models_say_which_can_edit(client):
     tasks = {model.id: model.model_extra["tasks"] for model in client.models.list()}
     assert tasks[EDITOR] == ["text-to-image", "image-to-image", "inpainting"]
     assert tasks[TEXT_ONLY] == ["text-to-image"]
+
+
+def test_both_routes_read_their_shared_fields_into_the_same_request_data():
+    shared = {"prompt": "a kite", "model": EDITOR, "negative_prompt": "", "steps": 3, "guidance": 2.5, "seed": 7,
+              "n": 2, "stream": True, "partial_images": 2}
+    generation = generation_data(ImageGenerationRequest(**shared, size="96x64"))
+    edit = request_data(ImageEditRequest(**shared), width=96, height=64, num_images=2,
+                        strength=0.5, image=b"in", mask=None)
+    assert edit == generation | {"strength": 0.5, "image": b"in", "mask": None}
+    assert generation["negative_prompt"] is None and generation["previews"] == 2  # "" is no negative prompt
+    assert generation_data(ImageGenerationRequest(**shared | {"stream": False}))["previews"] == 0
 
 
 def text_file() -> tuple:
