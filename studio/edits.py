@@ -85,7 +85,7 @@ class ImageEditRequest(BaseModel):
     def _size_shape(cls, value: str | None) -> str | None:
         if value is None or value.strip().lower() == "auto":
             return None
-        if not SIZE_PATTERN.match(value.strip().lower()):
+        if not SIZE_PATTERN.fullmatch(value.strip().lower()):  # match() let '64x64x64' through to a 500
             raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
         return value.strip().lower()
 

@@ -161,9 +161,10 @@ def text_file() -> tuple:
         ({"image": ("in.png", photo(), "image/png")}, {"model": TEXT_ONLY}, "model", EDITOR),
         ({"image": ("in.png", photo(), "image/png")}, {"strength": "2"}, "strength", "less than or equal to 1"),
         ({"image": ("in.png", photo(), "image/png")}, {"size": "100x100"}, "size", "multiple"),
+        ({"image": ("in.png", photo(), "image/png")}, {"size": "64x64x64"}, "size", "WIDTHxHEIGHT"),
         ({}, {}, "image", "required"),
     ],
-    ids=["text-file", "1x1", "20000x20000-header", "60MB", "mask-size", "cannot-edit", "strength", "size", "no-image"],
+    ids=["text-file", "1x1", "20000x20000-header", "60MB", "mask-size", "cannot-edit", "strength", "size", "size-shape", "no-image"],
 )
 def test_bad_uploads_are_400_and_the_server_stays_healthy(http, files, fields, param, words):
     response = http.post("/v1/images/edits", files=files, data={"prompt": "x", "model": EDITOR, **fields})
