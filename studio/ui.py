@@ -496,17 +496,7 @@ class Studio:
         spec, resolved = self._resolve_or_error(
             prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
         )
-        try:
-            session = request.session_hash if request else None
-            async for item in self.run(spec, resolved, session, self.saved_history(request)):
-                if isinstance(item, Progress):
-                    text, fraction = describe(item, spec)
-                    progress(fraction, desc=text)
-                else:
-                    files, result = item
-        except StudioError as exc:
-            raise user_error(exc.message, exc.status) from None
-        return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
+        return await self._api_run(spec, resolved, style, request, progress)
 
     async def on_api_edit(
         self,
@@ -558,17 +548,7 @@ class Studio:
             prompt, spec.id, negative_prompt, width, height, steps, guidance, seed, num_images, style,
             image=data, mask=mask_data, strength=strength,
         )
-        try:
-            session = request.session_hash if request else None
-            async for item in self.run(spec, resolved, session, self.saved_history(request)):
-                if isinstance(item, Progress):
-                    text, fraction = describe(item, spec)
-                    progress(fraction, desc=text)
-                else:
-                    files, result = item
-        except StudioError as exc:
-            raise user_error(exc.message, exc.status) from None
-        return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
+        return await self._api_run(spec, resolved, style, request, progress)
 
     def on_model_edit_support(self, model_id: str):
         """The edit panel shows for models that can edit."""
@@ -759,6 +739,22 @@ class Studio:
             return self.resolve(*values, **edit)
         except StudioError as exc:
             raise user_error(exc.message, exc.status) from None
+
+    async def _api_run(self, spec: ModelSpec, resolved: GenerationRequest, style: str | None,
+                       request: gr.Request | None, progress: gr.Progress) -> tuple[list[str], dict]:
+        """A Gradio API job to its end (``/generate``, ``/edit``): progress through Gradio's own tracker,
+        then the saved PNG files and their parameters."""
+        try:
+            session = request.session_hash if request else None
+            async for item in self.run(spec, resolved, session, self.saved_history(request)):
+                if isinstance(item, Progress):
+                    text, fraction = describe(item, spec)
+                    progress(fraction, desc=text)
+                else:
+                    files, result = item
+        except StudioError as exc:
+            raise user_error(exc.message, exc.status) from None
+        return [str(path) for path in files], result_params(resolved, result, style or NO_STYLE, files)
 
     @staticmethod
     def _caption(request: GenerationRequest, seed: int) -> str:
