@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
                 slots = app.state.backend.status().slots
                 devices = [f"{slot.device} ({slot.model})" if slot.model else slot.device for slot in slots]
                 url = terminal.local_url(settings.host, settings.port)
-                print(terminal.banner(url, devices, app.state.catalog, terminal.models_on_disk(app.state.catalog)),
-                      flush=True)
+                on_disk = app.state.backend.models_on_disk()  # the download phase's survey (studio.downloads)
+                print(terminal.banner(url, devices, app.state.catalog, on_disk), flush=True)
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
     terminal.setup_logging()  # after uvicorn.Config, which sets up uvicorn's loggers

@@ -149,17 +149,21 @@ class DownloadGate:
         on_disk = self._on_disk(self.catalog.get(model_id))  # before the survey: what the cache alone says
         return {"on_disk": on_disk, "download_bytes": 0 if on_disk else None}
 
+    def models_on_disk(self) -> list[str]:
+        """Ids of the models that load without a download, as ``disk_status`` says (the start-up banner's list)."""
+        return [spec.id for spec in self.catalog if self.disk_status(spec.id)["on_disk"]]
+
     def survey(self) -> None:
-        """Log which models are on disk and which would download, and how much (the hub is asked
-        unless offline); the answers feed ``disk_status`` for ``/v1/models`` and the Models tab."""
+        """Learn which models are on disk and which would download, and how much (the hub is asked
+        unless offline); the answers feed ``disk_status`` for the banner, ``/v1/models`` and the Models
+        tab. Logs what would download: the banner already says what is on disk."""
         specs = list(self.catalog)
         with ThreadPoolExecutor(max_workers=8) as pool:
             plans = list(pool.map(self._plan_quietly, specs))
-        on_disk, to_fetch, unknown = [], [], []
+        to_fetch, unknown = [], []
         for spec, plan in zip(specs, plans):
             if spec.local_dir is not None or (plan is not None and plan.missing() == 0):
                 entry = {"on_disk": True, "download_bytes": 0}
-                on_disk.append(spec.id)
             elif plan is not None:
                 entry = {"on_disk": False, "download_bytes": plan.missing()}
                 to_fetch.append(f"{spec.id} ({hub.format_size(plan.missing())})")
@@ -168,7 +172,6 @@ class DownloadGate:
                 unknown.append(spec.id)
             with self._lock:
                 self._disk[spec.id] = entry
-        log.info("models on disk: %s", ", ".join(on_disk) or "none")
         if to_fetch:
             log.info("models that download on first use (or `python -m studio pull ID`): %s", ", ".join(to_fetch))
         if unknown:

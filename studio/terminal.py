@@ -69,28 +69,6 @@ def quiet_libraries() -> None:
         logging.basicConfig(format=LOG_FORMAT)
 
 
-def models_on_disk(catalog: Catalog) -> list[str]:
-    """Ids of the models that load without a download: in the models folder, or whole in the hub cache.
-
-    Never asks the hub (the server may have no network): reads the listings cached by downloads.
-    """
-    from studio import hub
-    from studio.errors import StudioError
-
-    ready = []
-    for spec in catalog:
-        if spec.local_dir is not None:
-            ready.append(spec.id)
-            continue
-        try:
-            plan = hub.plan_model(spec, online=False)
-        except (StudioError, OSError):
-            continue
-        if plan.repos and not plan.missing():
-            ready.append(spec.id)
-    return ready
-
-
 def local_url(host: str, port: int) -> str:
     """The address to open on this machine: ``localhost`` when the server listens on every interface."""
     shown = "localhost" if host in ("", "0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)

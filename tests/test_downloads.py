@@ -103,6 +103,7 @@ def test_models_say_what_is_on_disk_and_what_downloads(studio, http):
     assert models["sdxl-turbo"]["on_disk"] is False
     assert 1_000_000 < models["sdxl-turbo"]["download_bytes"] < turbo_size
     assert models["flux-schnell"]["on_disk"] is False and models["flux-schnell"]["download_bytes"] is None
+    assert studio[2].state.backend.models_on_disk() == [m for m in models if models[m]["on_disk"]]  # the banner's
     listing = Client(studio[0] + "/", verbose=False).predict(api_name="/models")  # the Gradio API says the same
     assert {m["id"]: (m["on_disk"], m["download_bytes"]) for m in listing} == {
         model_id: (m["on_disk"], m["download_bytes"]) for model_id, m in models.items()
