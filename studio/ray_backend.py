@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,7 @@ class RayBackend:
         self._owns_app = False  # this backend deployed the replicas (else it found them running)
         self._connected = False  # this backend called ray.init
         self._own_ray = False  # ... and that started a local Ray instance, not a connection to a cluster
+        self._ray_released = threading.Event()  # ends the thread that started Ray (see _init_ray)
         self._phase = "new"  # new | starting | running | stopping | stopped
         self._census = None  # the Census actor, once Ray is up
         self._streaming = not (settings.ray_address or "").startswith("ray://")  # Ray Client cannot stream
@@ -310,10 +312,7 @@ class RayBackend:
         try:
             if not ray.is_initialized():
                 address = self.settings.ray_address
-                # The replicas run this same code, shipped with the job: other machines need only the
-                # requirements (and the models, in their HF cache or a shared one).
-                ray.init(address=address, runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
-                         namespace="studio", log_to_driver=False, include_dashboard=False)
+                self._init_ray(address)
                 self._connected = True
                 self._own_ray = address is None and not os.environ.get("RAY_ADDRESS")  # started just now: ours to stop
             self._census = census()
@@ -334,6 +333,28 @@ class RayBackend:
         while not (slots := self.status().slots) and time.monotonic() < deadline:
             time.sleep(0.1)
         log.info("ray backend ready: %s", ", ".join(f"{s.index}={s.device}" for s in slots) or "no replica reported")
+
+    def _init_ray(self, address: str | None) -> None:
+        """``ray.init`` from a thread of this backend that lives until ``shutdown``. The kernel kills
+        a local Ray's GCS and raylet (started with PR_SET_PDEATHSIG) when the *thread* that started
+        them ends, and ``start`` may run on a server's pool thread that ends once idle: the cluster
+        would vanish under the replicas, and the driver (this process) exit a minute later."""
+        ready: Future = Future()
+
+        def own_ray() -> None:
+            try:
+                # The replicas run this same code, shipped with the job: other machines need only the
+                # requirements (and the models, in their HF cache or a shared one).
+                ray.init(address=address, runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
+                         namespace="studio", log_to_driver=False, include_dashboard=False)
+            except BaseException as exc:
+                ready.set_exception(exc)
+                return
+            ready.set_result(None)
+            self._ray_released.wait()
+
+        threading.Thread(target=own_ray, name="ray-owner", daemon=True).start()
+        ready.result()
 
     def shutdown(self) -> None:
         """Cancel every job, remove the deployment, and stop Ray when this process started it."""
@@ -359,6 +380,8 @@ class RayBackend:
                 ray.shutdown()
         except Exception:  # the cluster may already be gone
             log.exception("ray backend: shutting down")
+        finally:
+            self._ray_released.set()
         self._phase = "stopped"
 
     # -- the public API ------------------------------------------------------------

@@ -14,6 +14,8 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -47,6 +49,7 @@ def app(tiny_models, tmp_path_factory):
         job_timeout_s=JOB_TIMEOUT_S, outputs_dir=tmp_path_factory.mktemp("outputs"), fault_hook="faults:install",
     )
     application = create_app(settings)
+    application.state.backend.start = in_a_passing_thread(application.state.backend.start)
     try:
         with serve_app(application, startup_timeout_s=START_S) as base_url:
             application.state.base_url = base_url
@@ -56,6 +59,17 @@ def app(tiny_models, tmp_path_factory):
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
+
+
+def in_a_passing_thread(start):
+    """``start`` on a thread that ends with it, as a server's idle pool thread does sooner or later:
+    the local Ray that ``start`` brings up must outlive that thread."""
+
+    def run() -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="passing-start") as pool:
+            pool.submit(start).result()
+
+    return run
 
 
 @pytest.fixture
@@ -69,9 +83,39 @@ def health(http) -> dict:
 
 
 def replica_pid(http, slot: int) -> int | None:
-    """The slot's worker pid, only once it is a real process other than this one."""
-    pid = {line["index"]: line for line in health(http)["slots"]}[slot].get("pid") or 0
-    return pid if pid > 1 and pid != os.getpid() else None
+    """The slot's worker pid, once its replica has reported it."""
+    return {line["index"]: line for line in health(http)["slots"]}[slot].get("pid") or None
+
+
+def proc_stat(pid: int) -> tuple[str, str, int]:
+    """A process's (name, state, parent pid) from /proc; state Z: dead, not yet reaped."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    state, ppid = text[text.rindex(")") + 2:].split()[:2]
+    return text[text.index("(") + 1:text.rindex(")")], state, int(ppid)
+
+
+def ray_daemons() -> dict[str, str]:
+    """The GCS and raylet this process started: name -> state."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            name, state, ppid = proc_stat(int(entry.name))
+        except (ValueError, OSError):
+            continue  # not a process, or it ended meanwhile
+        if ppid == os.getpid() and name in ("gcs_server", "raylet"):
+            found[name] = state
+    return found
+
+
+def is_our_replica(pid: int) -> bool:
+    """``pid`` is a Serve replica of this app, a worker of the raylet this process started."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        raylet = proc_stat(proc_stat(pid)[2])
+    except OSError:
+        return False
+    return title.startswith(b"ray::ServeReplica:studio:EngineReplica") and raylet[0] == "raylet" \
+        and raylet[2] == os.getpid()
 
 
 def wait_for(predicate, timeout_s: float, what: str):
@@ -115,6 +159,11 @@ def test_before_it_starts_the_backend_lists_the_planned_replicas(tiny_catalog):
 
 
 # ---------------------------------------------------------------- the faces
+
+
+def test_ray_outlives_the_thread_that_started_it(app):
+    daemons = ray_daemons()  # a killed one stays a zombie (Z) until Ray reaps it, or is gone
+    assert set(daemons) == {"gcs_server", "raylet"} and "Z" not in daemons.values(), daemons
 
 
 def test_rest_generates_through_ray(http):
@@ -207,14 +256,13 @@ def test_a_job_past_its_timeout_fails_with_504(http):
 # ---------------------------------------------------------------- a replica dies
 
 
-@pytest.mark.skip(reason="killing the replica ends the whole pytest run on a 2-core machine (under investigation)")
 def test_a_killed_replica_fails_only_its_job_and_serve_replaces_it(app, http):
     wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
     victim = submit(app, BASE, **LONG)
     slot = running_step(victim)
     other = submit(app, TURBO, steps=4, num_images=2)
-    # A replica's pid arrives with its next report; until then it reads 0, and kill(0) would hit our own group.
     pid = wait_for(lambda: replica_pid(http, slot), START_S, "the replica's pid")
+    assert is_our_replica(pid)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(WorkerFailed) as caught:
         victim.wait(60)
