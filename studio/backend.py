@@ -62,6 +62,7 @@ class BackendStatus:
     slots: tuple[SlotStatus, ...] = ()
     queue_depth: int = 0  # jobs admitted and waiting for a slot
     max_queue: int = 0
+    waiting_room: int = 0  # jobs over max_queue waiting (up to --queue-wait) for a place in the queue
     accepting: bool = False  # running (not starting up or shutting down)
     # Filled by the download phase in front of the backend (studio.downloads.DownloadGate):
     downloads: tuple[dict, ...] = ()  # {"model", "bytes_done", "bytes_total", "bytes_per_s", "eta_s", "jobs_waiting"}

@@ -10,6 +10,9 @@ On any machine (CPU is enough), with tiny models it builds itself in a temporary
            load-and-run code the workers use)
   swap     swapping models from the Engine's RAM cache versus a cold load from disk
   batch    images/s for n=4 in one call versus four n=1 calls
+  admission  Retry-After's honesty: for each queue-full refusal on two CPU slots (--max-queue 1,
+           no waiting room, two models mixed), its Retry-After over the time until a place
+           really freed (1.0 is exact; whole seconds, at least 1, so short waits read high)
 
 ``--gpu --model ID`` on a CUDA device builds the full-size model from its real architecture
 configs (written below, random weights, nothing downloaded) and compares seconds per image at
@@ -247,6 +250,52 @@ def round_robin(catalog, preload: list, requests: list) -> dict:
 # ---------------------------------------------------------------- (c) RAM cache versus disk
 
 
+def bench_admission(models_dir: Path, rounds: int) -> dict:
+    """Retry-After against the truth: fill the queue, take a refusal, time until a place frees."""
+    from studio.catalog import load_catalog
+    from studio.config import Settings
+    from studio.errors import QueueFull
+    from studio.schemas import GenerationRequest
+    from studio.slots import SlotManager
+
+    catalog = load_catalog(models_dir)
+    models = (REST_MODEL, SECOND_MODEL)
+    settings = Settings(devices=["cpu", "cpu"], models_dir=models_dir, preload=list(models), max_queue=1,
+                        queue_wait_s=0)
+    manager = SlotManager(settings, catalog)
+    manager.start()
+    samples, jobs = [], []
+    rng = random.Random(0)
+
+    def backlog() -> int:
+        status = manager.status()
+        return status.queue_depth - sum(1 for slot in status.slots if slot.alive and not slot.busy)
+
+    try:
+        while len(samples) < rounds:
+            spec = catalog.get(rng.choice(models))
+            side = rng.choice((512, 768))  # jobs of about a second or more: Retry-After counts whole seconds
+            request = spec.check(GenerationRequest(prompt=PROMPT, seed=len(jobs), steps=rng.choice((8, 16, 24)),
+                                                   width=side, height=side))
+            try:
+                jobs.append(manager.submit(spec, request))
+                continue
+            except QueueFull as full:
+                refused_at = time.perf_counter()
+                while backlog() >= settings.max_queue:
+                    time.sleep(0.01)
+                samples.append({"retry_after_s": full.retry_after_s, "freed_after_s": time.perf_counter() - refused_at})
+        for job in jobs:
+            job.wait(timeout=600)
+    finally:
+        manager.shutdown()
+    ratios = [sample["retry_after_s"] / max(sample["freed_after_s"], 0.01) for sample in samples]
+    return {"rounds": rounds, "samples": samples, "ratio_median": median(ratios),
+            "ratio_p10": sorted(ratios)[len(ratios) // 10], "ratio_p90": sorted(ratios)[len(ratios) * 9 // 10],
+            "freed_median_s": median([sample["freed_after_s"] for sample in samples]),
+            "error_median_s": median([abs(sample["retry_after_s"] - sample["freed_after_s"]) for sample in samples])}
+
+
 def bench_swap(models_dir: Path, repeats: int) -> dict:
     """Seconds per model swap (A <-> B), from the Engine's RAM cache and cold from disk."""
     from studio.catalog import load_catalog
@@ -317,6 +366,7 @@ def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str], backen
             "routing": lambda: bench_routing(models_dir, jobs),
             "swap": lambda: bench_swap(models_dir, repeats),
             "batch": lambda: bench_batch(models_dir, max(3, repeats // 3)),
+            "admission": lambda: bench_admission(models_dir, max(10, repeats)),
         }
         for name in sections:
             started = time.perf_counter()
@@ -367,6 +417,14 @@ def cpu_rows(results: dict) -> list[tuple[str, str, str, str]]:
             f"images/s, n={r['n']} in one call vs {r['n']} calls ({r['model']} {r['size']}, {r['steps']} steps)",
             f"{r['batch_images_per_s']:.1f}", f"{r['singles_images_per_s']:.1f}",
             f"{r['batch_images_per_s'] / r['singles_images_per_s']:.2f}",
+        ))
+    if "admission" in results:
+        r = results["admission"]
+        rows.append((
+            f"Retry-After / time until a place freed ({r['rounds']} refusals, 2 models on 2 slots, "
+            f"places freed after {r['freed_median_s']:.1f} s median, off by {r['error_median_s']:.1f} s median; "
+            f"ratio p10-p90 {r['ratio_p10']:.2f}-{r['ratio_p90']:.2f})",
+            f"{r['ratio_median']:.2f}", "1.00", "",
         ))
     return rows
 
@@ -579,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (after warm-up)")
     parser.add_argument("--jobs", type=int, default=16, help="jobs in the mixed two-model workload")
     parser.add_argument("--job-s", type=float, default=0.2, help="target seconds of the bare call in the REST test")
-    parser.add_argument("--only", default="rest,routing,swap,batch", help="comma list of CPU sections")
+    parser.add_argument("--only", default="rest,routing,swap,batch", help="comma list of CPU sections (also: admission)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="the backend behind the app in the rest section (ray: a local Ray, one replica)")
     parser.add_argument("--gpu", action="store_true", help="full-size random-weight model on CUDA")

@@ -67,6 +67,7 @@ class Settings:
     models_dir: Path | None = None
     preload: list[str] = field(default_factory=list)
     max_queue: int = 32
+    queue_wait_s: float = 10.0  # past --max-queue a job waits this long for a place before a 429; 0 refuses at once
     job_timeout_s: float = 600.0
     api_key: str | None = None  # one plain key, or "name:key,..." (``api_keys`` reads it)
     ui_auth: list[tuple[str, str]] = field(default_factory=list)  # logins for the web UI and the Gradio API
@@ -106,6 +107,7 @@ class Settings:
             models_dir=Path(args.models_dir) if args.models_dir else None,
             preload=_csv(args.preload),
             max_queue=args.max_queue,
+            queue_wait_s=args.queue_wait,
             job_timeout_s=args.job_timeout,
             api_key=args.api_key or None,
             ui_auth=args.ui_auth or [],
@@ -162,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-gpus", type=int, default=_env("NUM_GPUS") and int(_env("NUM_GPUS")))
     parser.add_argument("--models-dir", default=_env("MODELS_DIR"), help="local folder of <model-id>/ pipelines")
     parser.add_argument("--preload", default=_env("PRELOAD"), help="model ids to load and warm at start")
-    parser.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")))
+    parser.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")),
+                        help="jobs that may wait for a slot (default 32)")
+    parser.add_argument(
+        "--queue-wait", type=_non_negative(float), default=_env("QUEUE_WAIT", "10"), metavar="SECONDS",
+        help="past --max-queue, up to as many jobs again wait this long for a place before a 429 (default 10; 0: at once)",
+    )
     parser.add_argument("--job-timeout", type=float, default=float(_env("JOB_TIMEOUT", "600")), help="seconds")
     parser.add_argument(
         "--api-key", type=_api_keys, default=_env("API_KEY"), metavar="KEY | NAME:KEY[,...]",

@@ -73,12 +73,13 @@ class _SlotCollector:
         return _families()
 
     def collect(self):
-        queue, busy, alive, loads, done, total = _families()
+        queue, room, busy, alive, loads, done, total = _families()
         try:
             status = self.backend.status()
         except Exception:  # a backend not started or shutting down: report nothing rather than fail the scrape
             return []
         queue.add_metric([], float(status.queue_depth))
+        room.add_metric([], float(status.waiting_room))
         for slot in status.slots:
             labels = [str(slot.index), slot.device]
             busy.add_metric(labels, 1.0 if slot.busy else 0.0)
@@ -87,12 +88,13 @@ class _SlotCollector:
         for download in status.downloads:
             done.add_metric([download["model"]], float(download["bytes_done"]))
             total.add_metric([download["model"]], float(download["bytes_total"]))
-        return [queue, busy, alive, loads, done, total]
+        return [queue, room, busy, alive, loads, done, total]
 
 
 def _families():
     return [
         GaugeMetricFamily("studio_queue_depth", "Jobs admitted and waiting for a slot."),
+        GaugeMetricFamily("studio_waiting_room", "Jobs past --max-queue waiting (up to --queue-wait) for a place."),
         GaugeMetricFamily("studio_slot_busy", "1 while the slot runs a job.", labels=["slot", "device"]),
         GaugeMetricFamily("studio_slot_alive", "1 while the slot's worker process is up.", labels=["slot", "device"]),
         CounterMetricFamily("studio_model_loads", "Pipelines loaded by the slot (preloads and swaps).",

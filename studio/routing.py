@@ -1,15 +1,19 @@
-"""Routing: which queued job starts now, and on which slot. Pure (no processes, no threads, no
-clock of its own), so every rule is tested alone; ``SlotManager`` calls ``plan_dispatch`` under its lock.
+"""Routing: which queued job starts now, and on which slot, and when the queue will have room.
+Pure (no processes, no threads, no clock of its own), so every rule is tested alone;
+``SlotManager`` calls ``plan_dispatch`` and ``room_in_s`` under its lock.
 
 Jobs wait in one FIFO queue and are bound to a slot only when a slot is free, so the choice
 uses what is true at that moment:
 
 1. a job that waited past ``starvation_s`` takes any idle slot first;
 2. a job whose model an idle slot already holds goes there (no load);
-3. a job whose model a busy slot holds (or is about to hold) waits for it only when that slot is
+3. a job whose model a busy slot holds (or is about to hold) waits for it when that slot is
    expected free sooner than a swap would take, as measured: warm loads of the model (from disk
    or from a worker's RAM cache; a worker's first load, which pays for its imports, is never
-   recorded) and job durations. With no warm load measured yet, the job takes the idle slot;
+   recorded) and job durations; with no warm load measured yet, it takes the idle slot. But it
+   does not evict the only resident copy of a model in use (one that ran in the last
+   ``IN_USE_S``) unless the wait is longer than a load is guessed to take: that swap would
+   merely exchange the two models between the slots, and the next job would load the other back;
 4. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
    an empty one, then one holding a model nobody in the queue wants, then the least recently
    used; that slot swaps models.
@@ -17,6 +21,7 @@ uses what is true at that moment:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +29,7 @@ from studio.jobs import Job
 from studio.schemas import GenerationRequest
 
 STARVATION_S = 60.0  # past this wait a job takes any idle slot, whatever the estimates say
+IN_USE_S = 60.0  # a model that ran this recently is in use: its only resident copy is not given up lightly
 
 
 def work_units(request: GenerationRequest) -> float:
@@ -31,9 +37,16 @@ def work_units(request: GenerationRequest) -> float:
     return request.denoising_steps * request.num_images * request.width * request.height / 1e6
 
 
+def shape(request: GenerationRequest) -> tuple:
+    """What a job's duration depends on besides its model: repeated requests share it."""
+    return request.denoising_steps, request.num_images, request.width, request.height
+
+
 class Estimates:
-    """Per-model moving averages of swap time (from disk, or from a worker's RAM cache) and of
-    seconds per megapixel-step, for routing. Guesses stand in until something was measured."""
+    """Per-model moving averages, for routing and for Retry-After: swap times (from disk, or from a
+    worker's RAM cache), job durations by request shape, seconds per megapixel-step for shapes not
+    seen yet, and a job's tail after its last step (decoding, encoding). Guesses stand in until
+    something was measured."""
 
     SMOOTHING = 0.3
 
@@ -44,36 +57,62 @@ class Estimates:
         self.default_unit_s = default_unit_s
         self._load_s: dict[tuple[str, bool], float] = {}
         self._unit_s: dict[str, float] = {}
+        self._shape_s: dict[tuple[str, tuple], float] = {}
+        self._tail_s: dict[str, float] = {}
+        self._first_load_s: dict[str, float] = {}
 
     def load_s(self, model_id: str, cached: bool = False) -> float:
-        default = self.default_cached_load_s if cached else self.default_load_s
-        return self._load_s.get((model_id, cached), default)
+        """A swap's expected time: as measured warm, else a worker's first load of it (imports
+        included: too long, but measured), else a guess."""
+        measured = self._load_s.get((model_id, cached))
+        if measured is not None:
+            return measured
+        if cached:
+            return self.default_cached_load_s
+        return self._first_load_s.get(model_id, self.default_load_s)
 
     def measured_load_s(self, model_id: str, cached: bool = False) -> float | None:
         """A load time that was really measured (warm), else None: no guess ever makes a job wait."""
         return self._load_s.get((model_id, cached))
 
     def job_s(self, model_id: str, request: GenerationRequest) -> float:
+        """From its load's end to its result: as measured for this shape, else scaled by megapixel-steps
+        (which leaves out a small job's fixed costs, so a shape seen once is worth more than the scale)."""
+        seen = self._shape_s.get((model_id, shape(request)))
+        if seen is not None:
+            return seen
         return work_units(request) * self._unit_s.get(model_id, self.default_unit_s)
 
     def record_load(self, model_id: str, seconds: float, cached: bool = False) -> None:
         key = (model_id, cached)
         self._load_s[key] = self._blend(self._load_s.get(key), seconds)
 
+    def record_first_load(self, model_id: str, seconds: float) -> None:
+        """A worker's first load, which pays for its imports too: a stand-in until a warm one is measured."""
+        self._first_load_s[model_id] = self._blend(self._first_load_s.get(model_id), seconds)
+
     def record_run(self, model_id: str, request: GenerationRequest, seconds: float) -> None:
+        key = (model_id, shape(request))
+        self._shape_s[key] = self._blend(self._shape_s.get(key), seconds)
         units = work_units(request)
         if units > 0:
             self._unit_s[model_id] = self._blend(self._unit_s.get(model_id), seconds / units)
 
+    def record_tail(self, model_id: str, seconds: float) -> None:
+        """The time from a job's last step to its result."""
+        self._tail_s[model_id] = self._blend(self._tail_s.get(model_id), seconds)
+
     def remaining_s(self, slot: Slot, now: float) -> float:
-        """How long until the busy ``slot`` finishes its job: live progress when there is some."""
+        """How long until the busy ``slot`` finishes its job: from its live steps once it has two
+        (the first step's time includes the prompt's encoding), else from the job's estimate."""
         job = slot.job
         if job is None:
             return 0.0
         model = job.spec.id
-        if slot.step > 0 and slot.total > 0 and slot.generating_at is not None:
-            per_step = (now - slot.generating_at) / slot.step
-            return per_step * max(0, slot.total - slot.step)
+        if slot.step >= 2 and slot.total > 0 and slot.first_step_at is not None and slot.last_step_at is not None:
+            per_step = (slot.last_step_at - slot.first_step_at) / (slot.step - 1)
+            steps_s = per_step * max(0, slot.total - slot.step) - (now - slot.last_step_at)
+            return max(0.0, steps_s) + self._tail_s.get(model, 0.0)
         if slot.generating_at is None and (slot.phase == "loading" or slot.model != model):  # a swap first
             swap_s = self.load_s(model, cached=model in slot.cached)
             return max(0.0, swap_s - (now - slot.phase_since)) + self.job_s(model, job.request)
@@ -102,7 +141,9 @@ class Slot:
     generating_at: float | None = None
     step: int = 0
     total: int = 0
-    last_used: float = 0.0
+    first_step_at: float | None = None  # when the running job reported its first step
+    last_step_at: float | None = None  # ... and its latest
+    last_used: float = 0.0  # when its last job ended (0: none yet)
     unreachable: bool = False  # a send failed: the process is on its way out
 
     @property
@@ -148,16 +189,45 @@ def plan_dispatch(
         if not idle:
             break
         model = job.spec.id
+        victim = _victim(idle, waiting, model)
         holders = [slot for slot in busy if slot.next_model == model]
         if holders:
             soonest = min(holders, key=lambda slot: free_at[slot.index])
-            measured = [estimates.measured_load_s(model, cached=model in slot.cached) for slot in idle]
-            swap_s = min((seconds for seconds in measured if seconds is not None), default=None)
+            cached = model in victim.cached
+            if _gives_up_a_model_in_use(victim, slots, now):
+                swap_s = estimates.load_s(model, cached)  # a guess will do: the swap costs a load back later
+            else:
+                swap_s = estimates.measured_load_s(model, cached)  # only a measured load may make a job wait
             if swap_s is not None and free_at[soonest.index] - now < swap_s:
                 free_at[soonest.index] += estimates.job_s(model, job.request)
                 continue
-        bind(job, _victim(idle, waiting, model))
+        bind(job, victim)
     return plan
+
+
+def room_in_s(sequence: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float,
+              limit: int) -> float | None:
+    """Seconds until one more job fits under a ``limit`` of ``backlog``, when the jobs of ``sequence``
+    (the queue, then any waiting for a place) are ahead of it; None when no slot is up.
+
+    Plays the busy slots forward: each time the first one frees it takes the next job, which
+    leaves the queue and so makes a place.
+    """
+    ready = [slot for slot in slots if slot.state == "ready" and not slot.unreachable]
+    if not ready:
+        return None
+    idle = sum(1 for slot in ready if slot.available)
+    needed = len(sequence) - idle - limit + 1  # jobs that must leave the queue first
+    frees = [(now + estimates.remaining_s(slot, now), slot.index, slot.next_model) for slot in ready if slot.busy]
+    if needed <= 0 or not frees:
+        return 0.0
+    heapq.heapify(frees)
+    at = now
+    for job in sequence[idle:idle + needed]:
+        at, index, model = heapq.heappop(frees)
+        load_s = 0.0 if model == job.spec.id else estimates.load_s(job.spec.id)
+        heapq.heappush(frees, (at + load_s + estimates.job_s(job.spec.id, job.request), index, job.spec.id))
+    return max(0.0, at - now)
 
 
 def backlog(queue: Sequence[Job], slots: Sequence[Slot]) -> int:
@@ -171,6 +241,14 @@ def backlog(queue: Sequence[Job], slots: Sequence[Slot]) -> int:
 
 def _same_model(idle: list[Slot], job: Job) -> Slot | None:
     return next((slot for slot in idle if slot.model == job.spec.id), None)
+
+
+def _gives_up_a_model_in_use(slot: Slot, slots: Sequence[Slot], now: float) -> bool:
+    """Swapping ``slot`` would drop the only resident copy of a model that ran lately."""
+    if slot.model is None or now - slot.last_used > IN_USE_S or slot.last_used == 0.0:
+        return False
+    return not any(other.model == slot.model or other.next_model == slot.model
+                   for other in slots if other is not slot and other.state == "ready")
 
 
 def _victim(idle: list[Slot], waiting: list[Job], model: str) -> Slot:

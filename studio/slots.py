@@ -1,7 +1,9 @@
 """``SlotManager`` (the local ``Backend``): one spawned worker process per device, one central queue.
 
 Jobs wait in one FIFO queue in the parent and are bound to a slot only when a slot is free
-(late binding); which job goes where is ``studio.routing``'s decision, the devices come from
+(late binding). Past ``--max-queue``, a job waits up to ``--queue-wait`` seconds in a waiting room,
+first come first served, for a place in the queue before it is refused with an honest Retry-After,
+so a client that retries as told finds its place. Which job goes where is ``studio.routing``'s decision, the devices come from
 ``studio.devices``, the messages to and from the workers are ``studio.protocol``'s. This module
 supervises: it spawns the workers, reads their messages, enforces timeouts and restarts.
 
@@ -21,7 +23,6 @@ import atexit
 import bisect
 import itertools
 import logging
-import math
 import multiprocessing
 import signal
 import threading
@@ -51,7 +52,7 @@ from studio.protocol import (
     ToWorker,
     WorkerState,
 )
-from studio.routing import STARVATION_S, Estimates, Slot, backlog, plan_dispatch
+from studio.routing import STARVATION_S, Estimates, Slot, backlog, plan_dispatch, room_in_s
 from studio.schemas import GenerationRequest, Progress
 from studio.speed import EngineOptions
 from studio.worker import worker_main
@@ -145,6 +146,7 @@ class SlotManager:
         self._cond = threading.Condition()
         self._slots = [WorkerSlot(index, device) for index, device in enumerate(self.devices)]
         self._queue: list[Job] = []
+        self._waiting_room: dict[Job, float] = {}  # jobs over --max-queue, in arrival order, to their deadlines
         self._seq = itertools.count()
         self._observers: list[Observer] = []
         self._ended: list[tuple[Job, Any]] = []  # finished under the lock, settled after it
@@ -191,9 +193,10 @@ class SlotManager:
                 return
             self._phase = "stopping"
             reason = "the studio is shutting down"
-            for job in self._queue:
+            for job in [*self._queue, *self._waiting_room]:
                 self._end(job, JobCancelled(f"job {job.id} was cancelled: {reason}"))
             self._queue.clear()
+            self._waiting_room.clear()
             for slot in self._slots:
                 if slot.job is not None:
                     self._end(slot.job, JobCancelled(f"job {slot.job.id} was cancelled: {reason}"))
@@ -227,26 +230,28 @@ class SlotManager:
     def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
         """Queue a job (``request`` already resolved by ``spec.check``); never blocks.
 
-        Raises ``QueueFull`` when ``settings.max_queue`` jobs are already waiting, and
+        Past ``settings.max_queue`` waiting jobs the job waits in the waiting room for a place (its
+        ``wait()`` may then raise ``QueueFull``). Raises ``QueueFull`` when the waiting room is full
+        too (it holds as many jobs as the queue) or ``settings.queue_wait_s`` is 0, and
         ``WorkerFailed`` while every slot is down.
         """
         with self._locked():
             if self._phase != "running":
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
-            now, limit = time.monotonic(), self.settings.max_queue
+            now, limit, wait_s = time.monotonic(), self.settings.max_queue, self.settings.queue_wait_s
             job, refusal = Job(spec, request, self.cancel, next(self._seq)), None
             down = self._down_reason(now)
             if down:
                 refusal = WorkerFailed(down)
-            elif backlog(self._queue, self._slots) >= limit:
-                retry_s = self._queue_place_in_s(now)
-                waiting = backlog(self._queue, self._slots)
-                refusal = QueueFull(f"the queue is full: {waiting} jobs are waiting (limit {limit}); "
-                                    f"try again in about {retry_s} s", retry_after_s=retry_s)
+            elif not self._waiting_room and backlog(self._queue, self._slots) < limit:
+                self._queue.append(job)
+            elif wait_s > 0 and len(self._waiting_room) < limit:
+                self._waiting_room[job] = now + wait_s  # first come, first served: nobody passes it
+            else:
+                refusal = self._queue_full(now)
             if refusal is not None:
                 self._end(job, refusal)  # ended at once, so observers (metrics) count refusals from every face
             else:
-                self._queue.append(job)
                 self._dispatch(now)
         if refusal is not None:
             raise refusal  # after _locked() has settled it: observers have seen it
@@ -295,6 +300,7 @@ class SlotManager:
                 slots=slots,
                 queue_depth=len(self._queue),
                 max_queue=self.settings.max_queue,
+                waiting_room=len(self._waiting_room),
                 accepting=self._phase == "running",
             )
 
@@ -332,20 +338,29 @@ class SlotManager:
     # -- under the lock: routing, cancelling, messages -------------------------------------------
 
     def _dispatch(self, now: float) -> None:
+        """Start what can start, let the waiting room into the queue's free places, and again."""
+        self._bind(now)
+        while self._waiting_room and backlog(self._queue, self._slots) < self.settings.max_queue:
+            job = next(iter(self._waiting_room))
+            del self._waiting_room[job]
+            self._queue.append(job)
+            self._bind(now)
+        self._renumber()
+
+    def _bind(self, now: float) -> None:
         for job, slot in plan_dispatch(self._queue, self._slots, self.estimates, now, self.starvation_s):
             self._queue.remove(job)
             slot.job, job.slot = job, slot.index
             slot.phase, slot.phase_since, slot.job_started_at = "starting", now, now
-            slot.loading_at = slot.generating_at = None
+            slot.loading_at = slot.generating_at = slot.first_step_at = slot.last_step_at = None
             slot.step = slot.total = 0
             if not self._send(slot, RunJob(job.id, job.spec, job.request)):
                 # The worker died between jobs and never got this one: it goes back to its place.
                 slot.job, job.slot = None, None
                 bisect.insort(self._queue, job, key=lambda queued: queued.seq)
-        self._renumber()
 
     def _renumber(self) -> None:
-        for position, job in enumerate(self._queue):
+        for position, job in enumerate([*self._queue, *self._waiting_room]):
             if job._position != position:
                 job._position = position
                 job.emit(Progress("queued", queue_position=position))
@@ -363,8 +378,10 @@ class SlotManager:
     def _cancel(self, job: Job, error: StudioError, now: float) -> bool:
         if job._done or job._ending:
             return False
-        if job in self._queue:
-            self._queue.remove(job)
+        if job in self._queue or job in self._waiting_room:
+            if job in self._queue:
+                self._queue.remove(job)
+            self._waiting_room.pop(job, None)
             self._renumber()
         else:
             slot = next((slot for slot in self._slots if slot.job is job), None)
@@ -378,8 +395,11 @@ class SlotManager:
             slot.state, slot.failed_starts = "ready", 0
             self._apply_state(slot, message.state)
             # A new worker's first load pays for its imports too: not what a swap costs later.
-            for model_id, seconds in message.timings[1:]:
-                self.estimates.record_load(model_id, seconds)
+            for index, (model_id, seconds) in enumerate(message.timings):
+                if index:
+                    self.estimates.record_load(model_id, seconds)
+                else:
+                    self.estimates.record_first_load(model_id, seconds)
             slot.warm = bool(message.timings)
             self._cond.notify_all()  # start() waits on this
             if self._phase == "running":
@@ -401,7 +421,9 @@ class SlotManager:
                 slot.generating_at, slot.model = now, job.spec.id
             job.emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=slot.index))
         elif isinstance(message, Step):
-            slot.step, slot.total = message.step, message.total
+            slot.step, slot.total, slot.last_step_at = message.step, message.total, now
+            if slot.first_step_at is None:
+                slot.first_step_at = now
             job.emit(Progress("step", step=slot.step, total=slot.total, slot=slot.index))
         elif isinstance(message, Preview):
             job.emit(message.progress(slot.index))
@@ -409,8 +431,11 @@ class SlotManager:
             state = message.state
             if slot.loading_at is not None and slot.generating_at is not None:
                 from_cache = slot.counts_before[1] + state.cache_hits > slot.cache_hits
+                load_s = slot.generating_at - slot.loading_at
                 if slot.warm:
-                    self.estimates.record_load(job.spec.id, slot.generating_at - slot.loading_at, cached=from_cache)
+                    self.estimates.record_load(job.spec.id, load_s, cached=from_cache)
+                else:
+                    self.estimates.record_first_load(job.spec.id, load_s)
                 slot.warm = True
             slot.job, slot.last_used, slot.crashes_in_row = None, now, 0
             self._apply_state(slot, state)
@@ -418,6 +443,8 @@ class SlotManager:
                 slot.jobs_done += 1
                 if slot.generating_at is not None:
                     self.estimates.record_run(job.spec.id, job.request, now - slot.generating_at)
+                if slot.last_step_at is not None:
+                    self.estimates.record_tail(job.spec.id, now - slot.last_step_at)
                 outcome = message.result
             else:
                 slot.jobs_failed += 1
@@ -477,17 +504,32 @@ class SlotManager:
         down = self._down_reason(now)
         if down:
             # Nobody can serve the queue: waiting jobs learn it now instead of hanging.
-            for queued in self._queue:
+            for queued in [*self._queue, *self._waiting_room]:
                 self._end(queued, WorkerFailed(down))
             self._queue.clear()
+            self._waiting_room.clear()
         self._cond.notify_all()
 
-    def _queue_place_in_s(self, now: float) -> int:
-        """Whole seconds until a place in the full queue frees: the first busy slot to finish takes a job."""
-        remaining = [self.estimates.remaining_s(slot, now) for slot in self._slots if slot.busy]
-        if not remaining:  # nothing running (slots restarting): a short, honest guess
-            return RETRY_AFTER_DEFAULT_S
-        return max(1, min(RETRY_AFTER_MAX_S, math.ceil(min(remaining))))
+    def _queue_full(self, now: float) -> QueueFull:
+        """The refusal, with when a job arriving now would get a place (behind the waiting room)."""
+        limit, waiting = self.settings.max_queue, backlog(self._queue, self._slots)
+        room_s = room_in_s([*self._queue, *self._waiting_room], self._slots, self.estimates, now, limit)
+        # Nothing up to estimate from (slots restarting): a short, honest guess.
+        retry_s = RETRY_AFTER_DEFAULT_S if room_s is None else max(1, min(RETRY_AFTER_MAX_S, round(room_s)))
+        also = (f" and {len(self._waiting_room)} more wait for a place"
+                if self._waiting_room else "")
+        return QueueFull(f"the queue is full: {waiting} jobs are waiting (limit {limit}){also}; "
+                         f"try again in about {retry_s} s", retry_after_s=retry_s)
+
+    def _expire_waiting_room(self, now: float) -> None:
+        """Jobs that found no place within ``--queue-wait`` are refused, as they would have been at once."""
+        expired = [job for job, deadline in self._waiting_room.items() if deadline <= now]
+        for job in expired:
+            del self._waiting_room[job]
+        for job in expired:
+            self._end(job, self._queue_full(now))
+        if expired:
+            self._renumber()
 
     def _down_reason(self, now: float) -> str | None:
         """Why no job can run now (every slot's workers keep dying at start), or None while one could.
@@ -569,6 +611,7 @@ class SlotManager:
                     return
                 now = time.monotonic()
                 self._enforce_timeouts(now)
+                self._expire_waiting_room(now)
                 for slot in self._slots:
                     if slot.state == "dead" and slot.restart_at is not None and slot.restart_at <= now:
                         slot.restart_at = None

@@ -792,7 +792,7 @@ def slots_html(status: BackendStatus) -> str:
             text, css = "restarting" if slot.state == "dead" else slot.state, "busy"
         device = html.escape(slot.device)
         pills.append(f'<span class="slot {css}">{device} · {html.escape(text)}</span>')
-    queued = status.queue_depth
+    queued = status.queue_depth + status.waiting_room
     return f'{"".join(pills)} <span class="queue">{queued} queued</span>'
 
 

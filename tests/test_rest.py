@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ API_KEY = "test-key"
 UI_LOGIN = ("ann", "ui-secret")  # --ui-auth: the web UI and the Gradio API
 MODELS = ("sdxl-turbo", "sdxl-base")  # sdxl-turbo: no negative prompt, no guidance; sdxl-base: both
 JOB_TIMEOUT_S = 20.0
+QUEUE_WAIT_S = 1.0  # past the queue of one, a request waits this long for a place before its 429
 LONG_SIDE = 512
 LONG_JOB = {"model": "sdxl-base", "prompt": "a long job", "size": f"{LONG_SIDE}x{LONG_SIDE}", "n": 4, "steps": 150}
 
@@ -70,6 +72,7 @@ def server(models_dir, tmp_path_factory):
         devices=["cpu", "cpu"],
         models_dir=models_dir,
         max_queue=1,
+        queue_wait_s=QUEUE_WAIT_S,
         job_timeout_s=JOB_TIMEOUT_S,
         api_key=API_KEY,
         ui_auth=[UI_LOGIN],
@@ -381,7 +384,8 @@ def test_queue_full_is_429_and_disconnect_cancels(server, http, client):
                  60, "two busy slots and one queued job")
 
         refused = http.post("/v1/images/generations", json={"model": "sdxl-turbo", "prompt": "one more"})
-        assert_openai_error(refused, 429, code="queue_full")
+        assert_openai_error(refused, 429, code="queue_full")  # after its wait for a place
+        assert "1 more wait" not in refused.json()["error"]["message"]  # its place in the waiting room is gone
         assert int(refused.headers["Retry-After"]) > 0
         with pytest.raises(openai.RateLimitError):
             client.images.generate(model="sdxl-turbo", prompt="and another")
@@ -394,6 +398,23 @@ def test_queue_full_is_429_and_disconnect_cancels(server, http, client):
     assert metric(http, "studio_jobs_total", model="sdxl-turbo", outcome="rejected") >= 2
     ok = http.post("/v1/images/generations", json={"model": "sdxl-turbo", "prompt": "after", "size": "64x64"})
     assert ok.status_code == 200, ok.text
+
+
+def test_sdk_retries_that_honour_retry_after_are_all_served(server, http):
+    """Six callers at once against two slots, a queue of one and a waiting room of one: two are
+    refused at once and told when a place frees; the SDK's own retries, waiting as told, are all served."""
+    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    rejected_before = metric(http, "studio_jobs_total", model="sdxl-base", outcome="rejected")
+    retrying = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=8, timeout=120)
+
+    def generate(seed: int):
+        return retrying.images.generate(model="sdxl-base", prompt=f"a lighthouse {seed}", size="512x512",
+                                        extra_body={"steps": 8, "seed": seed})
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(generate, range(6)))
+    assert all(result.data and result.data[0].b64_json for result in results)
+    assert metric(http, "studio_jobs_total", model="sdxl-base", outcome="rejected") - rejected_before >= 2
 
 
 def test_job_past_the_timeout_is_504(http):

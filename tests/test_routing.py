@@ -6,7 +6,7 @@ import pytest
 
 from studio.catalog import load_catalog
 from studio.jobs import Job
-from studio.routing import Estimates, Slot, backlog, plan_dispatch
+from studio.routing import Estimates, Slot, backlog, plan_dispatch, room_in_s
 from studio.schemas import GenerationRequest
 
 BASE, TURBO = "sdxl-base", "sdxl-turbo"
@@ -26,7 +26,8 @@ def queued_job(presets, model: str, waited_s: float = 0.0, now: float = 1000.0, 
 
 def busy_slot(index: int, job: Job, now: float, step: int, total: int, per_step_s: float) -> Slot:
     return Slot(index, "cpu", state="ready", model=job.spec.id, job=job, phase="step",
-                generating_at=now - step * per_step_s, step=step, total=total)
+                generating_at=now - step * per_step_s, step=step, total=total,
+                first_step_at=now - (step - 1) * per_step_s, last_step_at=now)
 
 
 def test_plan_prefers_the_idle_slot_that_holds_the_model(presets):
@@ -130,3 +131,66 @@ def test_the_queue_limit_counts_only_jobs_no_slot_can_start(presets):
     assert backlog(held, [busy, idle]) == 1  # one of them could start on the idle slot now
     assert backlog(held, [busy]) == 2
     assert backlog([], [busy, idle]) == 0
+
+
+def test_a_busy_slot_s_time_left_comes_from_its_steps_after_the_first(presets):
+    """The first step's time includes the prompt's encoding: the rate is read from the steps after it,
+    and the tail after the last step (decode, encode) is added as measured."""
+    now = 1000.0
+    slot = busy_slot(0, queued_job(presets, BASE), now, step=5, total=25, per_step_s=0.2)
+    slot.generating_at = now - 30.0  # a slow start (a loaded machine encoding the prompt) ...
+    slot.first_step_at, slot.last_step_at = now - 0.8, now  # ... then steps 2 to 5 at 0.2 s each
+    estimates = Estimates()
+    assert estimates.remaining_s(slot, now) == pytest.approx(20 * 0.2)
+    estimates.record_tail(BASE, 1.5)
+    assert estimates.remaining_s(slot, now) == pytest.approx(20 * 0.2 + 1.5)
+    assert estimates.remaining_s(slot, now + 1.0) == pytest.approx(20 * 0.2 - 1.0 + 1.5)  # a second into step 6
+
+
+def test_a_job_s_duration_is_measured_per_shape_before_it_is_scaled(presets):
+    """A small job's fixed costs make megapixel-steps a poor scale: a shape seen once is used as measured."""
+    small = queued_job(presets, TURBO, width=256, height=256, steps=1).request
+    large = queued_job(presets, TURBO, width=512, height=512, steps=4).request
+    estimates = Estimates()
+    estimates.record_run(TURBO, small, 0.3)
+    assert estimates.job_s(TURBO, small) == pytest.approx(0.3)
+    assert estimates.job_s(TURBO, large) > estimates.job_s(TURBO, small)  # another shape: scaled
+    estimates.record_run(TURBO, large, 0.9)
+    assert estimates.job_s(TURBO, large) == pytest.approx(0.9)
+    assert estimates.job_s(TURBO, small) == pytest.approx(0.3)
+
+
+def test_room_in_the_queue_comes_when_enough_jobs_have_left_it(presets):
+    """Retry-After's source: the busy slots played forward, each taking the next job as it frees."""
+    now = 1000.0
+    one_s_left = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)
+    queue = [queued_job(presets, BASE) for _ in range(3)]
+    estimates = Estimates()
+    estimates.record_run(BASE, queue[0].request, 2.0)
+    assert room_in_s(queue[:1], [one_s_left], estimates, now, limit=2) == 0.0  # a place is free now
+    assert room_in_s(queue[:2], [one_s_left], estimates, now, limit=2) == pytest.approx(1.0)
+    assert room_in_s(queue, [one_s_left], estimates, now, limit=2) == pytest.approx(3.0)
+    three_s_left = busy_slot(1, queued_job(presets, BASE), now, step=2, total=5, per_step_s=1.0)
+    # Two slots, free at 1 s and 3 s; the first is free again at 3 s, then both at 5 s.
+    both = [one_s_left, three_s_left]
+    assert [room_in_s(queue + queue[:extra], both, estimates, now, limit=2) for extra in range(3)] == [
+        pytest.approx(3.0), pytest.approx(3.0), pytest.approx(5.0)]
+    assert room_in_s(queue, [Slot(0, "cpu", state="dead")], estimates, now, limit=2) is None
+
+
+def test_plan_does_not_merely_exchange_models_between_slots(presets):
+    """Two slots, each holding one of two models in use: a job for the busy one's model waits for it
+    rather than evicting the other model's only copy (which the next job would load back)."""
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
+    job = queued_job(presets, BASE)
+    in_use = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 5)
+    assert plan_dispatch([job], [busy, in_use], Estimates(), now) == []
+    # Free to take: never used (a preload), used long ago, a second copy, or a wait longer than a load.
+    never_used = Slot(1, "cpu", state="ready", model=TURBO)
+    long_ago = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 600)
+    assert plan_dispatch([job], [busy, never_used], Estimates(), now) == [(job, never_used)]
+    assert plan_dispatch([job], [busy, long_ago], Estimates(), now) == [(job, long_ago)]
+    other_copy = Slot(2, "cpu", state="ready", model=TURBO, job=queued_job(presets, TURBO), phase="step")
+    assert plan_dispatch([job], [busy, in_use, other_copy], Estimates(), now) == [(job, in_use)]
+    assert plan_dispatch([job], [busy, in_use], Estimates(default_load_s=0.5), now) == [(job, in_use)]

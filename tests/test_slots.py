@@ -80,6 +80,17 @@ def first_step(job: Job) -> None:
     raise AssertionError(f"{job} ended before its first step")
 
 
+def seconds_left(manager, index: int, total: int) -> float:
+    """How long the slot's running job has left, at the step rate the test itself sees."""
+    first = wait_until(lambda: (lambda s: s if s.step >= 2 else None)(slot_status(manager, index)), START_S,
+                       "the job's first steps")
+    started = time.monotonic()
+    last = wait_until(lambda: (lambda s: s if s.step >= first.step + 2 else None)(slot_status(manager, index)),
+                      START_S, "two more steps")
+    per_step = (time.monotonic() - started) / (last.step - first.step)
+    return per_step * (total - last.step)
+
+
 def wait_restarted(manager, index: int, old_pid: int) -> dict:
     return wait_until(
         lambda: (lambda s: s if s.alive and s.pid != old_pid else None)(slot_status(manager, index)),
@@ -316,23 +327,63 @@ def test_kill_9_fails_only_the_running_job_and_the_slot_comes_back(two_slots, ca
 # ---------------------------------------------------------------- queue limit, timeouts, events
 
 
-def test_a_full_queue_refuses_with_the_limit(one_slot, catalog):
+def test_a_full_queue_refuses_with_the_limit(one_slot, catalog, monkeypatch):
+    monkeypatch.setattr(one_slot.settings, "queue_wait_s", 0)  # no waiting room: refused at once
     seen = []
     one_slot.add_observer(lambda job, outcome, duration: seen.append(outcome))
     running = submit(one_slot, catalog, BASE, **LONG)
-    waiting = [submit(one_slot, catalog, BASE, seed=i) for i in range(2)]
-    wait_until(lambda: slot_status(one_slot, 0).step >= 3, START_S, "the long job's first steps")
-    with pytest.raises(QueueFull, match="limit 2") as caught:
-        submit(one_slot, catalog, BASE)
-    assert caught.value.status == 429
-    # The retry hint is when the running job should end (150 steps of >= 0.2 s), from its live progress.
-    expected_s = LONG["steps"] * faults.SLOW_STEP_S
-    assert expected_s / 2 < caught.value.retry_after_s <= expected_s * 2
-    assert f"try again in about {caught.value.retry_after_s} s" in caught.value.message
-    assert seen == [caught.value]  # observers (metrics) count a refusal from any face
-    assert [job.queue_position for job in waiting] == [0, 1]
-    running.cancel()
+    try:
+        waiting = [submit(one_slot, catalog, BASE, seed=i) for i in range(2)]
+        expected_s = seconds_left(one_slot, 0, LONG["steps"])
+        with pytest.raises(QueueFull, match="limit 2") as caught:
+            submit(one_slot, catalog, BASE)
+        assert caught.value.status == 429
+        # The retry hint is when the running job should end, from its live progress.
+        assert expected_s / 2 < caught.value.retry_after_s <= expected_s * 2 + 1
+        assert f"try again in about {caught.value.retry_after_s} s" in caught.value.message
+        assert seen == [caught.value]  # observers (metrics) count a refusal from any face
+        assert [job.queue_position for job in waiting] == [0, 1]
+    finally:
+        running.cancel()
     assert all(job.wait(START_S).images for job in waiting)
+
+
+def test_past_the_limit_jobs_wait_their_turn_for_a_place(one_slot, catalog, monkeypatch):
+    """A client told to retry finds a place: jobs over --max-queue wait (first come, first served)
+    in a waiting room as large as the queue; only past that is a job refused at once."""
+    monkeypatch.setattr(one_slot.settings, "queue_wait_s", START_S)
+    ended = []
+    one_slot.add_observer(lambda job, outcome, duration: ended.append(job))
+    running = submit(one_slot, catalog, BASE, **LONG)
+    try:
+        queued = [submit(one_slot, catalog, BASE, seed=i) for i in range(2)]
+        first_step(running)
+        waiting = [submit(one_slot, catalog, BASE, seed=10 + i) for i in range(2)]
+        assert [job.queue_position for job in queued + waiting] == [0, 1, 2, 3]
+        assert (one_slot.status().queue_depth, one_slot.status().waiting_room) == (2, 2)
+        with pytest.raises(QueueFull, match="limit 2.* and 2 more wait for a place"):
+            submit(one_slot, catalog, BASE)
+    finally:
+        running.cancel()
+    assert all(job.wait(START_S).images for job in queued + waiting)
+    assert [job for job in ended if job in queued + waiting] == queued + waiting  # served in the order they came
+
+
+def test_a_job_that_finds_no_place_in_time_is_told_when_to_retry(one_slot, catalog, monkeypatch):
+    monkeypatch.setattr(one_slot.settings, "queue_wait_s", 0.5)
+    running = submit(one_slot, catalog, BASE, **LONG)
+    try:
+        queued = [submit(one_slot, catalog, BASE, seed=i) for i in range(2)]
+        expected_s = seconds_left(one_slot, 0, LONG["steps"])  # when the running job ends and a place frees
+        late = submit(one_slot, catalog, BASE)  # accepted into the waiting room ...
+        with pytest.raises(QueueFull, match="limit 2") as caught:
+            late.wait(START_S)  # ... and refused once its wait is over, still without a place
+        assert caught.value.status == 429
+        assert expected_s / 2 < caught.value.retry_after_s <= expected_s * 2 + 1
+        assert one_slot.status().waiting_room == 0
+    finally:
+        running.cancel()
+    assert all(job.wait(START_S).images for job in queued)
 
 
 def test_events_follow_a_job_from_queue_to_encoding(one_slot, catalog):
