@@ -13,6 +13,7 @@ import importlib
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +50,11 @@ def worker_main(
     engine_options=None,
 ) -> None:
     """Process entry: set up the device, preload and warm, hand-shake, then serve jobs until told to stop."""
+    # The parent alone ends us (a Stop message, or a kill once its grace is over). A Ctrl+C or a
+    # service manager's SIGTERM reaches the whole process group: it must not end running jobs
+    # before the server's graceful shutdown, nor look like a crash that the parent restarts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         if fault_hook:  # test-only: see Settings.fault_hook
             call_hook(fault_hook, slot_index, device)

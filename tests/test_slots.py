@@ -419,6 +419,20 @@ def test_a_swap_back_comes_from_the_ram_cache(one_slot, catalog):
     assert after.model == BASE and TURBO in after.cached
 
 
+def test_a_terminal_s_signals_to_the_process_group_leave_workers_to_the_manager(one_slot, catalog):
+    """Ctrl+C or a service manager's SIGTERM hits every process of the group: the workers go on (their
+    running job too) until the server's own shutdown stops them, instead of dying as a crash to restart."""
+    before = slot_status(one_slot, 0)
+    job = submit(one_slot, catalog, BASE, steps=8)
+    first_step(job)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        os.kill(before.pid, signum)
+    assert job.wait(START_S).images
+    time.sleep(0.5)  # a worker that died of either signal would be marked dead by now
+    after = slot_status(one_slot, 0)
+    assert (after.pid, after.alive, after.restarts) == (before.pid, True, before.restarts)
+
+
 def test_a_job_past_its_timeout_is_cancelled(one_slot, catalog, monkeypatch):
     monkeypatch.setattr(one_slot.settings, "job_timeout_s", 2)
     pid = slot_status(one_slot, 0).pid
