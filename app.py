@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from studio import terminal
-    from studio.server import create_app
+    from studio.server import create_app, end_session_streams
 
     app = create_app(settings)
 
@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
                 url = terminal.local_url(settings.host, settings.port)
                 on_disk = app.state.backend.models_on_disk()  # the download phase's survey (studio.downloads)
                 print(terminal.banner(url, devices, app.state.catalog, on_disk), flush=True)
+
+        async def shutdown(self, sockets=None) -> None:
+            end_session_streams(app)  # else every open browser tab holds the stop for the whole grace period
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
     terminal.setup_logging()  # after uvicorn.Config, which sets up uvicorn's loggers

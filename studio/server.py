@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         response_class=Response, responses={200: {"content": {"text/plain": {}}}},
     )
     gradio_app = mount_ui(app, catalog, backend, settings)
+    app.state.gradio_app = gradio_app
     app.add_middleware(
         GradioAccess, gradio_app=gradio_app, logins=[user for user, _ in settings.ui_auth],
         admins=settings.ui_admins, outputs_dir=settings.outputs_dir,
@@ -90,6 +91,14 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.ui_auth and not settings.api_key:
         log.warning("--ui-auth guards the web UI only: the REST API (/v1) is open to anyone (--api-key closes it)")
     return app
+
+
+def end_session_streams(app: FastAPI) -> None:
+    """Call when the server begins to stop: the streams that only keep an open page's session alive
+    (Gradio's heartbeats) end now, so the shutdown grace waits for running jobs, not for browser tabs."""
+    gradio_app = getattr(app.state, "gradio_app", None)
+    if gradio_app is not None:
+        gradio_app.stop_event.set()
 
 
 def make_backend(settings: Settings, catalog: Catalog) -> Backend:

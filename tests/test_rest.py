@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import threading
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
@@ -473,8 +474,25 @@ def test_app_py_serves_ui_rest_and_docs_and_exits_cleanly(models_dir, tmp_path):
         assert [slot["device"] for slot in health["slots"]] == ["cpu"] and health["max_queue"] == 4
         assert httpx.get(f"{app.base_url}/docs", timeout=30).status_code == 200
         assert "gradio" in httpx.get(f"{app.base_url}/", timeout=30).text.lower()
+        # An open browser tab: its session's heartbeat stream stays open until the server stops.
+        connected = threading.Event()
+
+        def keep_tab_open() -> str:
+            with httpx.stream("GET", f"{app.base_url}/gradio_api/heartbeat/tab-1", timeout=60) as stream:
+                received = ""
+                for chunk in stream.iter_text():
+                    received += chunk
+                    connected.set()
+                return received
+
+        tab = ThreadPoolExecutor(1)
+        heartbeat = tab.submit(keep_tab_open)
+        assert connected.wait(30), "the heartbeat stream did not open"
     assert app.process.returncode == 0, app.output()[-3000:]
     assert "Traceback" not in app.output()
+    # The tab did not hold the stop for uvicorn's whole grace period: its stream ended at once.
+    assert "graceful shutdown exceeded" not in app.output() and "ALIVE" in heartbeat.result(30)
+    tab.shutdown()
 
 
 def test_the_server_process_never_imports_torch(tmp_path):
