@@ -18,7 +18,6 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -27,16 +26,13 @@ from studio import streaming, uploads
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest
 from studio.openai_api import (
-    CLIENT_CLOSED,
     GENERATION_ERRORS,
     SIZE_PATTERN,
     ImagesResponse,
     _extra,
-    build_response,
+    answer,
     request_data,
     require_api_key,
-    stream_response,
-    wait_for_result,
 )
 from studio.schemas import MAX_IMAGES
 
@@ -180,11 +176,5 @@ async def create_image_edit(request: Request):
     state = request.app.state
     body, image, mask = await read_form(request)
     spec, resolved = resolve_edit(state.catalog, body, image, mask)
-    job = state.backend.submit(spec, resolved)
-    if body.stream:
-        return stream_response(job, "image_edit", body, state.settings.job_timeout_s)
-    result = await wait_for_result(job, request, state.settings.job_timeout_s)
-    if result is None:
-        return Response(status_code=CLIENT_CLOSED)
-    return await run_in_threadpool(build_response, body, result)
+    return await answer(state.backend.submit(spec, resolved), "image_edit", body, request)
 

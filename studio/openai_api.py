@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import logging
 import re
@@ -444,13 +445,29 @@ def build_response(body: ImageGenerationRequest, result: JobResult) -> ImagesRes
     )
 
 
-def stream_response(job, kind: str, body, timeout_s: float) -> StreamingResponse:
+def stream_response(job, kind: str, body, timeout_s: float, on_result=None) -> StreamingResponse:
     """The server-sent events of ``job`` (``kind``: "image_generation" or "image_edit")."""
     quality = 100 if body.output_compression is None else body.output_compression
     output = streaming.Output(body.output_format or "png", quality)
     events = streaming.image_events(job, kind, output, job.request.previews, timeout_s + TIMEOUT_GRACE_S,
-                                    body.safety_identifier)
+                                    body.safety_identifier, on_result)
     return StreamingResponse(events, media_type=streaming.MEDIA_TYPE, headers=streaming.STREAM_HEADERS)
+
+
+async def answer(job, kind: str, body, request: Request) -> Response:
+    """What both image routes send for a submitted job: its event stream, or one JSON body once it
+    is done. Its images are kept in the key owner's folder either way, as the UI keeps its own."""
+    state = request.app.state
+    folder = owner_dir(state.settings.outputs_dir, getattr(request.state, "api_owner", None), kind="api")
+    keep = functools.partial(save_images, folder)
+    if body.stream:
+        return stream_response(job, kind, body, state.settings.job_timeout_s, on_result=keep)
+    result = await wait_for_result(job, request, state.settings.job_timeout_s)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED)
+    # Saving and base64 of several large PNGs take a while: keep the event loop (and the UI) responsive.
+    await run_in_threadpool(keep, result)
+    return await run_in_threadpool(build_response, body, result)
 
 
 def model_object(spec: ModelSpec, created: int, disk: dict | None = None) -> ModelObject:
@@ -475,16 +492,7 @@ async def create_images(body: ImageGenerationRequest, request: Request):
     """Generate `n` images in one batch on one slot. Closing the connection cancels the job."""
     state = request.app.state
     spec, resolved = resolve(state.catalog, body)
-    job = state.backend.submit(spec, resolved)
-    if body.stream:
-        return stream_response(job, "image_generation", body, state.settings.job_timeout_s)
-    result = await wait_for_result(job, request, state.settings.job_timeout_s)
-    if result is None:
-        return Response(status_code=CLIENT_CLOSED)
-    # Saving and base64 of several large PNGs take a while: keep the event loop (and the UI) responsive.
-    folder = owner_dir(state.settings.outputs_dir, getattr(request.state, "api_owner", None), kind="api")
-    await run_in_threadpool(save_images, folder, result)
-    return await run_in_threadpool(build_response, body, result)
+    return await answer(state.backend.submit(spec, resolved), "image_generation", body, request)
 
 
 def save_images(folder, result: JobResult) -> None:

@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from PIL import Image
@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from studio import pngmeta
 from studio.errors import JobTimeout, StudioError
+from studio.schemas import JobResult
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ async def _start_clock(job, limit: asyncio.Timeout, timeout_s: float) -> None:
 
 
 async def image_events(
-    job, kind: str, output: Output, partial_images: int, timeout_s: float, safety_identifier: str | None = None
+    job, kind: str, output: Output, partial_images: int, timeout_s: float, safety_identifier: str | None = None,
+    on_result: Callable[[JobResult], None] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The event stream of one job; ``kind`` is "image_generation" or "image_edit"."""
+    """The event stream of one job; ``kind`` is "image_generation" or "image_edit". ``on_result``
+    (saving the images) runs in a thread before the images are sent."""
     request = job.request
     size = (request.width, request.height)
     common = {
@@ -115,6 +118,8 @@ async def image_events(
                     "partial_image_index": index, **common,
                 })
             result = await job.result()
+        if on_result is not None:
+            await run_in_threadpool(on_result, result)
         for png in result.images:
             b64 = await run_in_threadpool(output.encode, png)
             completed = {"type": f"{kind}.completed", "b64_json": b64, "created_at": int(time.time()),

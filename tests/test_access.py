@@ -7,6 +7,7 @@ another user, calling Gradio's routes by hand with someone else's session or job
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 import tomllib
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from studio import pngmeta
 from studio.config import Settings
 from studio.history import owner_dir
 from tests.live import serve
@@ -157,14 +159,24 @@ def test_a_login_reads_only_its_own_images_an_admin_all(server):
 
 
 def test_a_named_api_key_keeps_its_images_in_its_own_folder(server):
+    """Whichever route and however delivered (one JSON body, or a stream), as the UI keeps its own."""
     base_url, outputs = server
     body = {"model": "sdxl-base", "prompt": "a red fox", "size": "64x64", "steps": 2, "seed": 7}
-    response = httpx.post(
-        base_url + "/v1/images/generations", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
-    )
-    assert response.status_code == 200, response.text[:300]
-    saved = list(owner_dir(outputs, "ci", kind="api").glob("*.png"))
-    assert len(saved) == 1 and saved[0].read_bytes()[:4] == b"\x89PNG"
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as ci:
+        generated = ci.post("/v1/images/generations", json=body)
+        assert generated.status_code == 200, generated.text[:300]
+        streamed = ci.post("/v1/images/generations", json={**body, "seed": 8, "stream": True})
+        assert streamed.status_code == 200 and "image_generation.completed" in streamed.text, streamed.text[:300]
+        edit = {"model": "sdxl-base", "prompt": "in snow", "steps": "2", "strength": "0.5", "seed": "9"}
+        edited = ci.post("/v1/images/edits", data=edit, files={"image": ("in.png", generated_png(generated), "image/png")})
+        assert edited.status_code == 200, edited.text[:300]
+    saved = sorted(owner_dir(outputs, "ci", kind="api").glob("*.png"))
+    assert len(saved) == 3 and all(path.read_bytes()[:4] == b"\x89PNG" for path in saved)
+    assert sorted(pngmeta.read(path.read_bytes())["seed"] for path in saved) == [7, 8, 9]
+
+
+def generated_png(response: httpx.Response) -> bytes:
+    return base64.b64decode(response.json()["data"][0]["b64_json"])
 
 
 def test_stopping_with_a_client_still_listening_logs_no_traceback(models_dir, tmp_path):
