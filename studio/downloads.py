@@ -9,6 +9,8 @@ jobs, slots or faces want it; then each waiting job is handed to the backend, wh
 download running for the others. Offline (``HF_HUB_OFFLINE=1`` or ``--offline``) a model not on
 disk is refused at once; a failed download (gated, missing repo, no hub) fails every job waiting
 on it with the plain message of ``studio.hub.explain``, and the next job for that model tries again.
+At most ``max_waiting`` jobs (``--max-queue``) wait for downloads: past that a job is refused
+with 429 and a Retry-After of the download's expected time left.
 
 Runs in the parent process: never imports torch.
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from studio import hub
 from studio.backend import Backend, BackendStatus, Observer
 from studio.catalog import Catalog, ModelSpec
-from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, StudioError
+from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, QueueFull, StudioError
 from studio.jobs import Job
 from studio.schemas import GenerationRequest, JobResult, Progress
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DOWNLOADING = "downloading"
 POLL_S = 0.5  # how often waiting jobs hear of a download's progress
+RETRY_AFTER_UNKNOWN_S = 30  # a refusal's Retry-After while the download's speed is not known yet
+RETRY_AFTER_MAX_S = 300
 
 
 @dataclass
@@ -54,7 +58,7 @@ class DownloadGate:
     """A ``Backend`` in front of a ``Backend``: the download phase, then the backend's own queue."""
 
     def __init__(self, backend: Backend, catalog: Catalog, offline: bool | None = None,
-                 preload: list[str] | None = None):
+                 preload: list[str] | None = None, max_waiting: int | None = None):
         """``preload`` is the backend's own list of models to load at start (``settings.preload``):
         ``start()`` takes the models not on disk out of it, since a worker would download them
         unseen inside its start-up, and downloads them here instead (the first job loads them)."""
@@ -62,6 +66,7 @@ class DownloadGate:
         self.catalog = catalog
         self.offline = hub.offline() if offline is None else offline
         self.preload = preload if preload is not None else []
+        self.max_waiting = max_waiting  # None: no limit
         self._lock = threading.Lock()
         self._downloads: dict[str, Download] = {}
         self._complete: set[str] = set()  # models known to be all on disk
@@ -112,13 +117,22 @@ class DownloadGate:
             self._record_error(spec.id, error.message)
             self._end(job, error)
             raise error
-        self._join(spec, job)
+        refusal = self._join(spec, job)
+        if refusal is not None:
+            self._end(job, refusal)  # observers (metrics) count it, as the backend's own refusals
+            raise refusal
         return job
 
-    def _join(self, spec: ModelSpec, job: Job | None = None) -> None:
-        """Add ``job`` to the model's download, starting it if none runs."""
+    def _join(self, spec: ModelSpec, job: Job | None = None) -> QueueFull | None:
+        """Add ``job`` to the model's download, starting it if none runs; the refusal when too many wait."""
         with self._lock:
             download = self._downloads.get(spec.id)
+            waiting = sum(len(each.waiting) for each in self._downloads.values())
+            if job is not None and self.max_waiting is not None and waiting >= self.max_waiting:
+                eta = download.progress.eta_s if download is not None else None
+                retry_s = RETRY_AFTER_UNKNOWN_S if eta is None else max(1, min(RETRY_AFTER_MAX_S, round(eta)))
+                return QueueFull(f"the queue is full: {waiting} jobs are waiting for model downloads "
+                                 f"(limit {self.max_waiting}); try again in about {retry_s} s", retry_after_s=retry_s)
             if download is None:
                 download = Download(spec, hub.Progress(spec.id, spec.label))
                 self._downloads[spec.id] = download
@@ -127,6 +141,7 @@ class DownloadGate:
             if job is not None:
                 download.waiting.append(job)
                 job.emit(download.event())
+        return None
 
     def status(self) -> BackendStatus:
         """The backend's status, plus the downloads under way and each model's last failure."""

@@ -161,6 +161,33 @@ def test_offline_refuses_a_model_not_on_disk_with_the_pull_command(studio, http,
     assert generate(http, PIXART).status_code == 200  # on disk: offline is no obstacle
 
 
+def test_past_the_queue_limit_no_more_jobs_wait_for_downloads(tiny_models, tmp_path, monkeypatch):
+    """Waiting for a download is waiting in the queue: --max-queue bounds it, and the refusal's
+    Retry-After is the download's time left."""
+    from studio.catalog import load_catalog
+    from studio.downloads import DownloadGate
+    from studio.errors import QueueFull
+    from studio.schemas import GenerationRequest
+    from studio.slots import SlotManager
+
+    with serve_hub(hub_repos(tiny_models("sdxl-turbo"), ["sdxl-turbo"])) as hub:
+        use_hub(monkeypatch, hub, tmp_path / "hf", environment=False)
+        hub.throttle_bps = sum(len(f.data) for f in hub.repos[TURBO_REPO].files.values()) / 60  # outlasts the test
+        catalog = load_catalog()
+        gate = DownloadGate(SlotManager(Settings(devices=["cpu"]), catalog), catalog, offline=False, max_waiting=2)
+        spec, request = catalog.resolve(GenerationRequest(model="sdxl-turbo", prompt="a red fox"))
+        try:
+            waiting = [gate.submit(spec, request) for _ in range(2)]
+            with pytest.raises(QueueFull, match=r"2 jobs are waiting for model downloads \(limit 2\)") as caught:
+                gate.submit(spec, request)
+            assert caught.value.status == 429 and 1 <= caught.value.retry_after_s <= 300
+            assert [d["jobs_waiting"] for d in gate.status().downloads] == [2]
+            waiting[0].cancel()
+            gate.submit(spec, request)  # a place freed
+        finally:
+            gate.shutdown()
+
+
 def test_the_offline_flag_reaches_the_download_phase_and_the_workers(monkeypatch):
     from studio.catalog import load_catalog
     from studio.server import make_backend
