@@ -69,6 +69,7 @@ class Settings:
     max_queue: int = 32
     queue_wait_s: float = 10.0  # past --max-queue a job waits this long for a place before a 429; 0 refuses at once
     job_timeout_s: float = 600.0
+    load_timeout_s: float = 900.0  # a model load (disk to device) that takes longer is stuck: its worker is replaced
     api_key: str | None = None  # one plain key, or "name:key,..." (``api_keys`` reads it)
     ui_auth: list[tuple[str, str]] = field(default_factory=list)  # logins for the web UI and the Gradio API
     ui_admins: list[str] = field(default_factory=list)  # logins that see every login's images
@@ -109,6 +110,7 @@ class Settings:
             max_queue=args.max_queue,
             queue_wait_s=args.queue_wait,
             job_timeout_s=args.job_timeout,
+            load_timeout_s=args.load_timeout,
             api_key=args.api_key or None,
             ui_auth=args.ui_auth or [],
             ui_admins=admins,
@@ -171,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="past --max-queue, up to as many jobs again wait this long for a place before a 429 (default 10; 0: at once)",
     )
     parser.add_argument("--job-timeout", type=float, default=float(_env("JOB_TIMEOUT", "600")), help="seconds")
+    parser.add_argument(
+        "--load-timeout", type=_non_negative(float), default=_env("LOAD_TIMEOUT", "900"), metavar="SECONDS",
+        help="a model load taking longer is stuck: the job fails and the worker is replaced (default 900; 0: no limit)",
+    )
     parser.add_argument(
         "--api-key", type=_api_keys, default=_env("API_KEY"), metavar="KEY | NAME:KEY[,...]",
         help="require a bearer key on /v1 routes; named keys keep each owner's images in outputs/api/NAME",

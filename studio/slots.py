@@ -12,7 +12,9 @@ back-off when it keeps dying (and without its preloads once a restart failed to 
 While every slot is down (its last workers died before they were ready), jobs are refused with
 ``WorkerFailed`` rather than left waiting for a recovery that may never come; the restarts go
 on, and the first worker that comes up serves again. A job running past ``settings.job_timeout_s`` is cancelled and
-fails with ``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed.
+fails with ``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed. A model
+load (which no cancel can interrupt) running past ``settings.load_timeout_s`` is stuck: its job fails
+with ``ModelLoadFailed`` and the worker is killed and replaced.
 
 Runs in the parent process: never imports torch.
 """
@@ -35,7 +37,7 @@ from studio.backend import BackendStatus, Observer, SlotStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.devices import cpu_threads, preload_plan, resolve_devices
-from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
+from studio.errors import JobCancelled, JobTimeout, ModelLoadFailed, QueueFull, StudioError, WorkerFailed
 from studio.jobs import Job
 from studio.protocol import (
     CancelJob,
@@ -624,8 +626,20 @@ class SlotManager:
 
     def _enforce_timeouts(self, now: float) -> None:
         limit = self.settings.job_timeout_s  # read at every check: a changed setting applies at once
+        load_limit = self.settings.load_timeout_s
         for slot in self._slots:
             job = slot.job
+            if (job is not None and load_limit and slot.phase == "loading" and slot.loading_at is not None
+                    and now - slot.loading_at >= load_limit and slot.process is not None and not slot.killed):
+                log.warning("slot %d (%s): loading %s took longer than %g s; killing the worker",
+                            slot.index, slot.device, job.spec.id, load_limit)
+                self._end(job, ModelLoadFailed(
+                    f"loading {job.spec.label} on slot {slot.index} ({slot.device}) took longer than {load_limit:g} s "
+                    "(--load-timeout), so it was stopped and the slot restarts; try again, or check the disk "
+                    "holding the model"
+                ))
+                slot.killed = True
+                kill(slot.process, slot.reap_lock)
             if job is None or not limit or slot.phase == "loading":
                 continue  # a model's load is no part of the job's time limit: it counts from the load's end
             running_s = now - (slot.generating_at or slot.job_started_at)

@@ -21,6 +21,7 @@ SLOW = "fault:slow"  # every step takes at least SLOW_STEP_S: a long job on any 
 SLOW_STEP_S = 0.2
 
 CRASH_MARKER_ENV = "STUDIO_TEST_CRASH_MARKER"  # a path: while that file exists, workers die at start
+HANG_LOAD_MARKER_ENV = "STUDIO_TEST_HANG_LOAD_MARKER"  # a path: while that file exists, model swaps hang
 
 
 def install(slot_index: int, device: str) -> None:
@@ -46,6 +47,18 @@ def install(slot_index: int, device: str) -> None:
         return real_generate(pipe, spec, request, on_step)
 
     families.generate = generate
+
+    from studio.engine import Engine
+
+    real_ensure = Engine.ensure
+
+    def ensure(engine, spec):
+        marker = os.environ.get(HANG_LOAD_MARKER_ENV)
+        if marker and os.path.exists(marker) and engine.spec != spec:
+            time.sleep(3600)  # a load stuck on a dead disk: no step, so no cancel, ever
+        return real_ensure(engine, spec)
+
+    Engine.ensure = ensure
 
 
 def slowed(on_step):

@@ -28,7 +28,7 @@ from studio import pngmeta
 from studio.catalog import load_catalog
 from studio.backend import SlotStatus
 from studio.config import Settings
-from studio.errors import JobCancelled, JobTimeout, OutOfMemory, QueueFull, WorkerFailed
+from studio.errors import JobCancelled, JobTimeout, ModelLoadFailed, OutOfMemory, QueueFull, WorkerFailed
 from studio.schemas import GenerationRequest, JobResult
 from studio.devices import preload_plan
 from studio.jobs import Job
@@ -131,16 +131,19 @@ def one_slot(tiny_models, catalog, tmp_path_factory):
     reads ``settings.job_timeout_s`` at every check, so timeout tests shorten it for themselves."""
     marker = tmp_path_factory.mktemp("faults") / "crash-at-start"
     os.environ[faults.CRASH_MARKER_ENV] = str(marker)  # spawned workers inherit it
+    os.environ[faults.HANG_LOAD_MARKER_ENV] = str(marker.with_name("hang-loads"))
     settings = Settings(
         devices=["cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE],
         fault_hook="faults:crash_while_marked", max_queue=2, ram_cache_gb=0.5,
     )
     manager = SlotManager(settings, catalog, cancel_grace_s=1.0, restart_base_s=0.5, restart_cap_s=2.0)
     manager.crash_marker = marker
+    manager.hang_load_marker = marker.with_name("hang-loads")
     manager.start()
     yield manager
     manager.shutdown()
     os.environ.pop(faults.CRASH_MARKER_ENV, None)
+    os.environ.pop(faults.HANG_LOAD_MARKER_ENV, None)
 
 
 # ---------------------------------------------------------------- pure parts: no processes
@@ -442,6 +445,24 @@ def test_a_job_past_its_timeout_is_cancelled(one_slot, catalog, monkeypatch):
     assert caught.value.status == 504
     wait_until(lambda: not slot_status(one_slot, 0).busy, ROOM_S, "the slot to free")
     assert slot_status(one_slot, 0).pid == pid  # the worker honoured the cancel
+
+
+def test_a_stuck_model_load_fails_its_job_and_the_worker_is_replaced(one_slot, catalog, monkeypatch):
+    """A load never reports a step, so no cancel reaches it and --job-timeout (which starts after it)
+    never fires: --load-timeout ends it, and the slot comes back with a new worker."""
+    monkeypatch.setattr(one_slot.settings, "load_timeout_s", 2)
+    old_pid = slot_status(one_slot, 0).pid
+    model = TURBO if slot_status(one_slot, 0).model != TURBO else BASE
+    one_slot.hang_load_marker.touch()
+    try:
+        with pytest.raises(ModelLoadFailed, match=r"took longer than 2 s \(--load-timeout\)") as caught:
+            submit(one_slot, catalog, model).wait(START_S)
+        assert caught.value.status == 503
+    finally:
+        one_slot.hang_load_marker.unlink()
+    status = wait_restarted(one_slot, 0, old_pid)
+    assert status.crashes_in_row == 0  # our own kill is not a crash
+    assert submit(one_slot, catalog, model).wait(START_S).images
 
 
 def test_a_worker_that_ignores_its_timeout_is_killed_and_replaced(one_slot, catalog, monkeypatch):
