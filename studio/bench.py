@@ -275,7 +275,7 @@ def bench_admission(models_dir: Path, rounds: int) -> dict:
         while len(samples) < rounds:
             spec = catalog.get(rng.choice(models))
             side = rng.choice((512, 768))  # jobs of about a second or more: Retry-After counts whole seconds
-            request = spec.check(GenerationRequest(prompt=PROMPT, seed=len(jobs), steps=rng.choice((8, 16, 24)),
+            request = spec.check(GenerationRequest(prompt=PROMPT, seed=len(jobs), steps=rng.choice((16, 32, 48)),
                                                    width=side, height=side))
             try:
                 jobs.append(manager.submit(spec, request))
