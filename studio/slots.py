@@ -1,11 +1,12 @@
 """``SlotManager`` (the local ``Backend``): one spawned worker process per device, one central queue.
 
 Jobs wait in one FIFO queue in the parent and are bound to a slot only when a slot is free
-(late binding). Past ``--max-queue``, a job waits up to ``--queue-wait`` seconds in a waiting room,
-first come first served, for a place in the queue before it is refused with an honest Retry-After,
-so a client that retries as told finds its place. Which job goes where is ``studio.routing``'s decision, the devices come from
-``studio.devices``, the messages to and from the workers are ``studio.protocol``'s. This module
-supervises: it spawns the workers, reads their messages, enforces timeouts and restarts.
+(late binding). Past ``--max-queue``, a job waits up to ``--queue-wait`` seconds in a waiting
+room, first come first served, for a place in the queue before it is refused with an honest
+Retry-After, so a client that retries as told finds its place. Which job goes where is
+``studio.routing``'s decision, the devices come from ``studio.devices``, the messages to and
+from the workers are ``studio.protocol``'s. This module supervises: it spawns the workers, reads
+their messages, enforces timeouts and restarts.
 
 A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
 back-off when it keeps dying (and without its preloads once a restart failed to come up).
@@ -380,10 +381,11 @@ class SlotManager:
     def _cancel(self, job: Job, error: StudioError, now: float) -> bool:
         if job._done or job._ending:
             return False
-        if job in self._queue or job in self._waiting_room:
-            if job in self._queue:
-                self._queue.remove(job)
-            self._waiting_room.pop(job, None)
+        if job in self._queue:
+            self._queue.remove(job)
+            self._renumber()
+        elif job in self._waiting_room:
+            del self._waiting_room[job]
             self._renumber()
         else:
             slot = next((slot for slot in self._slots if slot.job is job), None)
@@ -518,8 +520,7 @@ class SlotManager:
         room_s = room_in_s([*self._queue, *self._waiting_room], self._slots, self.estimates, now, limit)
         # Nothing up to estimate from (slots restarting): a short, honest guess.
         retry_s = RETRY_AFTER_DEFAULT_S if room_s is None else max(1, min(RETRY_AFTER_MAX_S, round(room_s)))
-        also = (f" and {len(self._waiting_room)} more wait for a place"
-                if self._waiting_room else "")
+        also = f" and {len(self._waiting_room)} more wait for a place" if self._waiting_room else ""
         return QueueFull(f"the queue is full: {waiting} jobs are waiting (limit {limit}){also}; "
                          f"try again in about {retry_s} s", retry_after_s=retry_s)
 
