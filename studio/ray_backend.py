@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import threading
@@ -63,6 +64,8 @@ FIRST_REPORT_S = 30.0  # start() waits this long for the replicas' first reports
 PLANNED_REPLICAS = 4  # before start, without --replicas: how many jobs the UI lets run at once
 POLL_S = 0.25  # through Ray Client (no streaming), progress is read from the census this often
 STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
+RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint while no running job has made a step
+RETRY_AFTER_MAX_S = 300
 
 
 # ---------------------------------------------------------------- the replica (runs in the Ray cluster)
@@ -290,6 +293,7 @@ class RayBackend:
         self._lock = threading.Lock()
         self._observers: list[Observer] = []
         self._running: dict[str, tuple[Job, Any]] = {}  # job id -> (job, its streaming call once sent)
+        self._steps: dict[str, tuple[float, int, int]] = {}  # running job id -> (generating since, step, total)
         self._replicas: dict[str, int] = {}  # replica id -> its slot index, in order of first sight
         self._handle = None
         self._owns_app = False  # this backend deployed the replicas (else it found them running)
@@ -396,9 +400,10 @@ class RayBackend:
             else:
                 waiting = len(self._running) - self._capacity()
                 if waiting >= self.settings.max_queue:
+                    retry_s = self._queue_place_in_s()
                     refusal = QueueFull(
                         f"the queue is full: {waiting} jobs are waiting (limit {self.settings.max_queue}); "
-                        f"try again in a few seconds", retry_after_s=5)
+                        f"try again in about {retry_s} s", retry_after_s=retry_s)
             if refusal is None:
                 self._running[job.id] = (job, None)
                 position = max(0, len(self._running) - 1 - self._capacity())
@@ -485,9 +490,9 @@ class RayBackend:
                 job.slot = self._slot_index(message.replica)
             elif isinstance(message, Stage):
                 total = job.request.steps if message.stage == "generating" else 0
-                job.emit(Progress(message.stage, total=total, slot=job.slot))
+                self._progress(job, Progress(message.stage, total=total, slot=job.slot))
             elif isinstance(message, Step):
-                job.emit(Progress("step", step=message.step, total=message.total, slot=job.slot))
+                self._progress(job, Progress("step", step=message.step, total=message.total, slot=job.slot))
             elif isinstance(message, Preview):
                 job.emit(message.progress(job.slot or 0))
             else:
@@ -511,10 +516,30 @@ class RayBackend:
             stage = "loading" if line["loading"] else "generating" if line["total"] else None
             current = (line["replica"], stage, line["step"])
             if stage and stage != seen[1]:
-                job.emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=job.slot))
+                self._progress(job, Progress(stage, total=job.request.steps if stage == "generating" else 0,
+                                             slot=job.slot))
             if line["step"] and line["step"] != seen[2]:
-                job.emit(Progress("step", step=line["step"], total=line["total"], slot=job.slot))
+                self._progress(job, Progress("step", step=line["step"], total=line["total"], slot=job.slot))
             seen = current
+
+    def _progress(self, job: Job, progress: Progress) -> None:
+        """Emit ``progress``; its steps also tell when the job should end (``_queue_place_in_s``)."""
+        if progress.stage in ("generating", "step"):
+            now = time.monotonic()
+            with self._lock:
+                if job.id in self._running:  # a late message of an ended job leaves nothing behind
+                    since = now if progress.stage == "generating" else self._steps.get(job.id, (now,))[0]
+                    self._steps[job.id] = (since, progress.step, progress.total)
+        job.emit(progress)
+
+    def _queue_place_in_s(self) -> int:
+        """Whole seconds until a place in the full queue frees: the first running job to end lets a
+        waiting one start. Estimated from each job's pace so far (called under ``self._lock``)."""
+        now = time.monotonic()
+        remaining = [(now - since) / step * (total - step) for since, step, total in self._steps.values() if step]
+        if not remaining:  # nothing has made a step yet (loading, or starting): a short, honest guess
+            return RETRY_AFTER_DEFAULT_S
+        return max(1, min(RETRY_AFTER_MAX_S, math.ceil(min(remaining))))
 
     def _outcome(self, job: Job, message) -> Any:
         """The job's result or error from the replica's last message."""
@@ -543,6 +568,7 @@ class RayBackend:
                 return False
             job._ending = True
             self._running.pop(job.id, None)
+            self._steps.pop(job.id, None)
             observers = list(self._observers)
         duration = time.time() - job.submitted_at
         for observer in observers:

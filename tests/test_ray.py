@@ -253,6 +253,26 @@ def test_a_job_past_its_timeout_fails_with_504(http):
     wait_for(lambda: replicas_idle(http), 30, "the replica to free")
 
 
+def test_a_full_queue_is_a_429_whose_retry_after_is_the_running_jobs_pace(app, http):
+    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    running = [submit(app, BASE, **LONG) for _ in range(2)]  # one replica each (Turbo allows 4 steps at most)
+    for job in running:
+        running_step(job)
+    waiting = [submit(app, TURBO, steps=1) for _ in range(app.state.settings.max_queue)]
+    try:
+        response = http.post("/v1/images/generations", json={"model": TURBO, "prompt": "x", "steps": 1})
+        steps = [slot["step"] for slot in health(http)["slots"]]
+    finally:
+        for job in waiting + running:
+            job.cancel()
+    assert response.status_code == 429, response.text[:300]
+    retry_s = int(response.headers["Retry-After"])
+    # The first job to end frees a place; each step takes SLOW_STEP_S at least (not the 5 s of a guess).
+    assert faults.SLOW_STEP_S * (LONG["steps"] - max(steps)) - 1 <= retry_s <= 300, (retry_s, steps)
+    assert f"try again in about {retry_s} s" in response.json()["error"]["message"]
+    wait_for(lambda: replicas_idle(http), 30, "the replicas to free")
+
+
 # ---------------------------------------------------------------- a replica dies
 
 
