@@ -266,7 +266,13 @@ def test_an_invalid_value_stays_in_the_status_line_with_the_models_range(page):
     assert message in page.inner_text("#job-status")
     page.fill("#width input", "64")
     page.click("#advanced")
-    page.fill("#steps input", "400")  # a box, not a slider: no silent clamp to the top
+    steps = page.locator("#steps input")
+    steps.wait_for(state="visible")
+    for _ in range(10):  # the accordion's first render can land after a fill and put the model's default back
+        steps.fill("400")  # a box, not a slider: no silent clamp to the top
+        page.wait_for_timeout(500)
+        if steps.input_value() == "400":
+            break
     page.click("#generate-button")
     page.wait_for_function("() => document.querySelector('#job-status').innerText.includes("
                            "'steps: 400 is out of range for sdxl-turbo; allowed 1..4')", timeout=90_000)
