@@ -18,15 +18,12 @@ Runs in the parent process: never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from studio.catalog import ModelSpec
-from studio.jobs import Job
+from studio.jobs import Job, Observer
 from studio.schemas import GenerationRequest
-
-Observer = Callable[[Job, Any, float], None]
 
 
 @dataclass(frozen=True)

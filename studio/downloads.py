@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -304,12 +303,7 @@ class DownloadGate:
             return False
         with self._lock:
             observers = list(self._observers)
-        for observer in observers:
-            try:
-                observer(job, outcome, time.time() - job.submitted_at)
-            except Exception:  # a broken metric must not break the job
-                log.exception("download-gate observer %r failed", observer)
-        return job.finish(outcome)
+        return job.settle(outcome, observers)
 
     def _record_error(self, model_id: str, message: str) -> None:
         with self._lock:

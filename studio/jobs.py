@@ -11,16 +11,20 @@ Runs in the parent process: never imports torch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled
 from studio.schemas import GenerationRequest, JobResult, Progress
 
+log = logging.getLogger(__name__)
+
 CancelHook = Callable[["Job"], bool]
+Observer = Callable[["Job", object, float], None]  # (job, its result or exception, seconds since submitted)
 
 
 class Job:
@@ -150,6 +154,17 @@ class Job:
             self._outcome, self._done = outcome, True
             self._wake()
             return True
+
+    def settle(self, outcome: JobResult | BaseException, observers: Iterable[Observer]) -> bool:
+        """``finish`` as a backend ends a job: each observer (metrics) sees the outcome first, then
+        the waiters wake. A failing observer is logged; it never changes the job's outcome."""
+        duration = time.time() - self.submitted_at
+        for observer in observers:
+            try:
+                observer(self, outcome, duration)
+            except Exception:
+                log.exception("observer %r failed on job %s", observer, self.id)
+        return self.finish(outcome)
 
     def _unwrap(self) -> JobResult:
         if isinstance(self._outcome, BaseException):

@@ -570,13 +570,7 @@ class RayBackend:
             self._running.pop(job.id, None)
             self._steps.pop(job.id, None)
             observers = list(self._observers)
-        duration = time.time() - job.submitted_at
-        for observer in observers:
-            try:
-                observer(job, outcome, duration)
-            except Exception:  # a broken metric must not break the job
-                log.exception("ray backend observer %r failed", observer)
-        return job.finish(outcome)
+        return job.settle(outcome, observers)
 
     # -- slots ---------------------------------------------------------------------
 

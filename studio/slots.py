@@ -330,13 +330,7 @@ class SlotManager:
             ended, self._ended = self._ended, []
             observers = list(self._observers)
         for job, outcome in ended:
-            duration = time.time() - job.submitted_at
-            for observer in observers:
-                try:
-                    observer(job, outcome, duration)
-                except Exception:  # a broken metric must not break the job
-                    log.exception("slot-manager observer %r failed", observer)
-            job.finish(outcome)
+            job.settle(outcome, observers)
 
     # -- under the lock: routing, cancelling, messages -------------------------------------------
 
