@@ -194,6 +194,12 @@ class ModelSpec:
         naming the field and the allowed values.
         """
         d, lim = self.defaults, self.limits
+        if not request.prompt and request.task != families.IMAGE_TO_IMAGE:
+            # Image-to-image can vary the input alone (a variation); every other task needs words to follow.
+            raise InvalidRequest(
+                "prompt: must have at least 1 character (only image-to-image, a variation of the input image, "
+                "may go without one)", field="prompt",
+            )
         width = request.width if request.width is not None else d.width
         height = request.height if request.height is not None else d.height
         strength = self._check_strength(request)

@@ -1,4 +1,5 @@
-"""``POST /v1/images/edits``: image-to-image and inpainting through the OpenAI Images API.
+"""``POST /v1/images/edits`` and ``/v1/images/variations``: image-to-image and inpainting through
+the OpenAI Images API.
 
 The request is ``multipart/form-data``, as the OpenAI SDK sends it: the ``image`` file (one;
 of a list, ``image[]``, the first is used), an optional ``mask`` file, and the fields of
@@ -9,16 +10,20 @@ fitted to the model's rules. The upload is checked once here (``studio.uploads``
 once by the catalog, then the job runs like a generation: a JSON answer, or with ``stream``
 the server-sent events of ``studio.streaming``.
 
+A variation is the same image-to-image job with an empty prompt: the image alone guides it, at a
+strength that keeps its composition. Its form takes no ``prompt`` and no ``mask``, and it never
+streams (OpenAI's variations do not).
+
 Runs in the parent process: never imports torch.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -37,9 +42,24 @@ from studio.openai_api import (
 from studio.schemas import MAX_IMAGES
 
 IMAGE_FIELDS = ("image", "image[]")
-FILE_FIELDS = (*IMAGE_FIELDS, "mask")
+EDIT_FILES = ("image", "mask")  # the files each route takes, "image" standing for "image[]" too
+VARIATION_FILES = ("image",)
 MAX_FORM_FIELDS = 64
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter can only lack the image
+# Variations have no prompt to steer them, so the strength alone says how far they wander: at 0.6 the
+# input's layout, colours and subject survive (the early, coarse steps are skipped) while textures and
+# details are drawn anew. Above ~0.8 an empty prompt drifts toward an unrelated image; below ~0.4 the
+# variations barely differ from the input or from each other.
+VARIATION_STRENGTH = 0.6
+
+
+def size_or_auto(value: str | None) -> str | None:
+    """A form's ``size``: 'WIDTHxHEIGHT' lower-cased, or None for unset and 'auto' (the input's size)."""
+    if value is None or value.strip().lower() == "auto":
+        return None
+    if not SIZE_PATTERN.fullmatch(value.strip().lower()):  # match() let '64x64x64' through to a 500
+        raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
+    return value.strip().lower()
 
 
 class ImageEditRequest(BaseModel):
@@ -76,36 +96,76 @@ class ImageEditRequest(BaseModel):
     seed: int | None = _extra("seed", "Seed of the first image; image i uses seed + i. Random when unset.")
     negative_prompt: str | None = Field(None, description="What to avoid (models whose `negative_prompt` is true).")
 
-    @field_validator("size")
+    _size = field_validator("size")(size_or_auto)
+
+
+class ImageVariationRequest(BaseModel):
+    """The form fields of ``POST /v1/images/variations`` (the image aside): OpenAI's first, then the extras."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # -- OpenAI Images API fields ------------------------------------------------------------
+    model: str | None = Field(None, description="A model that can edit (GET /v1/models: `tasks`); default model when unset.")
+    n: int | None = Field(None, ge=1, le=MAX_IMAGES, description=f"Number of variations, 1..{MAX_IMAGES} (one batch).")
+    size: str | None = Field(
+        None, description="'WIDTHxHEIGHT', or 'auto' (default): the input image's size fitted to the model's rules."
+    )
+    response_format: Literal["url", "b64_json"] | None = Field(None, description="As for generations.")
+    user: str | None = Field(None, description="Accepted for compatibility; not stored.")
+
+    # -- Image Studio extras (the SDK sends them through extra_body) ----------------------------
+    strength: float | None = _extra(
+        "strength", f"How much of the input is repainted (default {VARIATION_STRENGTH}: its composition stays)."
+    )
+    steps: int | None = _extra("steps", "Denoising steps of the full schedule; a variation runs steps x strength.")
+    guidance: float | None = _extra("guidance", "Classifier-free guidance scale; the model's default when unset.")
+    seed: int | None = _extra("seed", "Seed of the first image; image i uses seed + i. Random when unset.")
+    negative_prompt: str | None = Field(None, description="What to avoid (models whose `negative_prompt` is true).")
+    output_format: Literal["png", "jpeg", "webp"] | None = Field(None, description="'png' (default), 'jpeg' or 'webp'.")
+    output_compression: int | None = Field(None, ge=0, le=100, description="Quality 0..100 of jpeg and webp output.")
+
+    # What request_data and answer read of every Images body: a variation has no prompt and never streams.
+    prompt: ClassVar[str] = ""
+    stream: ClassVar[None] = None
+    partial_images: ClassVar[None] = None
+
+    _size = field_validator("size")(size_or_auto)
+
+    @model_validator(mode="before")
     @classmethod
-    def _size_shape(cls, value: str | None) -> str | None:
-        if value is None or value.strip().lower() == "auto":
-            return None
-        if not SIZE_PATTERN.fullmatch(value.strip().lower()):  # match() let '64x64x64' through to a 500
-            raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
-        return value.strip().lower()
+    def _no_prompt(cls, data):
+        for name in ("prompt", "mask"):
+            if name in data:  # a StudioError passes through pydantic: the 400 names the field, with the way out
+                raise InvalidRequest(
+                    f"{name}: a variation takes no {name}; to edit after a prompt or in a mask, "
+                    "use POST /v1/images/edits", field=name,
+                )
+        return data
 
 
-async def read_form(request: Request) -> tuple[ImageEditRequest, uploads.Upload, uploads.Upload | None]:
-    """The form's fields and its checked image and mask; any problem is a 400 naming the field."""
+async def read_form(request: Request, schema: type[BaseModel], takes: tuple[str, ...]):
+    """The form's fields as ``schema`` and its checked files (``takes``: "image", and "mask" where the route
+    has one) as ``(body, image, mask or None)``; any problem is a 400 naming the field."""
     if not request.headers.get("content-type", "").startswith(FORM_TYPES):
         raise InvalidRequest("body: send multipart/form-data with an 'image' file (as the OpenAI SDK does)", field=None)
+    file_fields = (*IMAGE_FIELDS, *takes)
     form = await request.form(max_fields=MAX_FORM_FIELDS)
     try:
         fields, files = {}, {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if key not in FILE_FIELDS:
-                    raise InvalidRequest(f"{key}: unexpected file; send 'image' and optionally 'mask'", field=key)
+                if key not in file_fields:
+                    expected = " and optionally ".join(f"'{name}'" for name in takes)
+                    raise InvalidRequest(f"{key}: unexpected file; send {expected}", field=key)
                 files.setdefault("image" if key in IMAGE_FIELDS else key, value)  # of several images, the first
-            elif key in FILE_FIELDS:
+            elif key in file_fields:
                 raise InvalidRequest(f"{key}: must be a file upload", field=key)
             else:
                 fields[key] = value
         if "image" not in files:
             raise InvalidRequest("image: an image file is required", field="image")
         try:
-            body = ImageEditRequest.model_validate(fields)
+            body = schema.model_validate(fields)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
         image = await run_in_threadpool(uploads.check_image, await files["image"].read(), "image")
@@ -117,8 +177,10 @@ async def read_form(request: Request) -> tuple[ImageEditRequest, uploads.Upload,
         await form.close()
 
 
-def resolve_edit(catalog, body: ImageEditRequest, image: uploads.Upload, mask: uploads.Upload | None):
-    """The edit as ONE resolved ``GenerationRequest``: size from the input when unset, then the catalog's check."""
+def resolve_edit(catalog, body: ImageEditRequest | ImageVariationRequest, image: uploads.Upload,
+                 mask: uploads.Upload | None = None, default_strength: float | None = None):
+    """The edit as ONE resolved ``GenerationRequest``: size from the input when unset, then the catalog's check
+    (which also fills an unset strength with its task's default, where ``default_strength`` does not)."""
     spec: ModelSpec = catalog.get(body.model)
     if body.size:
         width, height = (int(part) for part in body.size.split("x"))
@@ -126,7 +188,8 @@ def resolve_edit(catalog, body: ImageEditRequest, image: uploads.Upload, mask: u
         width, height = spec.fit_size(image.width, image.height)
     data = request_data(
         body, width=width, height=height, num_images=body.n or 1,
-        strength=body.strength, image=image.data, mask=mask.data if mask else None,
+        strength=default_strength if body.strength is None else body.strength,
+        image=image.data, mask=mask.data if mask else None,
     )
     try:
         return catalog.parse(data)
@@ -138,28 +201,18 @@ def resolve_edit(catalog, body: ImageEditRequest, image: uploads.Upload, mask: u
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["OpenAI-compatible"])
 
-FORM_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "prompt"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP, up to 50 MB."},
-                        "mask": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "PNG of the image's size; alpha 0 (fully transparent) = repaint.",
-                        },
-                        **ImageEditRequest.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+IMAGE_FILE = {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP, up to 50 MB."}
+MASK_FILE = {"type": "string", "format": "binary", "description": "PNG of the image's size; alpha 0 (fully transparent) = repaint."}
+
+
+def form_schema(schema: type[BaseModel], files: dict) -> dict:
+    """The OpenAPI request body of a multipart route (FastAPI cannot derive it: the route reads the form itself)."""
+    fields = schema.model_json_schema()
+    properties = {**files, **fields["properties"]}
+    required = ["image", *fields.get("required", ())]
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": required, "properties": properties}
+    }}}}
 
 
 @router.post(
@@ -168,13 +221,29 @@ FORM_SCHEMA = {
     response_model_exclude_none=True,
     responses={**GENERATION_ERRORS, 200: {"content": {streaming.MEDIA_TYPE: {}}}},
     summary="Edit an image: image-to-image, or inpainting with a mask (OpenAI Images API)",
-    openapi_extra=FORM_SCHEMA,
+    openapi_extra=form_schema(ImageEditRequest, {"image": IMAGE_FILE, "mask": MASK_FILE}),
 )
 async def create_image_edit(request: Request):
     """Repaint an input image after a prompt; with a mask, only where the mask is transparent.
     Closing the connection cancels the job."""
     state = request.app.state
-    body, image, mask = await read_form(request)
+    body, image, mask = await read_form(request, ImageEditRequest, EDIT_FILES)
     spec, resolved = resolve_edit(state.catalog, body, image, mask)
     return await answer(state.backend.submit(spec, resolved), "image_edit", body, request)
 
+
+@router.post(
+    "/images/variations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses=GENERATION_ERRORS,
+    summary="Variations of an image: image-to-image with no prompt (OpenAI Images API)",
+    openapi_extra=form_schema(ImageVariationRequest, {"image": IMAGE_FILE}),
+)
+async def create_image_variation(request: Request):
+    """Redraw an input image's details, keeping its composition, on a model that can edit.
+    Closing the connection cancels the job."""
+    state = request.app.state
+    body, image, _ = await read_form(request, ImageVariationRequest, VARIATION_FILES)
+    spec, resolved = resolve_edit(state.catalog, body, image, default_strength=VARIATION_STRENGTH)
+    return await answer(state.backend.submit(spec, resolved), "image_edit", body, request)

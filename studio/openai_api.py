@@ -206,7 +206,8 @@ class ModelObject(BaseModel):
     negative_prompt: bool = Field(description="Whether `negative_prompt` is supported.")
     tasks: list[str] = Field(
         description="'text-to-image' (POST /v1/images/generations), and where the model can edit, 'image-to-image' "
-        "and 'inpainting' (POST /v1/images/edits without and with a mask)."
+        "and 'inpainting' (POST /v1/images/edits without and with a mask; POST /v1/images/variations is "
+        "image-to-image)."
     )
     cfg: bool = Field(description="False for guidance-distilled models: `guidance` is fixed.")
     max_n: int

@@ -26,7 +26,9 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    prompt: str = Field(min_length=1, max_length=10000, description="What to draw.")
+    prompt: str = Field(
+        max_length=10000, description="What to draw; empty only for image-to-image (a variation of the input)."
+    )
     negative_prompt: str | None = Field(None, max_length=10000, description="What to avoid (models that support it).")
     model: str | None = Field(None, description="Model id or alias; the catalog's default when unset.")
     width: int | None = Field(None, ge=16, le=4096, description="Image width in pixels.")

@@ -93,7 +93,6 @@ def test_model_limits_name_the_field_and_the_allowed_values(catalog, fields, err
     [
         (dict(prompt="x", num_images=5), "num_images", ["1..4"]),
         (dict(prompt="x", steps=0), "steps", ["1..150"]),
-        (dict(prompt=""), "prompt", ["at least 1"]),
         (dict(prompt="x", seed=-1), "seed", ["0..4294967295"]),
         (dict(prompt="x", width="wide"), "width", ["integer"]),
         (dict(prompt="x", colour="red"), "colour", ["unknown field"]),
@@ -105,6 +104,16 @@ def test_general_limits_name_the_field(data, field, words):
     assert caught.value.field == field and caught.value.status == 400
     for word in words:
         assert word in caught.value.message
+
+
+def test_only_image_to_image_may_go_without_a_prompt(catalog):
+    # A variation is image-to-image with an empty prompt; text-to-image and inpainting need words.
+    for inputs in ({}, {"image": b"png", "mask": b"png"}):
+        with pytest.raises(InvalidRequest) as caught:
+            catalog.parse({"prompt": "", "model": "sdxl-base", **inputs})
+        assert caught.value.field == "prompt" and "at least 1 character" in caught.value.message
+    _, resolved = catalog.parse({"prompt": "", "model": "sdxl-base", "image": b"png"})
+    assert (resolved.task, resolved.prompt) == ("image-to-image", "")
 
 
 def test_studio_errors_survive_pickling():

@@ -113,6 +113,14 @@ def test_image_to_image_uses_the_image_and_loads_the_model_once(catalog, engine,
     assert getattr(img2img, denoiser) is getattr(engine.pipe, denoiser)  # from_pipe: the same weights
 
 
+@pytest.mark.parametrize("model_id", EDIT_IDS)
+def test_a_variation_needs_no_prompt(catalog, engine, model_id):
+    # POST /v1/images/variations: image-to-image with an empty prompt, which every text encoder must take.
+    spec, request = edit(catalog, model_id, image=gradient(64, 64), width=64, height=64, steps=2, strength=0.6)
+    (image,) = run(engine, spec, request.model_copy(update={"prompt": ""}))
+    assert image.shape == (64, 64, 3) and image.std() > 0
+
+
 @pytest.mark.parametrize("model_id", ["sdxl-base", "flux-schnell", "chroma"])
 def test_inpainting_follows_the_mask(catalog, engine, model_id):
     image = gradient(64, 64)

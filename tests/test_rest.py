@@ -299,8 +299,9 @@ def test_sdk_raises_typed_errors(client):
 def test_invalid_json_and_unknown_routes(http):
     response = http.post("/v1/images/generations", content=b"{not json", headers={"Content-Type": "application/json"})
     assert_openai_error(response, 400)
-    assert_openai_error(http.get("/v1/images/variations"), 404, code="not_found")
+    assert_openai_error(http.get("/v1/audio/speech"), 404, code="not_found")
     assert_openai_error(http.get("/v1/images/generations"), 405)
+    assert_openai_error(http.get("/v1/images/variations"), 405)  # served, for POST
 
 
 def test_api_key_guards_v1_only(server):

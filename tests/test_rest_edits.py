@@ -1,4 +1,4 @@
-"""``POST /v1/images/edits`` and streaming (both routes), end to end: the real app on a real port with
+"""``POST /v1/images/edits``, ``/v1/images/variations`` and streaming (both routes), end to end: the real app on a real port with
 tiny models (one CPU slot), driven by the official ``openai`` SDK and by plain HTTP.
 
 sdxl-turbo can edit; pixart-sigma cannot (no edit pipelines in diffusers), so it answers 400. The
@@ -14,6 +14,7 @@ import time
 import zlib
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from openai.types import (
@@ -32,17 +33,25 @@ from tests import faults
 from tests.live import serve
 
 EDITOR, TEXT_ONLY = "sdxl-turbo", "pixart-sigma"
+OWNER, API_KEY = "ann", "edits-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
+def outputs(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, outputs):
     settings = Settings(
         host="127.0.0.1",
         devices=["cpu"],
         models_dir=tiny_models(EDITOR, TEXT_ONLY),
         job_timeout_s=120.0,
         fault_hook="tests.faults:install",
-        outputs_dir=tmp_path_factory.mktemp("outputs"),
+        outputs_dir=outputs,
+        api_key=f"{OWNER}:{API_KEY}",  # a named key: its images go to outputs/api/ann/
     )
     with serve(settings) as base_url:
         yield base_url
@@ -50,12 +59,12 @@ def server(tiny_models, tmp_path_factory):
 
 @pytest.fixture
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server, timeout=120) as session:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=120) as session:
         yield session
 
 
@@ -178,6 +187,83 @@ def test_wrong_method_is_405(http):
     assert response.status_code == 405 and "POST" in response.json()["error"]["message"]
 
 
+# ---------------------------------------------------------------- variations
+
+
+def saved(outputs) -> set:
+    return set((outputs / "api" / OWNER).glob("*.png"))
+
+
+def test_sdk_variation_is_image_to_image_without_a_prompt(client, outputs):
+    before = saved(outputs)
+    result = client.images.create_variation(
+        model=EDITOR, image=("in.png", photo(), "image/png"), n=2, response_format="b64_json",
+        extra_body={"steps": 2, "seed": 5},
+    )
+    assert len(result.data) == 2 and result.size == "96x64" and result.data[0].revised_prompt == ""
+    params = pngmeta.read(base64.b64decode(result.data[1].b64_json))
+    assert (params["task"], params["prompt"], params["strength"], params["seed"]) == ("image-to-image", "", 0.6, 6)
+    kept = saved(outputs) - before  # in the key owner's folder, as edits and generations are
+    assert sorted(pngmeta.read(path)["seed"] for path in kept) == [5, 6]
+
+    # What the metadata claims holds: the edit it records (an empty prompt, the same seed and strength)
+    # makes the same image, up to the rounding by which a batch member differs from an image made alone.
+    again = client.images.edit(model=EDITOR, image=("in.png", photo(), "image/png"), prompt="",
+                               extra_body={"steps": 2, "seed": 5, "strength": 0.6})
+    alone, member = (np.asarray(decode(item.data[0].b64_json), dtype=int) for item in (again, result))
+    assert np.abs(alone - member).max() <= 1
+
+
+def test_readme_variation_example(client, tmp_path, monkeypatch):
+    from tests.test_terminal import snippet
+
+    code = snippet(containing="create_variation", language="python")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photo.png").write_bytes(photo(64, 64))
+    exec(compile(code, "README.md (variations)", "exec"), {"client": client})
+    for index, seed in enumerate((7, 8)):
+        params = pngmeta.read(tmp_path / f"variation-{index}.png")
+        assert (params["seed"], params["model"], params["strength"]) == (seed, EDITOR, 0.6)
+
+
+@pytest.mark.parametrize(
+    "files, fields, status, param, words",
+    [
+        ({"image": ("in.png", photo(), "image/png")}, {"model": TEXT_ONLY}, 400, "model", f"{EDITOR}, chroma"),
+        ({"image": ("in.png", photo(), "image/png")}, {"prompt": "a cat"}, 400, "prompt", "takes no prompt"),
+        ({"image": ("in.png", photo(), "image/png")}, {"mask": "x"}, 400, "mask", "takes no mask"),
+        (
+            {"image": ("in.png", photo(), "image/png"), "mask": ("m.png", mask_with_hole(), "image/png")},
+            {}, 400, "mask", "unexpected file",
+        ),
+        ({"image": text_file()}, {}, 400, "image", "not a readable image"),
+        ({"image": ("bomb.png", png_header_only(20000, 20000), "image/png")}, {}, 400, "image", "over the limit"),
+        ({}, {}, 400, "image", "required"),
+        ({"image": ("in.png", photo(), "image/png")}, {"strength": "0"}, 400, "strength", "above 0"),
+        ({"image": ("in.png", photo(), "image/png")}, {"n": "9"}, 400, "n", "less than or equal to 4"),
+        ({"image": ("in.png", photo(), "image/png")}, {"size": "100x100"}, 400, "size", "multiple"),
+        ({"image": ("in.png", photo(), "image/png")}, {"stream": "true"}, 400, "stream", "unknown field"),
+        ({"image": ("in.png", photo(), "image/png")}, {"model": "no-such-model"}, 404, "model", "unknown model"),
+    ],
+    ids=["cannot-edit", "prompt", "mask-field", "mask-file", "text-file", "bomb", "no-image", "strength", "n",
+         "size", "stream", "unknown-model"],
+)
+def test_bad_variations_are_refused_naming_the_field(http, files, fields, status, param, words):
+    response = http.post("/v1/images/variations", files=files, data={"model": EDITOR, **fields})
+    error = assert_openai_error(response, status, param)
+    assert words in error["message"], error
+
+
+def test_variations_need_the_key_and_are_in_the_docs(server, http):
+    wrong = httpx.post(f"{server}/v1/images/variations", headers={"Authorization": "Bearer wrong"},
+                       files={"image": ("in.png", photo(), "image/png")}, timeout=60)
+    assert_openai_error(wrong, 401, None)
+    operation = http.get("/openapi.json").json()["paths"]["/v1/images/variations"]["post"]
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["image"] and {"model", "n", "size", "strength", "seed"} <= set(form["properties"])
+    assert "prompt" not in form["properties"] and "mask" not in form["properties"]
+
+
 # ---------------------------------------------------------------- streaming
 
 
@@ -227,7 +313,7 @@ def test_a_client_leaving_the_stream_cancels_the_job(server, http):
     before = cancelled_jobs(http, TEXT_ONLY)
     body = {"model": TEXT_ONLY, "prompt": f"{faults.SLOW} walk away", "size": "64x64", "steps": 40,
             "stream": True, "partial_images": 3}  # a preview after step 10, then 30 slow steps left
-    with httpx.stream("POST", f"{server}/v1/images/generations", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{server}/v1/images/generations", json=body, headers=AUTH, timeout=120) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = response.iter_lines()
         assert "event: image_generation.partial_image" in lines  # reads up to the first preview, then leaves

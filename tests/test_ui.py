@@ -151,7 +151,7 @@ def test_a_style_wraps_the_prompt(client):
         (dict(model="sdxl-turbo", negative_prompt="blur"), "negative_prompt: sdxl-turbo does not support"),
         (dict(model="no-such-model"), "model: unknown model 'no-such-model'"),
         (dict(model="sdxl-turbo", num_images=5), "num_images: Input should be less than or equal to 4"),
-        (dict(model="sdxl-turbo", prompt="  ", style="anime"), "prompt: String should have at least 1 character"),
+        (dict(model="sdxl-turbo", prompt="  ", style="anime"), "prompt: must have at least 1 character"),
         (dict(model="sdxl-turbo", seed=-5), "seed: Input should be greater than or equal to 0"),
     ],
 )
