@@ -123,6 +123,18 @@ def run_app(args: list[str], env: dict | None = None, startup_timeout_s: float =
             app.captured = app.output()
 
 
+def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.1):
+    """Poll ``condition`` every ``every_s`` until it returns something true, and return that; fail naming
+    ``what`` after ``timeout_s``. Generous timeouts, since the shared test machines are slow."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
 def free_port() -> int:
     """A port that was free a moment ago (for a child process, which must bind it itself)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

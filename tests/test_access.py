@@ -20,8 +20,10 @@ import pytest
 from studio import pngmeta
 from studio.config import Settings
 from studio.history import owner_dir
-from tests.live import serve
+from tests.live import serve, wait_until
 from tests.test_rest import toml_text
+
+GRADIO_WAIT_S = 120.0
 
 ANN, BOB, ROOT = ("ann", "pw-ann"), ("bob", "pw-bob"), ("root", "pw-root")
 API_KEY = "key-of-ci"
@@ -97,22 +99,12 @@ def test_every_session_or_job_route_needs_the_login(server, method, path, body):
     assert response.status_code == 401, (path, response.status_code, response.text[:200])
 
 
-def wait_until(condition, timeout_s: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_only_the_login_that_started_a_job_can_cancel_it(server):
     base_url, _ = server
     ann = gradio_client(base_url, ANN)
     job = ann.submit(**LONG_JOB, api_name="/generate")
-    event_id = wait_until(lambda: job.communicator and job.communicator.event_id, what="ann's event id")
-    wait_until(lambda: ann.predict(api_name="/status")["slots"][0].get("busy"), what="ann's job running")
+    event_id = wait_until(lambda: job.communicator and job.communicator.event_id, GRADIO_WAIT_S, "ann's event id")
+    wait_until(lambda: ann.predict(api_name="/status")["slots"][0].get("busy"), GRADIO_WAIT_S, "ann's job running")
     fn_index = next(dep["id"] for dep in ann.config["dependencies"] if dep.get("api_name") == "generate")
     attack = {"session_hash": ann.session_hash, "fn_index": fn_index, "event_id": event_id}
 
@@ -130,7 +122,7 @@ def test_only_the_login_that_started_a_job_can_cancel_it(server):
     time.sleep(1.0)  # a cancel that got through would have ended the job by now
     assert not job.done() and ann.predict(api_name="/status")["slots"][0].get("busy")
     assert job.cancel()  # ann herself may
-    wait_until(lambda: not ann.predict(api_name="/status")["slots"][0].get("busy"), what="the slot to free")
+    wait_until(lambda: not ann.predict(api_name="/status")["slots"][0].get("busy"), GRADIO_WAIT_S, "the slot to free")
     ann.close()
 
 
@@ -168,7 +160,8 @@ def test_a_named_api_key_keeps_its_images_in_its_own_folder(server):
         streamed = ci.post("/v1/images/generations", json={**body, "seed": 8, "stream": True})
         assert streamed.status_code == 200 and "image_generation.completed" in streamed.text, streamed.text[:300]
         edit = {"model": "sdxl-base", "prompt": "in snow", "steps": "2", "strength": "0.5", "seed": "9"}
-        edited = ci.post("/v1/images/edits", data=edit, files={"image": ("in.png", generated_png(generated), "image/png")})
+        upload = {"image": ("in.png", generated_png(generated), "image/png")}
+        edited = ci.post("/v1/images/edits", data=edit, files=upload)
         assert edited.status_code == 200, edited.text[:300]
     saved = sorted(owner_dir(outputs, "ci", kind="api").glob("*.png"))
     assert len(saved) == 3 and all(path.read_bytes()[:4] == b"\x89PNG" for path in saved)
@@ -194,7 +187,8 @@ def test_stopping_with_a_client_still_listening_logs_no_traceback(models_dir, tm
             server_log.addHandler(handler)  # after uvicorn set up its logging, which drops earlier handlers
             client = Client(base_url + "/", verbose=False)
             client.submit(**LONG_JOB, api_name="/generate")  # its event stream stays open at shutdown
-            wait_until(lambda: client.predict(api_name="/status")["slots"][0].get("busy"), what="the job running")
+            wait_until(lambda: client.predict(api_name="/status")["slots"][0].get("busy"), GRADIO_WAIT_S,
+                       "the job running")
     finally:
         server_log.removeHandler(handler)
     tracebacks = [record.getMessage() for record in records if record.exc_info]

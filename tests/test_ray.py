@@ -26,10 +26,10 @@ pytest.importorskip("ray.serve", reason="the Ray tests need ray[serve] (tests/re
 import faults  # noqa: E402
 
 from studio.config import Settings  # noqa: E402
-from studio.errors import JobCancelled, JobTimeout, WorkerFailed  # noqa: E402
+from studio.errors import JobCancelled, WorkerFailed  # noqa: E402
 from studio.schemas import GenerationRequest  # noqa: E402
 from studio.server import create_app  # noqa: E402
-from tests.live import ROOT, serve_app  # noqa: E402
+from tests.live import ROOT, serve_app, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -118,16 +118,6 @@ def is_our_replica(pid: int) -> bool:
         and raylet[2] == os.getpid()
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-
-
 def submit(app, model: str, **fields):
     spec, request = app.state.catalog.resolve(GenerationRequest(model=model, **{"prompt": "a lighthouse", **fields}))
     return app.state.backend.submit(spec, request)
@@ -186,7 +176,7 @@ def test_gradio_client_generates_through_ray(app):
 
 
 def test_a_bad_request_is_a_400_before_anything_reaches_ray(http):
-    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
     before = [(slot["jobs_done"], slot["jobs_failed"]) for slot in health(http)["slots"]]
     response = http.post("/v1/images/generations", json={"model": TURBO, "prompt": "x", "steps": 0})
     assert response.status_code == 400 and response.json()["error"]["param"] == "steps"
@@ -202,7 +192,7 @@ def test_a_bad_request_is_a_400_before_anything_reaches_ray(http):
 def test_alternating_models_stay_on_the_replicas_that_hold_them(app, http):
     for model in (BASE, TURBO):  # warm-up: the empty replica takes the model nobody holds
         assert submit(app, model, steps=1).wait(START_S).images
-    wait_for(lambda: sorted(slot["model"] or "" for slot in health(http)["slots"]) == [BASE, TURBO],
+    wait_until(lambda: sorted(slot["model"] or "" for slot in health(http)["slots"]) == [BASE, TURBO],
              30, "one model on each replica")
     loads = sum(slot["loads"] + slot["cache_hits"] for slot in health(http)["slots"])
     done = jobs_done(http)
@@ -210,7 +200,7 @@ def test_alternating_models_stay_on_the_replicas_that_hold_them(app, http):
     for index in range(6):
         model = (BASE, TURBO)[index % 2]
         slots[model].add(submit(app, model, steps=1, seed=index).wait(START_S).slot)
-    wait_for(lambda: jobs_done(http) >= done + 6, 30, "the replicas to report their jobs")
+    wait_until(lambda: jobs_done(http) >= done + 6, 30, "the replicas to report their jobs")
     assert sum(slot["loads"] + slot["cache_hits"] for slot in health(http)["slots"]) == loads  # no swaps
     assert len(slots[BASE]) == len(slots[TURBO]) == 1 and slots[BASE] != slots[TURBO]
 
@@ -225,18 +215,18 @@ def test_cancel_stops_the_job_at_its_next_step(app, http):
     assert job.cancel()
     with pytest.raises(JobCancelled):
         job.wait(5)
-    wait_for(lambda: replicas_idle(http), 30, "the replica to free")
+    wait_until(lambda: replicas_idle(http), 30, "the replica to free")
     assert time.monotonic() - started < 30  # the whole job would have taken at least 30 s
 
 
 def test_a_closed_connection_cancels_the_job(app, http):
-    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
     body = {"model": BASE, "prompt": LONG["prompt"], "steps": LONG["steps"]}
     sender = threading.Thread(target=lambda: _post_and_hang_up(app.state.base_url, body), daemon=True)
     sender.start()
-    wait_for(lambda: any(slot["step"] >= 2 for slot in health(http)["slots"]), START_S, "the job's first steps")
+    wait_until(lambda: any(slot["step"] >= 2 for slot in health(http)["slots"]), START_S, "the job's first steps")
     sender.join(60)
-    wait_for(lambda: replicas_idle(http), 30, "the replica to free after the client left")
+    wait_until(lambda: replicas_idle(http), 30, "the replica to free after the client left")
 
 
 def _post_and_hang_up(base_url: str, body: dict) -> None:
@@ -247,14 +237,14 @@ def _post_and_hang_up(base_url: str, body: dict) -> None:
 
 
 def test_a_job_past_its_timeout_fails_with_504(http):
-    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
     response = http.post("/v1/images/generations", json={"model": BASE, "prompt": LONG["prompt"], "steps": 150})
     assert response.status_code == 504 and "longer than 20 s" in response.json()["error"]["message"]
-    wait_for(lambda: replicas_idle(http), 30, "the replica to free")
+    wait_until(lambda: replicas_idle(http), 30, "the replica to free")
 
 
 def test_a_full_queue_is_a_429_whose_retry_after_is_the_running_jobs_pace(app, http):
-    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
     running = [submit(app, BASE, **LONG) for _ in range(2)]  # one replica each (Turbo allows 4 steps at most)
     for job in running:
         running_step(job)
@@ -270,24 +260,24 @@ def test_a_full_queue_is_a_429_whose_retry_after_is_the_running_jobs_pace(app, h
     # The first job to end frees a place; each step takes SLOW_STEP_S at least (not the 5 s of a guess).
     assert faults.SLOW_STEP_S * (LONG["steps"] - max(steps)) - 1 <= retry_s <= 300, (retry_s, steps)
     assert f"try again in about {retry_s} s" in response.json()["error"]["message"]
-    wait_for(lambda: replicas_idle(http), 30, "the replicas to free")
+    wait_until(lambda: replicas_idle(http), 30, "the replicas to free")
 
 
 # ---------------------------------------------------------------- a replica dies
 
 
 def test_a_killed_replica_fails_only_its_job_and_serve_replaces_it(app, http):
-    wait_for(lambda: replicas_idle(http), START_S, "idle replicas")
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
     victim = submit(app, BASE, **LONG)
     slot = running_step(victim)
     other = submit(app, TURBO, steps=4, num_images=2)
-    pid = wait_for(lambda: replica_pid(http, slot), START_S, "the replica's pid")
+    pid = wait_until(lambda: replica_pid(http, slot), START_S, "the replica's pid")
     assert is_our_replica(pid)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(WorkerFailed) as caught:
         victim.wait(60)
     assert caught.value.status == 503
     assert other.wait(START_S).images  # the other replica's job is untouched
-    wait_for(lambda: replicas_idle(http) and pid not in [s["pid"] for s in health(http)["slots"]],
+    wait_until(lambda: replicas_idle(http) and pid not in [s["pid"] for s in health(http)["slots"]],
              START_S, "Serve to replace the replica")
     assert submit(app, TURBO, steps=1).wait(START_S).images

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from studio import pngmeta
 from studio.catalog import load_catalog
 from studio.config import Settings
-from tests.live import ROOT, run_app, serve
+from tests.live import ROOT, run_app, serve, wait_until
 
 API_KEY = "test-key"
 UI_LOGIN = ("ann", "ui-secret")  # --ui-auth: the web UI and the Gradio API
@@ -113,16 +113,6 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
     if code is not None:
         assert error["code"] == code, error
     return error
-
-
-def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def slots_idle(http) -> bool:
@@ -376,13 +366,13 @@ def busy_slots(http) -> list[dict]:
 
 def test_queue_full_is_429_and_disconnect_cancels(server, http, client):
     """Fill both slots and the queue of one with long jobs; the next is refused; hanging up frees everything."""
-    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    wait_until(lambda: slots_idle(http), 60, "idle slots before the test")
     cancelled_before = metric(http, "studio_jobs_total", model="sdxl-base", outcome="cancelled")
     connections = []
     try:
         for _ in range(3):  # two run, one waits
             connections.append(open_request(server, LONG_JOB))
-        wait_for(lambda: len(busy_slots(http)) == 2 and http.get("/health").json()["queue_depth"] == 1,
+        wait_until(lambda: len(busy_slots(http)) == 2 and http.get("/health").json()["queue_depth"] == 1,
                  60, "two busy slots and one queued job")
 
         refused = http.post("/v1/images/generations", json={"model": "sdxl-turbo", "prompt": "one more"})
@@ -394,7 +384,7 @@ def test_queue_full_is_429_and_disconnect_cancels(server, http, client):
     finally:
         for connection in connections:
             connection.close()  # the client walks away: the server must cancel its job
-    wait_for(lambda: slots_idle(http), 15, "the slots to go idle after the clients hung up")
+    wait_until(lambda: slots_idle(http), 15, "the slots to go idle after the clients hung up")
 
     assert metric(http, "studio_jobs_total", model="sdxl-base", outcome="cancelled") == cancelled_before + 3
     assert metric(http, "studio_jobs_total", model="sdxl-turbo", outcome="rejected") >= 2
@@ -405,7 +395,7 @@ def test_queue_full_is_429_and_disconnect_cancels(server, http, client):
 def test_sdk_retries_that_honour_retry_after_are_all_served(server, http):
     """Six callers at once against two slots, a queue of one and a waiting room of one: two are
     refused at once and told when a place frees; the SDK's own retries, waiting as told, are all served."""
-    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    wait_until(lambda: slots_idle(http), 60, "idle slots before the test")
     rejected_before = metric(http, "studio_jobs_total", model="sdxl-base", outcome="rejected")
     retrying = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=8, timeout=120)
 
@@ -420,19 +410,19 @@ def test_sdk_retries_that_honour_retry_after_are_all_served(server, http):
 
 
 def test_job_past_the_timeout_is_504(http):
-    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    wait_until(lambda: slots_idle(http), 60, "idle slots before the test")
     started = time.monotonic()
     response = http.post("/v1/images/generations", json=LONG_JOB)
     assert_openai_error(response, 504, code="timeout")
     assert time.monotonic() - started < JOB_TIMEOUT_S + 15
-    wait_for(lambda: slots_idle(http), 15, "the slot to go idle after the timeout")
+    wait_until(lambda: slots_idle(http), 15, "the slot to go idle after the timeout")
 
 
 def test_worker_death_is_503_and_the_slot_restarts(server, http):
-    wait_for(lambda: slots_idle(http), 60, "idle slots before the test")
+    wait_until(lambda: slots_idle(http), 60, "idle slots before the test")
     connection = open_request(server, LONG_JOB)
     try:
-        (slot,) = wait_for(lambda: busy_slots(http), 30, "the long job to start")
+        (slot,) = wait_until(lambda: busy_slots(http), 30, "the long job to start")
         os.kill(slot["pid"], signal.SIGKILL)  # a worker of this test's own server
         response = connection.getresponse()
         error = json.loads(response.read())["error"]
@@ -440,7 +430,7 @@ def test_worker_death_is_503_and_the_slot_restarts(server, http):
         connection.close()
     assert response.status == 503 and error["code"] == "worker_failed", error
     assert "Traceback" not in error["message"]
-    wait_for(lambda: all(s["alive"] for s in http.get("/health").json()["slots"]), 120, "the slot to restart")
+    wait_until(lambda: all(s["alive"] for s in http.get("/health").json()["slots"]), 120, "the slot to restart")
     assert http.get("/health").json()["status"] == "ok"
 
 

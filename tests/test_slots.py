@@ -33,6 +33,7 @@ from studio.schemas import GenerationRequest, JobResult
 from studio.devices import preload_plan
 from studio.jobs import Job
 from studio.slots import SlotManager, restart_delay
+from tests.live import wait_until
 
 BASE, TURBO = "sdxl-base", "sdxl-turbo"
 # A job that would run for 30 s if nobody stopped it: sdxl-base's step limit, each step slowed down.
@@ -62,16 +63,6 @@ def slot_serving(manager, catalog, model: str) -> int:
     return submit(manager, catalog, model).wait(START_S).slot
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def first_step(job: Job) -> None:
     """Block until the job reports its first denoising step (so it surely runs in its worker)."""
     for event in job.iter_events(timeout=START_S):
@@ -83,10 +74,10 @@ def first_step(job: Job) -> None:
 def seconds_left(manager, index: int, total: int) -> float:
     """How long the slot's running job has left, at the step rate the test itself sees."""
     first = wait_until(lambda: (lambda s: s if s.step >= 2 else None)(slot_status(manager, index)), START_S,
-                       "the job's first steps")
+                       "the job's first steps", every_s=0.02)
     started = time.monotonic()
     last = wait_until(lambda: (lambda s: s if s.step >= first.step + 2 else None)(slot_status(manager, index)),
-                      START_S, "two more steps")
+                      START_S, "two more steps", every_s=0.02)
     per_step = (time.monotonic() - started) / (last.step - first.step)
     return per_step * (total - last.step)
 
