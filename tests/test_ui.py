@@ -113,6 +113,31 @@ def pick_model(page, label: str) -> None:
     page.wait_for_function("label => document.querySelector('#model-card').innerText.includes(label)", arg=label)
 
 
+def fill_advanced(page, **values: str) -> None:
+    """Open the Advanced panel and type into its number boxes (``num_images`` is ``#num-images``). Its
+    first render can land after a fill and put the model's defaults back: fill until the boxes hold."""
+    page.click("#advanced")
+    boxes = {name: page.locator(f"#{name.replace('_', '-')} input[type=number]") for name in values}
+    for _ in range(10):
+        for name, box in boxes.items():
+            box.fill(values[name])
+            box.press("Tab")
+        page.wait_for_timeout(300)
+        if all(box.input_value() == values[name] for name, box in boxes.items()):
+            return
+    raise AssertionError(f"the Advanced boxes did not keep {values}")
+
+
+def start_a_slow_base_job(page, prompt: str, **advanced: str) -> None:
+    """SDXL Base at 256x256 with ``advanced`` values: a job that takes a while on a CPU."""
+    pick_model(page, "SDXL Base 1.0")
+    page.fill("#prompt textarea", prompt)
+    page.fill("#width input", "256")
+    page.fill("#height input", "256")
+    fill_advanced(page, **advanced)
+    page.click("#generate-button")
+
+
 # ---------------------------------------------------------------- the Gradio API
 
 
@@ -201,15 +226,7 @@ def test_browser_generates_and_shows_the_image(page, server, tmp_path):
 
 
 def test_cancel_in_the_browser_stops_the_job_and_frees_the_slot(page, client):
-    pick_model(page, "SDXL Base 1.0")
-    page.fill("#prompt textarea", "a very slow cathedral")
-    page.fill("#width input", "256")
-    page.fill("#height input", "256")
-    page.click("#advanced")
-    page.fill("#steps input[type=number]", "150")
-    page.fill("#num-images input[type=number]", "4")
-    page.press("#num-images input[type=number]", "Tab")
-    page.click("#generate-button")
+    start_a_slow_base_job(page, "a very slow cathedral", steps="150", num_images="4")
     page.wait_for_function("() => document.querySelector('#job-status').innerText.startsWith('Step')",
                            timeout=60_000)
     assert slots_busy(client) == [True]
@@ -265,14 +282,7 @@ def test_an_invalid_value_stays_in_the_status_line_with_the_models_range(page):
     time.sleep(11)  # longer than Gradio's error toast lives
     assert message in page.inner_text("#job-status")
     page.fill("#width input", "64")
-    page.click("#advanced")
-    steps = page.locator("#steps input")
-    steps.wait_for(state="visible")
-    for _ in range(10):  # the accordion's first render can land after a fill and put the model's default back
-        steps.fill("400")  # a box, not a slider: no silent clamp to the top
-        page.wait_for_timeout(500)
-        if steps.input_value() == "400":
-            break
+    fill_advanced(page, steps="400")  # a box, not a slider: no silent clamp to the top
     page.click("#generate-button")
     page.wait_for_function("() => document.querySelector('#job-status').innerText.includes("
                            "'steps: 400 is out of range for sdxl-turbo; allowed 1..4')", timeout=90_000)
@@ -460,14 +470,7 @@ def test_api_edits_an_image_with_and_without_a_mask(client, tmp_path):
 
 
 def test_browser_shows_a_live_preview_while_the_job_runs(page, client):
-    pick_model(page, "SDXL Base 1.0")
-    page.fill("#prompt textarea", "a slowly forming harbour")
-    page.fill("#width input", "256")
-    page.fill("#height input", "256")
-    page.click("#advanced")
-    page.fill("#steps input[type=number]", "60")
-    page.press("#steps input[type=number]", "Tab")
-    page.click("#generate-button")
+    start_a_slow_base_job(page, "a slowly forming harbour", steps="60")
     page.wait_for_selector("#live-preview img", timeout=60_000)  # a preview, before the job is done
     assert not page.inner_text("#job-status").startswith("Done")
     page.click("#cancel-button")
