@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 DOWNLOADING = "downloading"
 POLL_S = 0.5  # how often waiting jobs hear of a download's progress
 RETRY_AFTER_UNKNOWN_S = 30  # a refusal's Retry-After while the download's speed is not known yet
-RETRY_AFTER_MAX_S = 300
 
 
 @dataclass
@@ -129,9 +128,8 @@ class DownloadGate:
             waiting = sum(len(each.waiting) for each in self._downloads.values())
             if job is not None and self.max_waiting is not None and waiting >= self.max_waiting:
                 eta = download.progress.eta_s if download is not None else None
-                retry_s = RETRY_AFTER_UNKNOWN_S if eta is None else max(1, min(RETRY_AFTER_MAX_S, round(eta)))
-                return QueueFull(f"the queue is full: {waiting} jobs are waiting for model downloads "
-                                 f"(limit {self.max_waiting}); try again in about {retry_s} s", retry_after_s=retry_s)
+                return QueueFull.retry_in(f"the queue is full: {waiting} jobs are waiting for model downloads "
+                                          f"(limit {self.max_waiting})", eta, RETRY_AFTER_UNKNOWN_S)
             if download is None:
                 download = Download(spec, hub.Progress(spec.id, spec.label))
                 self._downloads[spec.id] = download

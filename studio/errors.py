@@ -54,6 +54,9 @@ class UnknownModel(StudioError):
     code = "model_not_found"
 
 
+RETRY_AFTER_MAX_S = 300  # Retry-After's ceiling: an estimate further out is too unsure to promise
+
+
 class QueueFull(StudioError):
     status = 429
     type = "rate_limit_error"
@@ -62,6 +65,13 @@ class QueueFull(StudioError):
     def __init__(self, message: str, field: str | None = None, retry_after_s: int = 5):
         super().__init__(message, field)
         self.retry_after_s = retry_after_s  # when a queue place is expected to free (the Retry-After header)
+
+    @classmethod
+    def retry_in(cls, reason: str, seconds: float | None, unknown_s: int) -> QueueFull:
+        """``reason``, then when to try again: ``seconds`` as the Retry-After header's whole seconds
+        (1 to ``RETRY_AFTER_MAX_S``), or ``unknown_s`` when nothing could be estimated."""
+        retry_s = unknown_s if seconds is None else max(1, min(RETRY_AFTER_MAX_S, round(seconds)))
+        return cls(f"{reason}; try again in about {retry_s} s", retry_after_s=retry_s)
 
     def __reduce__(self):
         return (self.__class__, (self.message, self.field, self.retry_after_s))

@@ -65,7 +65,6 @@ PLANNED_REPLICAS = 4  # before start, without --replicas: how many jobs the UI l
 POLL_S = 0.25  # through Ray Client (no streaming), progress is read from the census this often
 STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
 RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint while no running job has made a step
-RETRY_AFTER_MAX_S = 300
 
 
 # ---------------------------------------------------------------- the replica (runs in the Ray cluster)
@@ -400,10 +399,9 @@ class RayBackend:
             else:
                 waiting = len(self._running) - self._capacity()
                 if waiting >= self.settings.max_queue:
-                    retry_s = self._queue_place_in_s()
-                    refusal = QueueFull(
-                        f"the queue is full: {waiting} jobs are waiting (limit {self.settings.max_queue}); "
-                        f"try again in about {retry_s} s", retry_after_s=retry_s)
+                    refusal = QueueFull.retry_in(
+                        f"the queue is full: {waiting} jobs are waiting (limit {self.settings.max_queue})",
+                        self._queue_place_in_s(), RETRY_AFTER_DEFAULT_S)
             if refusal is None:
                 self._running[job.id] = (job, None)
                 position = max(0, len(self._running) - 1 - self._capacity())
@@ -532,14 +530,13 @@ class RayBackend:
                     self._steps[job.id] = (since, progress.step, progress.total)
         job.emit(progress)
 
-    def _queue_place_in_s(self) -> int:
-        """Whole seconds until a place in the full queue frees: the first running job to end lets a
-        waiting one start. Estimated from each job's pace so far (called under ``self._lock``)."""
+    def _queue_place_in_s(self) -> int | None:
+        """Whole seconds (rounded up) until a place in the full queue frees: the first running job to end
+        lets a waiting one start. Estimated from each job's pace so far (called under ``self._lock``);
+        None while nothing has made a step yet (loading, or starting)."""
         now = time.monotonic()
         remaining = [(now - since) / step * (total - step) for since, step, total in self._steps.values() if step]
-        if not remaining:  # nothing has made a step yet (loading, or starting): a short, honest guess
-            return RETRY_AFTER_DEFAULT_S
-        return max(1, min(RETRY_AFTER_MAX_S, math.ceil(min(remaining))))
+        return math.ceil(min(remaining)) if remaining else None
 
     def _outcome(self, job: Job, message) -> Any:
         """The job's result or error from the replica's last message."""

@@ -67,7 +67,6 @@ RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as lon
 RESTART_CAP_S = 60.0  # ... up to this
 STABLE_S = 60.0  # a worker that lived this long before dying starts its back-off afresh
 RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint when no job is running to estimate from
-RETRY_AFTER_MAX_S = 300
 DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
 REAP_POLL_S = 0.02
@@ -512,11 +511,10 @@ class SlotManager:
         """The refusal, with when a job arriving now would get a place (behind the waiting room)."""
         limit, waiting = self.settings.max_queue, backlog(self._queue, self._slots)
         room_s = room_in_s([*self._queue, *self._waiting_room], self._slots, self.estimates, now, limit)
-        # Nothing up to estimate from (slots restarting): a short, honest guess.
-        retry_s = RETRY_AFTER_DEFAULT_S if room_s is None else max(1, min(RETRY_AFTER_MAX_S, round(room_s)))
         also = f" and {len(self._waiting_room)} more wait for a place" if self._waiting_room else ""
-        return QueueFull(f"the queue is full: {waiting} jobs are waiting (limit {limit}){also}; "
-                         f"try again in about {retry_s} s", retry_after_s=retry_s)
+        # With no slot up to estimate from (restarting), a short, honest guess.
+        return QueueFull.retry_in(f"the queue is full: {waiting} jobs are waiting (limit {limit}){also}",
+                                  room_s, RETRY_AFTER_DEFAULT_S)
 
     def _expire_waiting_room(self, now: float) -> None:
         """Jobs that found no place within ``--queue-wait`` are refused, as they would have been at once."""
