@@ -7,13 +7,14 @@ uses what is true at that moment:
 
 1. a job that waited past ``starvation_s`` takes any idle slot first;
 2. a job whose model an idle slot already holds goes there (no load);
-3. a job whose model a busy slot holds (or is about to hold) waits for it when that slot is
-   expected free sooner than a swap would take, as measured: warm loads of the model (from disk
-   or from a worker's RAM cache; a worker's first load, which pays for its imports, is never
-   recorded) and job durations; with no warm load measured yet, it takes the idle slot. But it
-   does not evict the only resident copy of a model in use (one that ran in the last
-   ``IN_USE_S``) unless the wait is longer than a load is guessed to take: that swap would
-   merely exchange the two models between the slots, and the next job would load the other back;
+3. a job whose model a busy slot holds (or is about to hold, this plan's bindings included)
+   waits for it when that slot is expected free sooner than a swap would take, as measured: warm
+   loads of the model (from disk or from a worker's RAM cache; a worker's first load, which pays
+   for its imports, is never recorded) and job durations; with no warm load measured yet, it takes
+   the idle slot. But evicting the only resident copy of a model in use (one that ran in the last
+   ``IN_USE_S``) costs two loads, this one (a guess will do) and the one that brings that model
+   back for its next job (once measured), so such a swap must beat both: otherwise the two slots
+   would merely exchange their models;
 4. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
    an empty one, then one holding a model nobody in the queue wants, then the least recently
    used; that slot swaps models.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from studio.jobs import Job
 from studio.schemas import GenerationRequest
@@ -160,27 +162,42 @@ class Slot:
         return self.job.spec.id if self.job is not None else self.model
 
 
+class Binding(NamedTuple):
+    """A queued job bound to a slot; ``why`` says why the slot loads a model for it ("" when it holds it)."""
+
+    job: Job
+    slot: Slot
+    why: str = ""
+
+
 def plan_dispatch(
     queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S
-) -> list[tuple[Job, Slot]]:
+) -> list[Binding]:
     """Which queued jobs start now, and where (see the module docstring for the rules)."""
     idle = [slot for slot in slots if slot.available]
     if not idle or not queue:
         return []
     busy = [slot for slot in slots if slot.state == "ready" and slot.job is not None and not slot.unreachable]
+    # What each slot will hold next and when it frees: the busy ones, then the ones this plan binds
+    # (a slot bound a moment ago holds its job's model as surely as a busy one).
+    holds = {slot.index: slot.next_model for slot in busy}
     free_at = {slot.index: now + estimates.remaining_s(slot, now) for slot in busy}
-    plan: list[tuple[Job, Slot]] = []
+    plan: list[Binding] = []
     waiting = list(queue)
 
-    def bind(job: Job, slot: Slot) -> None:
-        plan.append((job, slot))
+    def bind(job: Job, slot: Slot, why: str = "") -> None:
+        model = job.spec.id
+        load_s = 0.0 if slot.model == model else estimates.load_s(model, model in slot.cached)
+        plan.append(Binding(job, slot, why if slot.model != model else ""))
+        holds[slot.index], free_at[slot.index] = model, now + load_s + estimates.job_s(model, job.request)
         idle.remove(slot)
         waiting.remove(job)
 
     for job in [job for job in waiting if now - job.queued_at >= starvation_s]:
         if not idle:
             return plan
-        bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id))
+        bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id),
+             f"it waited {now - job.queued_at:.0f} s, past {starvation_s:.0f} s: any idle slot")
     for job in list(waiting):
         match = _same_model(idle, job)
         if match:
@@ -190,18 +207,25 @@ def plan_dispatch(
             break
         model = job.spec.id
         victim = _victim(idle, waiting, model)
-        holders = [slot for slot in busy if slot.next_model == model]
-        if holders:
-            soonest = min(holders, key=lambda slot: free_at[slot.index])
-            cached = model in victim.cached
-            if _gives_up_a_model_in_use(victim, slots, now):
-                swap_s = estimates.load_s(model, cached)  # a guess will do: the swap costs a load back later
-            else:
-                swap_s = estimates.measured_load_s(model, cached)  # only a measured load may make a job wait
-            if swap_s is not None and free_at[soonest.index] - now < swap_s:
-                free_at[soonest.index] += estimates.job_s(model, job.request)
-                continue
-        bind(job, victim)
+        holders = [index for index, held in holds.items() if held == model]
+        if not holders:
+            bind(job, victim, f"no slot holds {model}")
+            continue
+        soonest = min(holders, key=free_at.__getitem__)
+        wait_s = free_at[soonest] - now
+        cached = model in victim.cached
+        if _gives_up_a_model_in_use(victim, slots, holds, now):
+            # Evicting the only copy of a model in use merely exchanges the two models: this load (a
+            # guess will do) and, once measured, the one that brings the evicted model back.
+            swap_s = estimates.load_s(model, cached) + (estimates.measured_load_s(victim.model) or 0.0)
+            swap = f"{model}'s load plus {victim.model}'s load back (~{swap_s:.1f} s)"
+        else:
+            swap_s = estimates.measured_load_s(model, cached)  # only a measured load may make a job wait
+            swap = "no warm load measured" if swap_s is None else f"a measured load of {model} (~{swap_s:.1f} s)"
+        if swap_s is not None and wait_s < swap_s:
+            free_at[soonest] += estimates.job_s(model, job.request)
+            continue
+        bind(job, victim, f"slot {soonest} with {model} frees in ~{wait_s:.1f} s; {swap}")
     return plan
 
 
@@ -243,11 +267,12 @@ def _same_model(idle: list[Slot], job: Job) -> Slot | None:
     return next((slot for slot in idle if slot.model == job.spec.id), None)
 
 
-def _gives_up_a_model_in_use(slot: Slot, slots: Sequence[Slot], now: float) -> bool:
-    """Swapping ``slot`` would drop the only resident copy of a model that ran lately."""
+def _gives_up_a_model_in_use(slot: Slot, slots: Sequence[Slot], holds: dict[int, str | None], now: float) -> bool:
+    """Swapping ``slot`` would drop the only resident copy of a model that ran lately (``holds``: what
+    each busy or just-bound slot will hold next)."""
     if slot.model is None or now - slot.last_used > IN_USE_S or slot.last_used == 0.0:
         return False
-    return not any(other.model == slot.model or other.next_model == slot.model
+    return not any(other.model == slot.model or holds.get(other.index) == slot.model
                    for other in slots if other is not slot and other.state == "ready")
 
 

@@ -344,7 +344,10 @@ class SlotManager:
         self._renumber()
 
     def _bind(self, now: float) -> None:
-        for job, slot in plan_dispatch(self._queue, self._slots, self.estimates, now, self.starvation_s):
+        for job, slot, why in plan_dispatch(self._queue, self._slots, self.estimates, now, self.starvation_s):
+            if why:
+                log.info("slot %d (%s) loads %s for job %s (holds %s): %s",
+                         slot.index, slot.device, job.spec.id, job.id[:8], slot.model or "nothing", why)
             self._queue.remove(job)
             slot.job, job.slot = job, slot.index
             slot.phase, slot.phase_since, slot.job_started_at = "starting", now, now

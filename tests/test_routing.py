@@ -24,6 +24,11 @@ def queued_job(presets, model: str, waited_s: float = 0.0, now: float = 1000.0, 
     return job
 
 
+def pairs(plan) -> list[tuple]:
+    """The plan as (job, slot) pairs, leaving out why each slot loads."""
+    return [(binding.job, binding.slot) for binding in plan]
+
+
 def busy_slot(index: int, job: Job, now: float, step: int, total: int, per_step_s: float) -> Slot:
     return Slot(index, "cpu", state="ready", model=job.spec.id, job=job, phase="step",
                 generating_at=now - step * per_step_s, step=step, total=total,
@@ -33,7 +38,7 @@ def busy_slot(index: int, job: Job, now: float, step: int, total: int, per_step_
 def test_plan_prefers_the_idle_slot_that_holds_the_model(presets):
     job = queued_job(presets, BASE)
     empty, holder = Slot(0, "cpu", state="ready"), Slot(1, "cpu", state="ready", model=BASE)
-    assert plan_dispatch([job], [empty, holder], Estimates(), now=1000.0) == [(job, holder)]
+    assert pairs(plan_dispatch([job], [empty, holder], Estimates(), now=1000.0)) == [(job, holder)]
 
 
 def test_plan_waits_for_a_busy_holder_only_when_that_beats_a_load(presets):
@@ -45,8 +50,8 @@ def test_plan_waits_for_a_busy_holder_only_when_that_beats_a_load(presets):
     slow_loads, fast_loads = Estimates(), Estimates()
     slow_loads.record_load(BASE, 10.0)
     fast_loads.record_load(BASE, 0.5)
-    assert plan_dispatch([job], [busy, idle], slow_loads, now) == []
-    assert plan_dispatch([job], [busy, idle], fast_loads, now) == [(job, idle)]
+    assert pairs(plan_dispatch([job], [busy, idle], slow_loads, now)) == []
+    assert pairs(plan_dispatch([job], [busy, idle], fast_loads, now)) == [(job, idle)]
 
 
 def test_plan_counts_the_jobs_already_waiting_for_a_busy_slot(presets):
@@ -57,7 +62,7 @@ def test_plan_counts_the_jobs_already_waiting_for_a_busy_slot(presets):
     estimates = Estimates()
     estimates.record_load(BASE, 1.5)
     estimates.record_run(BASE, first.request, 1.0)  # each waiting job adds 1 s to the busy slot
-    assert plan_dispatch([first, second], [busy, idle], estimates, now) == [(second, idle)]
+    assert pairs(plan_dispatch([first, second], [busy, idle], estimates, now)) == [(second, idle)]
 
 
 def test_plan_lets_a_starving_job_take_any_idle_slot(presets):
@@ -67,7 +72,7 @@ def test_plan_lets_a_starving_job_take_any_idle_slot(presets):
     job = queued_job(presets, BASE, waited_s=61)
     estimates = Estimates()
     estimates.record_load(BASE, 10.0)
-    assert plan_dispatch([job], [busy, idle], estimates, now, starvation_s=60) == [(job, idle)]
+    assert pairs(plan_dispatch([job], [busy, idle], estimates, now, starvation_s=60)) == [(job, idle)]
 
 
 def test_plan_binds_affinity_before_fifo_and_swaps_the_least_useful_slot(presets):
@@ -77,14 +82,14 @@ def test_plan_binds_affinity_before_fifo_and_swaps_the_least_useful_slot(presets
     base_slot = Slot(0, "cpu", state="ready", model=BASE, last_used=now - 5)
     turbo_slot = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 50)
     # The turbo job keeps its model's slot; the older newcomer evicts the other one, not turbo.
-    assert plan_dispatch([newcomer, turbo], [base_slot, turbo_slot], Estimates(), now) == [
+    assert pairs(plan_dispatch([newcomer, turbo], [base_slot, turbo_slot], Estimates(), now)) == [
         (turbo, turbo_slot), (newcomer, base_slot)
     ]
     empty = Slot(2, "cpu", state="ready")
     lru = Slot(3, "cpu", state="ready", model="pixart-sigma", last_used=now - 50)
     recent = Slot(4, "cpu", state="ready", model="sana-1.5", last_used=now - 1)
-    assert plan_dispatch([newcomer], [recent, lru, empty], Estimates(), now) == [(newcomer, empty)]
-    assert plan_dispatch([newcomer], [recent, lru], Estimates(), now) == [(newcomer, lru)]
+    assert pairs(plan_dispatch([newcomer], [recent, lru, empty], Estimates(), now)) == [(newcomer, empty)]
+    assert pairs(plan_dispatch([newcomer], [recent, lru], Estimates(), now)) == [(newcomer, lru)]
 
 
 def test_plan_sends_a_job_to_the_slot_with_its_model_in_ram(presets):
@@ -92,21 +97,21 @@ def test_plan_sends_a_job_to_the_slot_with_its_model_in_ram(presets):
     job = queued_job(presets, BASE)
     empty = Slot(0, "cpu", state="ready")
     parked = Slot(1, "cpu", state="ready", model=TURBO, cached=[BASE], last_used=now)
-    assert plan_dispatch([job], [empty, parked], Estimates(), now) == [(job, parked)]
+    assert pairs(plan_dispatch([job], [empty, parked], Estimates(), now)) == [(job, parked)]
     # A swap from RAM beats waiting for a busy holder that a disk load would not beat.
     busy = busy_slot(2, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.4)  # 2 s left
     estimates = Estimates()
     estimates.record_load(BASE, 10.0)
     estimates.record_load(BASE, 0.5, cached=True)
-    assert plan_dispatch([job], [busy, empty], estimates, now) == []
-    assert plan_dispatch([job], [busy, empty, parked], estimates, now) == [(job, parked)]
+    assert pairs(plan_dispatch([job], [busy, empty], estimates, now)) == []
+    assert pairs(plan_dispatch([job], [busy, empty, parked], estimates, now)) == [(job, parked)]
 
 
 def test_plan_skips_dead_and_busy_slots(presets):
     job = queued_job(presets, BASE)
     dead = Slot(0, "cpu", state="dead", model=BASE)
     busy = busy_slot(1, queued_job(presets, TURBO), 1000.0, step=1, total=2, per_step_s=0.1)
-    assert plan_dispatch([job], [dead, busy], Estimates(), now=1000.0) == []
+    assert pairs(plan_dispatch([job], [dead, busy], Estimates(), now=1000.0)) == []
 
 
 def test_plan_never_holds_a_job_on_a_load_time_nobody_measured(presets):
@@ -117,10 +122,10 @@ def test_plan_never_holds_a_job_on_a_load_time_nobody_measured(presets):
     idle = Slot(1, "cpu", state="ready", model=TURBO)
     job = queued_job(presets, BASE)
     cold = Estimates(default_load_s=60.0)  # guesses only
-    assert plan_dispatch([job], [busy, idle], cold, now) == [(job, idle)]
+    assert pairs(plan_dispatch([job], [busy, idle], cold, now)) == [(job, idle)]
     warm = Estimates()
     warm.record_load(BASE, 5.0)  # a measured swap is slower than the 1 s left: worth the wait
-    assert plan_dispatch([job], [busy, idle], warm, now) == []
+    assert pairs(plan_dispatch([job], [busy, idle], warm, now)) == []
 
 
 def test_the_queue_limit_counts_only_jobs_no_slot_can_start(presets):
@@ -185,12 +190,52 @@ def test_plan_does_not_merely_exchange_models_between_slots(presets):
     busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
     job = queued_job(presets, BASE)
     in_use = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 5)
-    assert plan_dispatch([job], [busy, in_use], Estimates(), now) == []
+    assert pairs(plan_dispatch([job], [busy, in_use], Estimates(), now)) == []
     # Free to take: never used (a preload), used long ago, a second copy, or a wait longer than a load.
     never_used = Slot(1, "cpu", state="ready", model=TURBO)
     long_ago = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 600)
-    assert plan_dispatch([job], [busy, never_used], Estimates(), now) == [(job, never_used)]
-    assert plan_dispatch([job], [busy, long_ago], Estimates(), now) == [(job, long_ago)]
+    assert pairs(plan_dispatch([job], [busy, never_used], Estimates(), now)) == [(job, never_used)]
+    assert pairs(plan_dispatch([job], [busy, long_ago], Estimates(), now)) == [(job, long_ago)]
     other_copy = Slot(2, "cpu", state="ready", model=TURBO, job=queued_job(presets, TURBO), phase="step")
-    assert plan_dispatch([job], [busy, in_use, other_copy], Estimates(), now) == [(job, in_use)]
-    assert plan_dispatch([job], [busy, in_use], Estimates(default_load_s=0.5), now) == [(job, in_use)]
+    assert pairs(plan_dispatch([job], [busy, in_use, other_copy], Estimates(), now)) == [(job, in_use)]
+    assert pairs(plan_dispatch([job], [busy, in_use], Estimates(default_load_s=0.5), now)) == [(job, in_use)]
+
+
+def test_an_exchange_must_beat_both_loads_it_costs(presets):
+    """Evicting the only copy of a model in use costs this load and the load back: a wait shorter
+    than the two together is cheaper, even when it is longer than one of them."""
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
+    job = queued_job(presets, BASE)
+    in_use = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 5)
+    estimates = Estimates()
+    estimates.record_load(BASE, 0.8)
+    estimates.record_load(TURBO, 0.8)
+    assert pairs(plan_dispatch([job], [busy, in_use], estimates, now)) == []  # 1 s < 0.8 + 0.8
+    estimates.record_load(TURBO, 0.1)
+    estimates.record_load(TURBO, 0.1)  # smoothed: about 0.45 s now
+    plan = plan_dispatch([job], [busy, in_use], estimates, now)
+    assert pairs(plan) == []  # 1 s < 0.8 + 0.45
+    slow = busy_slot(0, queued_job(presets, BASE), now, step=2, total=12, per_step_s=0.2)  # 2 s left
+    plan = plan_dispatch([job], [slow, in_use], estimates, now)
+    assert pairs(plan) == [(job, in_use)]
+    assert plan[0].why.startswith(f"slot 0 with {BASE} frees in ~2.0 s; {BASE}'s load plus {TURBO}'s load back")
+
+
+def test_a_slot_bound_in_the_same_plan_holds_its_model(presets):
+    """Two jobs of one model, its holder idle and the other slot holding a model in use: the second
+    job waits for the holder (bound a moment ago) instead of evicting the other model."""
+    now = 1000.0
+    first, second = queued_job(presets, BASE), queued_job(presets, BASE)
+    holder = Slot(0, "cpu", state="ready", model=BASE, last_used=now - 2)
+    in_use = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 2)
+    assert pairs(plan_dispatch([first, second], [holder, in_use], Estimates(), now)) == [(first, holder)]
+
+
+def test_a_load_says_why(presets):
+    now = 1000.0
+    job = queued_job(presets, TURBO)
+    plan = plan_dispatch([job], [Slot(0, "cpu", state="ready", model=BASE)], Estimates(), now)
+    assert plan == [(job, plan[0].slot, f"no slot holds {TURBO}")]
+    holder = Slot(0, "cpu", state="ready", model=TURBO)
+    assert plan_dispatch([job], [holder], Estimates(), now)[0].why == ""  # no load, nothing to say

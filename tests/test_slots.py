@@ -35,7 +35,7 @@ from studio.jobs import Job
 from studio.slots import SlotManager, restart_delay
 from tests.live import wait_until
 
-BASE, TURBO = "sdxl-base", "sdxl-turbo"
+BASE, TURBO, PIXART = "sdxl-base", "sdxl-turbo", "pixart-sigma"
 # A job that would run for 30 s if nobody stopped it: sdxl-base's step limit, each step slowed down.
 LONG = dict(prompt=faults.SLOW, steps=150)
 START_S = 120  # generous: workers import torch on a shared, busy machine
@@ -202,6 +202,44 @@ def test_alternating_models_cause_no_reloads(two_slots, catalog):
     for job, result in zip(jobs, results):
         assert result.slot == slot_holding(two_slots, job.spec.id)
         assert not result.loaded_model
+
+
+@pytest.fixture(scope="module")
+def turbo_and_pixart(tiny_models):
+    """Two CPU workers holding two models of different families (and speeds): sdxl-turbo and pixart-sigma."""
+    models_dir = tiny_models(TURBO, PIXART)
+    manager = SlotManager(Settings(devices=["cpu", "cpu"], models_dir=models_dir, preload=[TURBO, PIXART]),
+                          load_catalog(models_dir))
+    manager.start()
+    yield manager
+    manager.shutdown()
+
+
+def test_a_balanced_two_model_workload_from_four_clients_never_reloads(turbo_and_pixart):
+    # Four clients share twelve alternating jobs, each sending its next as soon as the last is back:
+    # at times one model's jobs wait while the other's slot idles. Waiting is right: taking the idle
+    # slot would evict the only copy of a model in use and the next job would load it back.
+    manager, catalog = turbo_and_pixart, turbo_and_pixart.catalog
+    for model in (TURBO, PIXART):  # warm-up: each slot has run its model once (a never-used preload is free to take)
+        submit(manager, catalog, model, width=256, height=256, steps=2).wait(START_S)
+    loads_before = sum(slot.loads for slot in manager.status().slots)
+    for round_ in range(5):
+        todo = [(TURBO, PIXART)[i % 2] for i in range(12)]
+        lock = threading.Lock()
+
+        def client():
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    model = todo.pop(0)
+                submit(manager, catalog, model, width=256, height=256, steps=2).wait(START_S)
+
+        with ThreadPoolExecutor(4) as pool:
+            for future in [pool.submit(client) for _ in range(4)]:
+                future.result()
+        loads = sum(slot.loads for slot in manager.status().slots) - loads_before
+        assert loads == 0, f"round {round_ + 1}: {loads} model loads"
 
 
 def test_concurrent_jobs_get_their_own_images(two_slots, catalog):
