@@ -1,10 +1,12 @@
-"""``python -m studio.tiny DIR [ID ...]``: build tiny offline models for tests and demos."""
+"""``python -m studio.tiny DIR [ID ...]``: build tiny offline models for tests and demos, and tiny
+LoRAs for the SDXL and FLUX ones in ``DIR/loras/`` (``studio.tiny.lora``)."""
 
 import argparse
 import sys
 
 from studio.errors import StudioError
 from studio.tiny import build
+from studio.tiny.lora import build_loras
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         for path in build(args.models_dir, args.ids or None):
+            print(path)
+        for path in build_loras(args.models_dir):
             print(path)
     except StudioError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
