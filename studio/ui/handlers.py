@@ -1,0 +1,351 @@
+"""The ``Studio`` handlers behind every event of the page (``on_<thing>_<event>``): plain functions of
+component values that return component updates, bound to one catalog, backend and outputs folder.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+
+import gradio as gr
+from PIL import Image
+
+from studio import editor, pngmeta
+from studio.backend import Backend
+from studio.catalog import Catalog, ModelSpec
+from studio.config import Settings
+from studio.errors import InvalidRequest, JobCancelled, StudioError
+from studio.history import History, owner_dir
+from studio.schemas import MAX_SEED, GenerationRequest, Progress
+from studio.ui.api import ApiHandlers
+from studio.ui.inputs import as_float, as_int, int_or_none, path_of, result_params, user_error
+from studio.ui.styles import NO_STYLE, Style, load_styles
+from studio.ui.text import (card_html, describe, guidance_hint, negative_placeholder, size_choices, size_hint,
+                            size_value, slots_html, status_html, steps_hint)
+
+RANDOM_SEED = -1  # the UI's "draw a new seed each run"
+SESSION_RESULTS = 24  # images kept in a browser session's results gallery
+HISTORY_SHOWN = 60
+UI_PREVIEWS = 4  # live previews of a job in the Create tab
+DEFAULT_STRENGTH = 0.75
+
+
+class Studio(ApiHandlers):
+    """The handlers behind every event of the page, bound to one catalog, backend and outputs folder."""
+
+    def __init__(self, catalog: Catalog, backend: Backend | None, settings: Settings, styles: dict[str, Style] | None = None):
+        self.catalog = catalog
+        self.backend = backend
+        self.settings = settings
+        self.styles = styles or load_styles()
+        self.prune(History(settings.outputs_dir, everything=True))
+        self._jobs: dict[str, set] = {}  # browser session -> its running jobs, for the Cancel button
+
+    def owner(self, request: gr.Request | None) -> str | None:
+        """The login behind a request when the UI has logins, else None (one shared outputs folder)."""
+        if not self.settings.ui_auth or request is None:
+            return None
+        return getattr(request, "username", None)
+
+    def saved_history(self, request: gr.Request | None) -> History:
+        """Where this request's images go: its login's folder (``history.owner_dir``)."""
+        return History(owner_dir(self.settings.outputs_dir, self.owner(request)), limit=HISTORY_SHOWN)
+
+    def shown_history(self, request: gr.Request | None) -> History:
+        """What the History tab shows this request: its own images; an admin's (``--ui-admin``) every folder's."""
+        if self.owner(request) is not None and self.owner(request) in self.settings.ui_admins:
+            return History(self.settings.outputs_dir, limit=HISTORY_SHOWN, everything=True)
+        return self.saved_history(request)
+
+    def prune(self, history: History) -> None:
+        """Apply ``--keep-days`` / ``--keep-images`` to a history's folders (off by default)."""
+        history.prune(self.settings.keep_days or None, self.settings.keep_images or None)
+
+    def style(self, style_id: str | None) -> Style:
+        key = (style_id or NO_STYLE).strip().lower()
+        if key not in self.styles:
+            known = ", ".join(self.styles)
+            raise InvalidRequest(f"style: unknown style '{style_id}'; available: {known}", field="style")
+        return self.styles[key]
+
+    def resolve(self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
+                image: bytes | None = None, mask: bytes | None = None, strength=None, previews: int = 0):
+        """Validate the inputs once (pydantic limits, then the model's own) into a resolved request.
+        An input ``image`` (and ``mask``) makes it an edit (image-to-image, inpainting)."""
+        spec = self.catalog.get(model)
+        seed = as_int(seed, "seed")
+        text, negative = (prompt or "").strip(), (negative_prompt or "").strip()
+        if text:  # an empty prompt stays empty, styled or not, so validation names it
+            text, negative = self.style(style).apply(text, negative, spec.negative_prompt)
+        return self.catalog.parse(
+            dict(
+                prompt=text,
+                negative_prompt=negative or None,
+                model=spec.id,
+                width=as_int(width, "width"),
+                height=as_int(height, "height"),
+                steps=as_int(steps, "steps"),
+                guidance=as_float(guidance),
+                seed=None if seed == RANDOM_SEED else seed,
+                num_images=as_int(num_images, "num_images") or 1,
+                image=image,
+                mask=mask if image is not None else None,
+                strength=as_float(strength) if image is not None else None,
+                previews=previews,
+            )
+        )
+
+    async def run(self, spec: ModelSpec, request: GenerationRequest, session: str | None, history: History):
+        """Submit and follow one job: yields ``Progress`` events, then ``(files, result)`` saved in ``history``.
+
+        Leaving early (Gradio cancelled the event, the browser went away) cancels the job in its worker.
+        """
+        job = self.backend.submit(spec, request)
+        self._jobs.setdefault(session, set()).add(job)
+        try:
+            async for event in job.events():
+                yield event
+            result = await job.result()
+        finally:
+            running = self._jobs.get(session, set())
+            running.discard(job)
+            if not running:
+                self._jobs.pop(session, None)
+            if not job.done():
+                job.cancel()
+        files = [history.save(png, pngmeta.metadata(request, seed))
+                 for png, seed in zip(result.images, request.seeds)]
+        self.prune(history)
+        yield files, result
+
+    async def on_generate_click(
+        self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
+        edit_value, strength, session_images, request: gr.Request, progress=gr.Progress(),
+    ):
+        """The Generate button: live status while it runs, then the images and their parameters.
+
+        Every error stays in the status line (a toast alone vanishes), and the newest image ends
+        selected in the gallery with its parameters beside it.
+        """
+        keep = gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()  # the outputs that change later
+        try:
+            spec = self.catalog.get(model)
+            if not spec.negative_prompt:
+                negative_prompt = ""  # the box is hidden for this model; a leftover value must not fail the job
+            # The edit panel is hidden for models that cannot edit: a leftover image must not fail the job.
+            image, mask = editor.edit_files(edit_value) if len(spec.tasks) > 1 else (None, None)
+            spec, resolved = self.resolve(
+                prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
+                image=image, mask=mask, strength=strength, previews=UI_PREVIEWS,
+            )
+        except StudioError as exc:
+            yield status_html(exc.message, error=True), *keep
+            raise user_error(exc.message, exc.status) from None
+        session_images = list(session_images or [])
+        yield status_html("Starting", 0.0), *keep
+        try:
+            session = request.session_hash if request else None
+            async for item in self.run(spec, resolved, session, self.saved_history(request)):
+                if isinstance(item, Progress):
+                    preview = editor.preview_image(item)
+                    if preview is not None:
+                        yield gr.skip(), *keep[1:], gr.Image(preview, visible=True)
+                        continue
+                    text, fraction = describe(item, spec)
+                    progress(fraction, desc=text)
+                    yield status_html(text, fraction), *keep
+                else:
+                    files, result = item
+        except JobCancelled:
+            yield status_html("Cancelled."), *keep[:-1], gr.Image(None, visible=False)
+            return
+        except StudioError as exc:
+            yield status_html(exc.message, error=True), *keep[:-1], gr.Image(None, visible=False)
+            raise user_error(exc.message, exc.status) from None
+        params = result_params(resolved, result, style or NO_STYLE, files)
+        fresh = [(str(path), self._caption(resolved, seed)) for path, seed in zip(files, resolved.seeds)]
+        session_images = (fresh + session_images)[:SESSION_RESULTS]
+        count = len(files)
+        done = (f"Done: {count} image{'s' if count > 1 else ''} in {result.duration_s:.1f} s"
+                f" · seed{'s' if count > 1 else ''} {', '.join(map(str, resolved.seeds))}"
+                + (f" · slot {result.slot}" if result.slot is not None else ""))
+        newest = gr.Gallery(value=session_images, selected_index=0)
+        yield status_html(done, 1.0), newest, params, session_images, str(files[0]), gr.Image(None, visible=False)
+
+    def on_model_edit_support(self, model_id: str):
+        """The edit panel shows for models that can edit."""
+        return gr.Accordion(visible=len(self._spec_or_error(model_id).tasks) > 1)
+
+    def on_edit_upload(self, model_id: str, edit_value):
+        """A new input image sets the size to its own, fitted to the model's rules."""
+        background = edit_value.get("background") if isinstance(edit_value, dict) else None
+        if background is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        spec = self._spec_or_error(model_id)
+        width, height = spec.fit_size(*background.size)
+        return width, height, size_value(spec, width, height)
+
+    def on_send_to_edit(self, model_id: str, path: str | None):
+        """Put the selected image into the edit panel of the Create tab, its size fitted to the model."""
+        if not path:
+            raise user_error("Select an image in the gallery first.")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                background = image.convert("RGB")
+        except OSError:
+            raise user_error("That image is no longer in the outputs folder.") from None
+        spec = self._spec_or_error(model_id)
+        width, height = spec.fit_size(*background.size)
+        value = {"background": background, "layers": [], "composite": background}
+        return (value, gr.Accordion(open=True), width, height, size_value(spec, width, height),
+                gr.Tabs(selected="create"))
+
+    async def on_cancel_click(self, request: gr.Request):
+        """Stop this browser's jobs in their workers (queued ones leave the queue at once).
+
+        Async, so it runs on the event loop with the generate handlers that fill ``_jobs``. It also hides
+        the live preview: Gradio cancels the generate handler, which then never gets to."""
+        jobs = list(self._jobs.get(request.session_hash if request else None, ()))
+        for job in jobs:
+            job.cancel()
+        return status_html("Cancelled." if jobs else "Nothing to cancel."), gr.Image(None, visible=False)
+
+    def model_controls(self, spec: ModelSpec, values: dict | None = None) -> tuple:
+        """Updates for every control that depends on the model, with its defaults or ``values``."""
+        values = values or {}
+        d, lim = spec.defaults, spec.limits
+        width, height = values.get("width", d.width), values.get("height", d.height)
+        guidance = values.get("guidance", d.guidance)
+        fixed = lim.min_guidance == lim.max_guidance
+        return (
+            card_html(spec, compact=True),
+            gr.update(visible=spec.negative_prompt, placeholder=negative_placeholder(spec),
+                      **({"value": values.get("negative_prompt") or ""} if "negative_prompt" in values else {})),
+            gr.update(choices=size_choices(spec), value=size_value(spec, width, height)),
+            gr.update(value=width, interactive=not lim.allowed_sizes, info=size_hint(spec)),
+            gr.update(value=height, interactive=not lim.allowed_sizes),
+            gr.update(value=values.get("steps", d.steps), info=steps_hint(spec)),
+            gr.update(value=guidance, info=guidance_hint(spec), visible=spec.cfg and not fixed),
+            gr.update(visible=not spec.cfg or fixed,
+                      value=f"Guidance is fixed at **{lim.min_guidance:g}** for {spec.label} (guidance-distilled)."),
+        )
+
+    def on_model_change(self, model_id: str) -> tuple:
+        return self.model_controls(self.catalog.get(model_id))
+
+    def on_card_use(self, model_id: str) -> tuple:
+        """A "Use" button on the Models tab: pick the model with its recommended settings and go to the studio."""
+        spec = self.catalog.get(model_id)
+        return (spec.id, *self.model_controls(spec, spec.recommended()), gr.Tabs(selected="create"))
+
+    def on_size_pick(self, size: str | None):
+        if not size:
+            return gr.skip(), gr.skip()
+        width, height = (int(part) for part in size.split("x"))
+        return width, height
+
+    def on_size_edit(self, model_id: str, width, height):
+        return size_value(self.catalog.get(model_id), int_or_none(width), int_or_none(height))
+
+    def on_seed_randomise(self) -> int:
+        """A concrete new seed in the box, so the next run can be repeated exactly."""
+        return random.randint(0, MAX_SEED)
+
+    def on_seed_reuse(self, path: str | None) -> int:
+        """The seed of the selected result (the newest after each run) back in the box."""
+        seed = None
+        if path:
+            try:
+                seed = pngmeta.read(path).get("seed")
+            except OSError:
+                pass
+        if seed is None:
+            raise user_error("No image yet: generate one, or select one in the results, to reuse its seed.")
+        return int(seed)
+
+    def on_gallery_select(self, images: list, evt: gr.SelectData):
+        """Show the parameters stored in the selected image's PNG; remember its path for "reuse"."""
+        if not images or evt.index is None or evt.index >= len(images):
+            return {}, None
+        path = path_of(images[evt.index])
+        try:
+            params = pngmeta.read(path)
+        except OSError:
+            params = {}
+        params.pop(pngmeta.A1111_KEY, None)
+        return params, path
+
+    def on_history_refresh(self, query: str | None, request: gr.Request):
+        """This login's images, newest first, those matching the filter words; their count in the label."""
+        history = self.shown_history(request)
+        entries = history.entries(query=query or "")
+        items = [(str(entry.path), entry.caption) for entry in entries]
+        label = f"History: {len(items)} image{'' if len(items) == 1 else 's'}" + (
+            f" matching “{query.strip()}”" if (query or "").strip() else "") + " (newest first)"
+        return gr.Gallery(value=items, label=label, selected_index=None), items
+
+    def on_history_delete(self, path: str | None, query: str | None, request: gr.Request):
+        """Delete the selected image's file (only that one), then show the history without it."""
+        if not path:
+            raise user_error("Select an image in the history first.")
+        try:
+            self.shown_history(request).delete(path)
+        except PermissionError:
+            raise user_error("That image is not in your history.") from None
+        gallery, items = self.on_history_refresh(query, request)
+        return gallery, items, {}, None
+
+    def on_reuse_click(self, path: str | None):
+        """Fill every control from the selected image's metadata, ready to generate it again."""
+        if not path:
+            raise user_error("Select an image in the gallery first.")
+        try:
+            params = pngmeta.read(path)
+        except OSError:
+            raise user_error("That image is no longer in the outputs folder.") from None
+        if not params.get("model") or not params.get("prompt"):
+            raise user_error("That image has no Image Studio parameters to reuse.")
+        spec = self._spec_or_error(params["model"])
+        seed = params.get("seed")
+        return (
+            spec.id,
+            *self.model_controls(spec, params),
+            params["prompt"],
+            NO_STYLE,  # the stored prompt already has the style in it
+            seed if seed is not None else RANDOM_SEED,
+            1,
+            gr.Tabs(selected="create"),
+        )
+
+    def on_status_tick(self) -> str:
+        try:
+            status = self.backend.status()
+        except Exception as exc:  # status is a nicety; never break the page over it
+            return f'<span title="{html.escape(str(exc))}">status unavailable</span>'
+        return slots_html(status)
+
+    def on_models_select(self) -> list[str]:
+        """The Models tab's cards, redrawn with what is on disk now (in the order the tab lists them)."""
+        return [card_html(spec, disk=self.disk(spec)) for _, specs in self.catalog.grouped() for spec in specs]
+
+    def disk(self, spec: ModelSpec) -> dict:
+        """``{"on_disk", "download_bytes"}`` from the download phase in front of the backend, if there is one."""
+        status = getattr(self.backend, "disk_status", None)
+        return status(spec.id) if status else {}
+
+    def _spec_or_error(self, model: str | None) -> ModelSpec:
+        try:
+            return self.catalog.get(model)
+        except StudioError as exc:
+            raise user_error(exc.message, exc.status) from None
+
+    def _resolve_or_error(self, *values, **edit):
+        try:
+            return self.resolve(*values, **edit)
+        except StudioError as exc:
+            raise user_error(exc.message, exc.status) from None
+
+    @staticmethod
+    def _caption(request: GenerationRequest, seed: int) -> str:
+        return f"{request.model} · {request.width}×{request.height} · {request.steps} steps · seed {seed}"

@@ -1,0 +1,72 @@
+"""What the UI's handlers share: values from components, errors for the user, result parameters."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.errors import InvalidRequest
+from studio.schemas import GenerationRequest, JobResult
+
+log = logging.getLogger("studio.ui")
+
+
+def user_error(message: str, status: int = 400) -> gr.Error:
+    """The error a user sees, logged here in one line instead of Gradio's traceback of our re-raise.
+
+    For a StudioError, pass ``exc.message, exc.status``: refusals (4xx) log at INFO, failures at WARNING.
+    Unexpected exceptions are not turned into this: Gradio prints their traceback.
+    """
+    if status >= 500:
+        log.warning("failed: %s", message)
+    else:
+        log.info("refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def result_params(request: GenerationRequest, result: JobResult, style: str, files: list[Path]) -> dict:
+    """The parameters shown next to the images and returned by the API: enough to reproduce each one."""
+    params = request.model_dump()
+    params.update(
+        seeds=request.seeds,
+        task=request.task,
+        style=style,
+        slot=result.slot,
+        duration_s=round(result.duration_s, 3),
+        files=[path.name for path in files],
+    )
+    return params
+
+
+def as_int(value: Any, name: str) -> int | None:
+    """A whole number from a UI or API value (``None`` stays ``None``: the model's default)."""
+    if value is None or value == "":
+        return None
+    number = float(value)
+    if not math.isfinite(number) or number != int(number):
+        raise InvalidRequest(f"{name}: {value} must be a whole number", field=name)
+    return int(number)
+
+
+def as_float(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
+def int_or_none(value) -> int | None:
+    try:
+        return as_int(value, "size")
+    except (InvalidRequest, TypeError, ValueError):
+        return None
+
+
+def path_of(item) -> str:
+    """A gallery item (path, or ``(path, caption)``, or Gradio's dict) as a file path."""
+    if isinstance(item, (list, tuple)):
+        item = item[0]
+    if isinstance(item, dict):
+        item = (item.get("image") or {}).get("path") if "image" in item else item.get("path")
+    return str(item)

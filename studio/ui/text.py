@@ -1,0 +1,197 @@
+"""The Create and Models tabs' words and HTML: hints, cards, the status line and the slot pills.
+
+Pure functions of the catalog's specs and the backend's status; no Gradio, no handlers.
+"""
+
+from __future__ import annotations
+
+import html
+
+from studio import hub
+from studio.backend import BackendStatus
+from studio.catalog import ModelSpec
+from studio.schemas import Progress
+
+# Named aspect ratios for the size buttons; anything else shows its pixels only.
+RATIOS = [(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (5, 4), (4, 5), (5, 3), (3, 5), (21, 9), (9, 21)]
+
+
+def ratio_name(width: int, height: int) -> str | None:
+    for w, h in RATIOS:
+        if abs(width / height - w / h) < 0.03:
+            return f"{w}:{h}"
+    return None
+
+
+def size_choices(spec: ModelSpec) -> list[tuple[str, str]]:
+    """The size buttons of a model: ``("1024×768 · 4:3", "1024x768")``; its default size first."""
+    sizes = spec.size_presets()
+    default = (spec.defaults.width, spec.defaults.height)
+    if default not in sizes:
+        sizes = [default, *sizes]
+    choices = []
+    for width, height in sizes:
+        ratio = ratio_name(width, height)
+        label = f"{width}×{height}" + (f" · {ratio}" if ratio else "")
+        choices.append((label, f"{width}x{height}"))
+    return choices
+
+
+def size_value(spec: ModelSpec, width: int | None, height: int | None) -> str | None:
+    """The size button matching ``width``×``height``, or None when it is a custom size."""
+    value = f"{width}x{height}"
+    return value if any(choice == value for _, choice in size_choices(spec)) else None
+
+
+def size_hint(spec: ModelSpec) -> str:
+    lim = spec.limits
+    if lim.allowed_sizes:
+        return f"{spec.label} only knows the sizes above."
+    return f"Multiple of {lim.size_multiple}, {spec.allowed('width')} px, up to {lim.max_pixels / 1e6:.1f} MP."
+
+
+def steps_hint(spec: ModelSpec) -> str:
+    hint = f"{spec.allowed('steps')} for {spec.label}"
+    return f"{hint}; {steps_text(spec)}" if steps_text(spec) else hint
+
+
+def negative_placeholder(spec: ModelSpec) -> str:
+    if spec.defaults.negative_prompt:
+        return f"Empty uses {spec.label}'s default: {spec.defaults.negative_prompt}"
+    return "What to avoid: blurry, text, watermark"
+
+
+def stars_text(stars: float) -> str:
+    """``4.5`` as ``★★★★½``."""
+    whole = int(stars)
+    return "★" * whole + ("½" if stars - whole >= 0.5 else "")
+
+
+def steps_count(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
+
+
+def recommended_text(spec: ModelSpec) -> str:
+    """The published recommendation, what "Use" loads, and the authors' default where a request gets another."""
+    card, d = spec.card, spec.defaults
+    use = spec.recommended()
+    loads = steps_count(use["steps"]) + (f", guidance {use['guidance']:g}" if spec.cfg else "")
+    if not card.recommended:
+        return f"the authors' defaults: {loads}"
+    text = f"{card.recommended} (Use loads {loads})"
+    differs = [steps_count(d.steps) if use["steps"] != d.steps else "",
+               f"guidance {d.guidance:g}" if spec.cfg and use["guidance"] != d.guidance else ""]
+    differs = [part for part in differs if part]
+    if differs:
+        text += f"; a request that leaves them unset gets the authors' default: {', '.join(differs)}"
+    return text
+
+
+def memory_text(spec: ModelSpec) -> str:
+    published = spec.card.memory_gb
+    if published is None or published == spec.vram_gb:
+        return f"about {spec.vram_gb:g} GB"
+    return f"about {published:g} GB published; {spec.vram_gb:g} GB by the studio's count"
+
+
+def steps_text(spec: ModelSpec) -> str | None:
+    """What the one Steps slider sets, for a model with a second stage (Stable Cascade)."""
+    if not spec.decoder_steps:
+        return None
+    return (f"the Steps slider sets the prior (stage C, {spec.defaults.steps} by default); "
+            f"the decoder (stage B) always runs {spec.decoder_steps}")
+
+
+def disk_text(disk: dict) -> str | None:
+    """"on disk", "downloads 6.9 GB on first use" (from ``DownloadGate.disk_status``); None: not known."""
+    if disk.get("on_disk"):
+        return "on disk"
+    if disk.get("on_disk") is False:
+        size = disk.get("download_bytes")
+        return f"downloads {hub.format_size(size)} on first use" if size else "downloads on first use"
+    return None
+
+
+def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None) -> str:
+    """A model's card: rank and stars, best use, recommended settings, memory and repo id."""
+    e = html.escape
+    card = spec.card
+    rows = [
+        ("Best for", e(card.best_for)),
+        ("Recommended", e(recommended_text(spec))),
+        ("Memory", e(memory_text(spec))),
+    ]
+    if steps_text(spec):
+        rows.append(("Steps", e(steps_text(spec))))
+    if not compact:
+        rows.insert(0, ("Strengths", e(card.strengths)))
+        rows += [
+            ("Text encoder", f"{e(spec.text_encoder)} ({spec.token_limit} tokens)"),
+            ("Negative prompt", "yes" if spec.negative_prompt else "no"),
+            ("Guidance", "adjustable" if spec.cfg else f"fixed at {spec.limits.min_guidance:g} (distilled)"),
+            ("Max size", f"{spec.limits.max_side} px side"),
+        ]
+    link = f'<a href="https://huggingface.co/{e(spec.repo)}" target="_blank"><code>{e(spec.repo)}</code></a>'
+    rows.append(("Repo", link))
+    if disk_text(disk or {}):
+        rows.append(("Weights", e(disk_text(disk))))
+    items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
+    return (
+        f'<div class="model-card" data-model="{e(spec.id)}" data-rank="{card.rank}">'
+        f'<h3><span class="rank" title="rank {card.rank} of the studio\'s ranking">#{card.rank}</span>'
+        f'{e(spec.label)} <span class="stars" title="{card.stars:g} of 5 stars">{stars_text(card.stars)}</span></h3>'
+        f'<div class="group">{e(card.group)}</div><dl>{items}</dl></div>'
+    )
+
+
+def guidance_hint(spec: ModelSpec) -> str:
+    return f"{spec.allowed('guidance')} for {spec.label}"
+
+
+def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
+    """The live status line, with a progress bar when ``fraction`` is known."""
+    css = "status-line status-error" if error else "status-line"
+    bar = ""
+    if fraction is not None:
+        bar = f'<div class="studio-progress"><div style="width: {max(0.0, min(1.0, fraction)) * 100:.0f}%"></div></div>'
+    return f'<div class="{css}">{html.escape(text)}</div>{bar}'
+
+
+def describe(event: Progress, spec: ModelSpec) -> tuple[str, float | None]:
+    """A progress event in words, and how far along it is."""
+    slot = f" on slot {event.slot}" if event.slot is not None else ""
+    if event.stage == "queued":
+        position = event.queue_position
+        return (f"Waiting for a free slot: position {position + 1} in the queue" if position is not None
+                else "Waiting for a free slot"), None
+    if event.stage == "downloading":  # "Downloading FLUX.1 [schnell]: 12.4 of 33.9 GB, 85 MB/s, about 4 min"
+        done, total = event.extra.get("bytes_done", 0), event.extra.get("bytes_total", 0)
+        return event.extra.get("message", f"Downloading {spec.label}"), (done / total if total else None)
+    if event.stage == "loading":
+        return f"Loading {spec.label}{slot} (the first run of a model takes a while)", None
+    if event.stage == "generating":
+        return f"Generating{slot}", 0.0
+    if event.stage == "step" and event.total:
+        return f"Step {event.step} / {event.total}{slot}", event.step / event.total
+    if event.stage == "encoding":
+        return "Saving the images", 1.0
+    return f"{event.stage.capitalize()}{slot}", None
+
+
+def slots_html(status: BackendStatus) -> str:
+    """One pill per slot ("cuda:0 · sdxl-base · busy") and the queue depth, from ``backend.status()``."""
+    pills = []
+    for slot in status.slots:
+        model = slot.model or "no model"
+        if slot.loading:
+            text, css = f"loading {slot.loading}", "busy"
+        elif slot.busy:
+            text, css = f"{model} · busy", "busy"
+        elif slot.state == "ready":
+            text, css = f"{model} · idle", "idle"
+        else:  # starting, or dead and waiting for its restart
+            text, css = "restarting" if slot.state == "dead" else slot.state, "busy"
+        device = html.escape(slot.device)
+        pills.append(f'<span class="slot {css}">{device} · {html.escape(text)}</span>')
+    queued = status.queue_depth + status.waiting_room
+    return f'{"".join(pills)} <span class="queue">{queued} queued</span>'
