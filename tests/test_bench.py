@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from studio import bench
+from studio import bench, gpubench
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_full_size_configs_have_the_real_parameter_counts(model_id, expected):
     from studio.catalog import load_catalog
 
     spec = load_catalog().get(model_id)
-    pipe = bench.full_size_pipeline(spec, "meta")
+    pipe = gpubench.full_size_pipeline(spec, "meta")
     for name, billions in expected.items():
         module = getattr(pipe, name)
         assert sum(p.numel() for p in module.parameters()) / 1e9 == pytest.approx(billions, rel=0.002), name
