@@ -13,6 +13,7 @@ import random
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from studio import families
 from studio.errors import InvalidRequest, UnknownModel, echo
@@ -67,6 +68,40 @@ class Card:
     memory_gb: float | None = None  # the published memory need, where one is published
 
 
+class RecommendedListing(TypedDict):
+    text: str  # the published settings in words; empty: the authors' defaults are the recommendation
+    steps: int  # what the UI's "Use" loads
+    guidance: float
+
+
+class MemoryListing(TypedDict):
+    published: float | None  # GB, where the authors publish one
+    studio: float  # GB, the studio's own count
+
+
+class ModelListing(TypedDict):
+    """One model as both APIs' listings give it (``listing()``): the type the Gradio API's ``/models`` shows."""
+
+    id: str
+    label: str
+    family: str
+    repo: str
+    aliases: list[str]
+    rank: int
+    stars: float
+    group: str
+    strengths: str
+    best_for: str
+    recommended: RecommendedListing
+    memory_gb: MemoryListing
+    negative_prompt: bool
+    cfg: bool
+    tasks: list[str]
+    defaults: dict[str, float | int | str]
+    limits: dict[str, int | float | list[str]]  # Limits' fields, sizes as "1024x1024", and max_seed
+    sizes: list[str]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     id: str
@@ -91,6 +126,9 @@ class ModelSpec:
     prior_repo: str | None = None
     decoder_steps: int | None = None
     local_dir: Path | None = None  # set when the models folder holds this model
+    # What the local folder is when its studio.toml changed the defaults or limits ("a tiny test build"):
+    # the cards then say that the limits come from it, not from the published model.
+    build: str | None = None
 
     @property
     def source(self) -> str:
@@ -139,7 +177,7 @@ class ModelSpec:
         card, d = self.card, self.defaults
         return dict(steps=card.steps or d.steps, guidance=d.guidance if card.guidance is None else card.guidance)
 
-    def listing(self) -> dict:
+    def listing(self) -> ModelListing:
         """What both APIs' model listings say about this model (``/v1/models`` and the Gradio ``/models``)."""
         lim, card = self.limits, self.card
         return dict(
@@ -368,6 +406,7 @@ def load_catalog(models_dir: str | Path | None = None, path: Path | None = None)
                 override = candidate / OVERRIDE_FILE
                 if override.is_file():
                     table = _merge(table, tomllib.loads(override.read_text()))
+                    table.setdefault("build", f"a local build ({OVERRIDE_FILE} of {model_id}/)")
         spec = _spec_from_table(model_id, table, local_dir)
         models[model_id] = spec
         for alias in spec.aliases:

@@ -359,10 +359,15 @@ class SlotManager:
                 bisect.insort(self._queue, job, key=lambda queued: queued.seq)
 
     def _renumber(self) -> None:
-        for position, job in enumerate([*self._queue, *self._waiting_room]):
+        """Tell each job that moved its place in line, with when it should start (``extra["wait_s"]``,
+        from the same estimates as Retry-After; absent while no slot is up to estimate from)."""
+        line, now = [*self._queue, *self._waiting_room], time.monotonic()
+        for position, job in enumerate(line):
             if job._position != position:
                 job._position = position
-                job.emit(Progress("queued", queue_position=position))
+                wait_s = room_in_s(line[:position + 1], self._slots, self.estimates, now, limit=1)
+                job.emit(Progress("queued", queue_position=position,
+                                  extra={} if wait_s is None else {"wait_s": round(wait_s, 1)}))
 
     def _send(self, slot: WorkerSlot, message: ToWorker) -> bool:
         if slot.conn is None or slot.unreachable:

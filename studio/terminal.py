@@ -1,8 +1,9 @@
 """What the server's terminal shows: our log lines, a start-up banner, and quiet libraries.
 
 - ``setup_logging()`` (the server process): our loggers at INFO in uvicorn's format, and uvicorn's
-  access log without the web page's own traffic (its assets, queue, heartbeats and the status poll
-  of every open tab), which would otherwise be nearly all of it. Failed requests always show.
+  access log without the web page's own traffic (the page itself, its assets, queue, heartbeats and
+  the status poll of every open tab), which would otherwise be nearly all of it. Failed requests
+  always show.
 - ``quiet_libraries()`` (every process that loads pipelines: workers, the CLI): diffusers' and
   transformers' warnings and "Loading ..." bars off through their own settings, and their
   deprecation warnings filtered by module. Our own loggers and errors are untouched.
@@ -21,9 +22,10 @@ from studio.catalog import Catalog
 LOG_FORMAT = "%(levelname)s:     %(name)s: %(message)s"  # uvicorn's own layout, with the logger's name
 
 # The web page's machinery, served by the mounted Gradio app: a page load fetches ~100 assets, and
-# every open tab polls the slot status every few seconds. The REST API, /health, /metrics, /docs and
-# the page itself stay in the access log.
+# every open tab polls the slot status every few seconds. The REST API, /health, /metrics and /docs
+# stay in the access log.
 UI_TRAFFIC = ("/assets/", "/static/", "/gradio_api/", "/theme.css", "/favicon.ico", "/config", "/manifest.json")
+UI_PAGE = "/"  # the page itself: a line for every reload of every tab says nothing a user needs
 
 # Deprecation notices the libraries raise about their own internals (e.g. diffusers' FluxPosEmbed
 # in Chroma's transformer); there is nothing a user of the studio can do about them.
@@ -38,7 +40,9 @@ class QuietUiTraffic(logging.Filter):
             _client, _method, path, _version, status = record.args
         except (TypeError, ValueError):  # not an access line as uvicorn writes them: keep it
             return True
-        return int(status) >= 400 or not str(path).startswith(UI_TRAFFIC)
+        path = str(path)
+        page = path.split("?", 1)[0] == UI_PAGE
+        return int(status) >= 400 or not (page or path.startswith(UI_TRAFFIC))
 
 
 def setup_logging() -> None:

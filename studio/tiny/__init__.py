@@ -35,6 +35,7 @@ BUILDERS = {
 # over 8 min on 2 cores). Each family may tighten or replace these.
 TINY_MAX_SIDE = 1024
 TINY_OVERRIDES = {
+    "build": "a tiny random-weight test build",  # what the UI's cards say the limits and defaults come from
     "defaults": {"steps": 2, "width": 64, "height": 64},
     "limits": {"min_side": 32, "max_side": TINY_MAX_SIDE, "max_pixels": TINY_MAX_SIDE * TINY_MAX_SIDE},
 }
