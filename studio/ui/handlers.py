@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 import random
+from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from PIL import Image
@@ -18,7 +20,7 @@ from studio.errors import InvalidRequest, JobCancelled, StudioError
 from studio.history import History, owner_dir
 from studio.schemas import MAX_SEED, GenerationRequest, Progress
 from studio.ui.api import ApiHandlers
-from studio.ui.inputs import as_float, as_int, int_or_none, path_of, result_params, user_error
+from studio.ui.inputs import as_float, as_int, int_or_none, path_of, refused, result_params, user_error
 from studio.ui.styles import NO_STYLE, Style, load_styles
 from studio.ui.text import (card_html, describe, guidance_hint, negative_placeholder, size_choices, size_hint,
                             size_value, slots_html, status_html, steps_hint)
@@ -40,6 +42,18 @@ class Studio(ApiHandlers):
         self.styles = styles or load_styles()
         self.prune(History(settings.outputs_dir, everything=True))
         self._jobs: dict[str, set] = {}  # browser session -> its running jobs, for the Cancel button
+        self.box_labels: dict[str, str] = {}
+
+    def ui_message(self, exc: StudioError) -> str:
+        """An error as the page says it: the box's own name where it differs from the field's
+        ("num_images" is the box "Images") and plain words for a bound."""
+        message = exc.message
+        for wording, plain in PLAIN_BOUNDS.items():
+            message = message.replace(wording, plain)
+        label, prefix = self.box_labels.get(exc.field or ""), f"{exc.field}:"
+        if label and label.lower() != exc.field and message.startswith(prefix):
+            message = f"{label}:{message[len(prefix):]}"
+        return message
 
     def owner(self, request: gr.Request | None) -> str | None:
         """The login behind a request when the UI has logins, else None (one shared outputs folder)."""
@@ -120,29 +134,36 @@ class Studio(ApiHandlers):
 
     async def on_generate_click(
         self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
-        edit_value, strength, session_images, request: gr.Request, progress=gr.Progress(),
+        edit_value, strength, editing, session_images, request: gr.Request,
     ):
-        """The Generate button: live status while it runs, then the images and their parameters.
+        """The Generate (or, in edit mode, Edit) button: live status while it runs, then the images and
+        their parameters.
 
-        Every error stays in the status line (a toast alone vanishes), and the newest image ends
-        selected in the gallery with its parameters beside it.
+        Every error stays in the status line alone (no toast, no "Error" label on the last good image),
+        worded with the boxes' own names, and the newest image ends selected with its parameters beside it.
         """
         keep = gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()  # the outputs that change later
         try:
             spec = self.catalog.get(model)
             if not spec.negative_prompt:
                 negative_prompt = ""  # the box is hidden for this model; a leftover value must not fail the job
-            # The edit panel is hidden for models that cannot edit: a leftover image must not fail the job.
-            image, mask = editor.edit_files(edit_value) if len(spec.tasks) > 1 else (None, None)
+            check_seed_box(seed)
+            # Only in edit mode, and only for models that can edit: a leftover image must not make an edit.
+            editing = bool(editing) and len(spec.tasks) > 1
+            image, mask = editor.edit_files(edit_value) if editing else (None, None)
+            if image is not None and as_int(steps, "steps") == spec.defaults.steps:
+                steps = None  # the default steps, raised for an edit where strength x steps is under one step
             spec, resolved = self.resolve(
                 prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
                 image=image, mask=mask, strength=strength, previews=UI_PREVIEWS,
             )
         except StudioError as exc:
-            yield status_html(exc.message, error=True), *keep
-            raise user_error(exc.message, exc.status) from None
+            refused(exc.message, exc.status)
+            yield status_html(self.ui_message(exc), error=True), *keep
+            return
         session_images = list(session_images or [])
-        yield status_html("Starting", 0.0), *keep
+        edit = resolved.task != "text-to-image"
+        yield status_html("Starting the edit" if edit else "Starting", 0.0, running=True), *keep
         try:
             session = request.session_hash if request else None
             async for item in self.run(spec, resolved, session, self.saved_history(request)):
@@ -151,55 +172,72 @@ class Studio(ApiHandlers):
                     if preview is not None:
                         yield gr.skip(), *keep[1:], gr.Image(preview, visible=True)
                         continue
-                    text, fraction = describe(item, spec)
-                    progress(fraction, desc=text)
-                    yield status_html(text, fraction), *keep
+                    text, fraction = describe(item, spec, editing=edit)
+                    yield status_html(text, fraction, running=True), *keep
                 else:
                     files, result = item
         except JobCancelled:
             yield status_html("Cancelled."), *keep[:-1], gr.Image(None, visible=False)
             return
         except StudioError as exc:
-            yield status_html(exc.message, error=True), *keep[:-1], gr.Image(None, visible=False)
-            raise user_error(exc.message, exc.status) from None
+            refused(exc.message, exc.status)
+            yield status_html(self.ui_message(exc), error=True), *keep[:-1], gr.Image(None, visible=False)
+            return
         params = result_params(resolved, result, style or NO_STYLE, files)
         fresh = [(str(path), self._caption(resolved, seed)) for path, seed in zip(files, resolved.seeds)]
         session_images = (fresh + session_images)[:SESSION_RESULTS]
         count = len(files)
-        done = (f"Done: {count} image{'s' if count > 1 else ''} in {result.duration_s:.1f} s"
+        done = (f"Done: {count} image{'s' if count > 1 else ''}{' edited' if edit else ''} in {result.duration_s:.1f} s"
                 f" · seed{'s' if count > 1 else ''} {', '.join(map(str, resolved.seeds))}"
                 + (f" · slot {result.slot}" if result.slot is not None else ""))
         newest = gr.Gallery(value=session_images, selected_index=0)
         yield status_html(done, 1.0), newest, params, session_images, str(files[0]), gr.Image(None, visible=False)
 
-    def on_model_edit_support(self, model_id: str):
-        """The edit panel shows for models that can edit."""
-        return gr.Accordion(visible=len(self._spec_or_error(model_id).tasks) > 1)
+    def on_model_edit_support(self, model_id: str, edit_value, editing: bool):
+        """The edit panel shows for models that can edit; edit mode holds only for them."""
+        able = len(self.catalog.get(model_id).tasks) > 1
+        return gr.Accordion(visible=able), *self.on_edit_mode(edit_value, opened=able and bool(editing))
 
-    def on_edit_upload(self, model_id: str, edit_value):
-        """A new input image sets the size to its own, fitted to the model's rules."""
+    def on_edit_upload(self, model_id: str, edit_value, panel_open: bool):
+        """A new input image sets the size to its own, fitted to the model's rules, and turns edit mode on
+        while the panel is open (the editor also re-uploads its layers by itself, after a collapse too)."""
         background = edit_value.get("background") if isinstance(edit_value, dict) else None
         if background is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        spec = self._spec_or_error(model_id)
+            return gr.skip(), gr.skip(), gr.skip(), *edit_mode(False)
+        spec = self.catalog.get(model_id)
         width, height = spec.fit_size(*background.size)
-        return width, height, size_value(spec, width, height)
+        return width, height, size_value(spec, width, height), *edit_mode(bool(panel_open))
 
     def on_send_to_edit(self, model_id: str, path: str | None):
-        """Put the selected image into the edit panel of the Create tab, its size fitted to the model."""
+        """Put the selected image into the edit panel of the Create tab, its size fitted to the model, and
+        turn edit mode on. With nothing selected: only a message (the last output, the tab's status line)."""
+        unchanged = (gr.skip(),) * 10
         if not path:
-            raise user_error("Select an image in the gallery first.")
+            return *unchanged, nothing_selected()
         try:
             with Image.open(path) as image:
                 image.load()
                 background = image.convert("RGB")
         except OSError:
-            raise user_error("That image is no longer in the outputs folder.") from None
-        spec = self._spec_or_error(model_id)
+            return *unchanged, status_html("That image is no longer in the outputs folder.", error=True)
+        spec = self.catalog.get(model_id)
+        if len(spec.tasks) < 2:
+            able = ", ".join(s.label for s in self.catalog if len(s.tasks) > 1)
+            return *unchanged, status_html(f"{spec.label} cannot edit images; models that can: {able}.", error=True)
         width, height = spec.fit_size(*background.size)
         value = {"background": background, "layers": [], "composite": background}
-        return (value, gr.Accordion(open=True), width, height, size_value(spec, width, height),
-                gr.Tabs(selected="create"))
+        return (value, gr.Accordion(open=True), True, width, height, size_value(spec, width, height),
+                gr.Tabs(selected="create"), *edit_mode(True),
+                status_html("Edit mode: Edit repaints this image (Clear or collapsing the panel turns it off)."))
+
+    def on_edit_mode(self, edit_value, opened: bool = True):
+        """The panel opened or closed, or its image changed: edit mode is on while it is open and holds an image."""
+        has_image = isinstance(edit_value, dict) and edit_value.get("background") is not None
+        return edit_mode(opened and has_image)
+
+    def on_edit_clear(self):
+        """The Clear button beside Edit: no input image, edit mode off."""
+        return None, *edit_mode(False), status_html("Edit mode off: Generate makes a new image.")
 
     async def on_cancel_click(self, request: gr.Request):
         """Stop this browser's jobs in their workers (queued ones leave the queue at once).
@@ -231,13 +269,30 @@ class Studio(ApiHandlers):
                       value=f"Guidance is fixed at **{lim.min_guidance:g}** for {spec.label} (guidance-distilled)."),
         )
 
-    def on_model_change(self, model_id: str) -> tuple:
-        return self.model_controls(self.catalog.get(model_id))
+    def on_model_change(self, model_id: str, width=None, height=None) -> tuple:
+        """The new model's controls, keeping the size in the boxes where the model takes it; otherwise the
+        nearest size it takes, said in the status line (the last output)."""
+        spec = self.catalog.get(model_id)
+        typed = int_or_none(width), int_or_none(height)
+        if None in typed:
+            return *self.model_controls(spec), gr.skip()
+        if not accepts_size(spec, *typed):
+            kept = spec.fit_size(*typed)
+            note = (f"Size: {typed[0]}×{typed[1]} does not suit {spec.label} ({size_hint(spec)}); "
+                    f"now {kept[0]}×{kept[1]}.")
+            return *self.model_controls(spec, dict(width=kept[0], height=kept[1])), status_html(note)
+        return *self.model_controls(spec, dict(width=typed[0], height=typed[1])), gr.skip()
 
     def on_card_use(self, model_id: str) -> tuple:
-        """A "Use" button on the Models tab: pick the model with its recommended settings and go to the studio."""
+        """A "Use" button on the Models tab: pick the model with its recommended settings, go to the studio
+        and say what it set (steps and guidance sit in the collapsed Advanced panel)."""
         spec = self.catalog.get(model_id)
-        return (spec.id, *self.model_controls(spec, spec.recommended()), gr.Tabs(selected="create"))
+        use = spec.recommended()
+        d = spec.defaults
+        set_ = f"steps {use['steps']}" + (f", guidance {use['guidance']:g}" if spec.cfg else "")
+        note = (f"Using {spec.label}: {set_}, size {d.width}×{d.height} (steps and guidance are in "
+                f"Advanced settings).")
+        return (spec.id, *self.model_controls(spec, use), gr.Tabs(selected="create"), status_html(note))
 
     def on_size_pick(self, size: str | None):
         if not size:
@@ -252,8 +307,8 @@ class Studio(ApiHandlers):
         """A concrete new seed in the box, so the next run can be repeated exactly."""
         return random.randint(0, MAX_SEED)
 
-    def on_seed_reuse(self, path: str | None) -> int:
-        """The seed of the selected result (the newest after each run) back in the box."""
+    def on_seed_reuse(self, path: str | None):
+        """The seed of the selected result (the newest after each run) back in the box; else a message."""
         seed = None
         if path:
             try:
@@ -261,8 +316,9 @@ class Studio(ApiHandlers):
             except OSError:
                 pass
         if seed is None:
-            raise user_error("No image yet: generate one, or select one in the results, to reuse its seed.")
-        return int(seed)
+            return gr.skip(), nothing_selected("No image yet: generate one, or select one in the results, "
+                                               "to reuse its seed.")
+        return int(seed), status_html(f"Seed {seed} is in the Seed box.")
 
     def on_gallery_select(self, images: list, evt: gr.SelectData):
         """Show the parameters stored in the selected image's PNG; remember its path for "reuse"."""
@@ -286,27 +342,50 @@ class Studio(ApiHandlers):
         return gr.Gallery(value=items, label=label, selected_index=None), items
 
     def on_history_delete(self, path: str | None, query: str | None, request: gr.Request):
-        """Delete the selected image's file (only that one), then show the history without it."""
+        """Delete the selected image's file (only that one), show the history without it, and keep its bytes
+        for Undo. Outputs: gallery, items, parameters, selection, the deleted file, Undo, the message."""
+        unchanged = (gr.skip(),) * 6
         if not path:
-            raise user_error("Select an image in the history first.")
+            return *unchanged, nothing_selected("Select an image in the history first.")
+        history = self.shown_history(request)
+        if not history.holds(path):
+            return *unchanged, status_html("That image is not in your history.", error=True)
         try:
-            self.shown_history(request).delete(path)
-        except PermissionError:
-            raise user_error("That image is not in your history.") from None
+            png = Path(path).read_bytes()  # kept for Undo
+            history.delete(path)
+        except OSError:
+            return *unchanged, status_html("That image is no longer in the outputs folder.", error=True)
         gallery, items = self.on_history_refresh(query, request)
-        return gallery, items, {}, None
+        message = f"Deleted {Path(path).name}. Undo brings it back."
+        return gallery, items, {}, None, {"path": path, "png": png}, gr.Button(visible=True), status_html(message)
+
+    def on_history_undo(self, deleted: dict | None, query: str | None, request: gr.Request):
+        """Put the last deleted image back where it was. Outputs: gallery, items, the deleted file, Undo, message."""
+        if not deleted:
+            return gr.skip(), gr.skip(), None, gr.Button(visible=False), status_html("Nothing to undo.")
+        path = Path(deleted["path"])
+        if not self.shown_history(request).holds(path):
+            return gr.skip(), gr.skip(), None, gr.Button(visible=False), status_html("That image is not in your history.", error=True)
+        path.write_bytes(deleted["png"])
+        gallery, items = self.on_history_refresh(query, request)
+        return gallery, items, None, gr.Button(visible=False), status_html(f"Restored {path.name}.")
 
     def on_reuse_click(self, path: str | None):
-        """Fill every control from the selected image's metadata, ready to generate it again."""
+        """Fill every control from the selected image's metadata, ready to generate it again; the last
+        output is the message of the tab the button is on. With nothing selected only the message changes."""
+        unchanged = (gr.skip(),) * 14
         if not path:
-            raise user_error("Select an image in the gallery first.")
+            return *unchanged, nothing_selected()
         try:
             params = pngmeta.read(path)
         except OSError:
-            raise user_error("That image is no longer in the outputs folder.") from None
+            return *unchanged, status_html("That image is no longer in the outputs folder.", error=True)
         if not params.get("model") or not params.get("prompt"):
-            raise user_error("That image has no Image Studio parameters to reuse.")
-        spec = self._spec_or_error(params["model"])
+            return *unchanged, status_html("That image has no Image Studio parameters to reuse.", error=True)
+        try:
+            spec = self.catalog.get(params["model"])
+        except StudioError as exc:
+            return *unchanged, status_html(exc.message, error=True)
         seed = params.get("seed")
         return (
             spec.id,
@@ -316,6 +395,7 @@ class Studio(ApiHandlers):
             seed if seed is not None else RANDOM_SEED,
             1,
             gr.Tabs(selected="create"),
+            status_html(f"Reused the settings of {Path(path).name}: Generate makes it again."),
         )
 
     def on_status_tick(self) -> str:
@@ -334,12 +414,6 @@ class Studio(ApiHandlers):
         status = getattr(self.backend, "disk_status", None)
         return status(spec.id) if status else {}
 
-    def _spec_or_error(self, model: str | None) -> ModelSpec:
-        try:
-            return self.catalog.get(model)
-        except StudioError as exc:
-            raise user_error(exc.message, exc.status) from None
-
     def _resolve_or_error(self, *values, **edit):
         try:
             return self.resolve(*values, **edit)
@@ -349,3 +423,37 @@ class Studio(ApiHandlers):
     @staticmethod
     def _caption(request: GenerationRequest, seed: int) -> str:
         return f"{request.model} · {request.width}×{request.height} · {request.steps} steps · seed {seed}"
+
+
+# Pydantic's wording of a bound, as a person would say it (the UI's messages; the APIs keep pydantic's).
+PLAIN_BOUNDS = {"Input should be less than or equal to": "must be at most",
+                "Input should be greater than or equal to": "must be at least",
+                "Input should be less than": "must be under", "Input should be greater than": "must be over"}
+
+
+def check_seed_box(value: Any) -> None:
+    """The Seed box takes -1 (a new seed each run) or 0..MAX_SEED, as its hint says."""
+    seed = as_int(value, "seed")
+    if seed is not None and seed < 0 and seed != RANDOM_SEED:
+        raise InvalidRequest(f"seed: {seed} is not a seed; {RANDOM_SEED} draws a new one each run, "
+                             f"0..{MAX_SEED} repeats one", field="seed")
+
+
+def nothing_selected(message: str = "Select an image in the gallery first.") -> str:
+    """The one message of a button that needs a selected image, pressed with none."""
+    return status_html(message)
+
+
+def edit_mode(on: bool) -> tuple:
+    """The edit-mode state, the main button's label and the Clear button beside it."""
+    return on, gr.Button(value="Edit" if on else "Generate"), gr.Button(visible=on)
+
+
+def accepts_size(spec: ModelSpec, width: int, height: int) -> bool:
+    """Whether the model takes ``width``×``height`` as it is (its sizes, multiple, sides and pixels)."""
+    lim = spec.limits
+    if lim.allowed_sizes:
+        return (width, height) in lim.allowed_sizes
+    return (width % lim.size_multiple == 0 and height % lim.size_multiple == 0
+            and all(lim.min_side <= side <= lim.max_side for side in (width, height))
+            and width * height <= lim.max_pixels)

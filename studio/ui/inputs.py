@@ -21,11 +21,16 @@ def user_error(message: str, status: int = 400) -> gr.Error:
     For a StudioError, pass ``exc.message, exc.status``: refusals (4xx) log at INFO, failures at WARNING.
     Unexpected exceptions are not turned into this: Gradio prints their traceback.
     """
+    refused(message, status)
+    return gr.Error(message, print_exception=False)
+
+
+def refused(message: str, status: int = 400) -> None:
+    """Log a refusal (4xx, at INFO) or failure (WARNING) in one line; the page shows it in its status line."""
     if status >= 500:
         log.warning("failed: %s", message)
     else:
         log.info("refused: %s", message)
-    return gr.Error(message, print_exception=False)
 
 
 def result_params(request: GenerationRequest, result: JobResult, style: str, files: list[Path]) -> dict:
@@ -70,3 +75,4 @@ def path_of(item) -> str:
     if isinstance(item, dict):
         item = (item.get("image") or {}).get("path") if "image" in item else item.get("path")
     return str(item)
+

@@ -7,21 +7,21 @@ has two faces on one queue: the browser UI (private events) and the Gradio API (
 from __future__ import annotations
 
 import html
+import inspect
 from pathlib import Path
 
 import gradio as gr
 
-from studio.backend import Backend
-from studio.catalog import Catalog
+from studio.backend import Backend, BackendStatus
+from studio.catalog import Catalog, ModelListing
 from studio.config import Settings
 from studio.schemas import MAX_IMAGES, MAX_SEED
-from studio.ui.handlers import DEFAULT_STRENGTH, RANDOM_SEED, Studio
+from studio.ui.handlers import DEFAULT_STRENGTH, RANDOM_SEED, Studio, edit_mode
 from studio.ui.styles import NO_STYLE
 from studio.ui.text import (card_html, guidance_hint, negative_placeholder, size_choices, size_hint, size_value,
                             stars_text, status_html, steps_hint)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets"
-CONCURRENCY_ID = "generate"  # UI and API generations share one limit: the number of slots
 STATUS_EVERY_S = 2.0
 CACHE_CLEANUP = (3600, 6 * 3600)  # Gradio's served copies; the outputs folder keeps the originals
 
@@ -42,6 +42,16 @@ def mount_options(settings: Settings) -> dict:
     )
 
 
+def returning(fn, kind):
+    """``fn`` with a real return annotation (this module's are strings), which ``gr.api`` shows as the type."""
+    def call():
+        return fn()
+
+    call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+    call.__signature__ = inspect.Signature(return_annotation=kind)
+    return call
+
+
 def slot_count(backend: Backend | None, settings: Settings) -> int:
     """How many jobs can run at once: the backend's slots, else the configured devices, else one."""
     try:
@@ -57,7 +67,8 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
     studio = Studio(catalog, backend, settings)
     default = catalog.get(None)
     slots = slot_count(backend, settings)
-    private = dict(api_visibility="private", queue=False)
+    # Instant events: no Gradio timer or spinner over the status line and the boxes they update.
+    private = dict(api_visibility="private", queue=False, show_progress="hidden")
     model_choices = [(f"{spec.card.rank}. {spec.label} {stars_text(spec.card.stars)}", spec.id) for spec in catalog]
     style_choices = [(style.label, style.id) for style in studio.styles.values()]
 
@@ -88,6 +99,8 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             with gr.Row(elem_id="generate-row"):
                                 generate = gr.Button("Generate", variant="primary", elem_id="generate-button",
                                                      scale=3)
+                                edit_clear = gr.Button("Clear", elem_id="edit-clear", scale=1, visible=False)
+                                # Shown only while a job of this page runs (assets/studio.css: a running status line).
                                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button", scale=1)
                             job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
                         able = ", ".join(spec.label for spec in catalog if len(spec.tasks) > 1)
@@ -106,15 +119,16 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                                                                  default.defaults.height),
                                         label="Size", elem_id="size-presets")
                         with gr.Row():
-                            width = gr.Number(default.defaults.width, label="Width", precision=0, elem_id="width",
+                            # precision None: a typed 200.5 reaches the validation instead of being rounded.
+                            width = gr.Number(default.defaults.width, label="Width", elem_id="width",
                                               info=size_hint(default), interactive=not default.limits.allowed_sizes)
-                            height = gr.Number(default.defaults.height, label="Height", precision=0, elem_id="height",
+                            height = gr.Number(default.defaults.height, label="Height", elem_id="height",
                                                interactive=not default.limits.allowed_sizes)
                         with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
                             # Number boxes, not sliders: a slider silently clamps a typed 400 to its top;
                             # a box passes it on to the one validation, which says the model's range.
                             with gr.Row():
-                                steps = gr.Number(default.defaults.steps, label="Steps", precision=0,
+                                steps = gr.Number(default.defaults.steps, label="Steps",
                                                   elem_id="steps", info=steps_hint(default), min_width=140)
                                 fixed = default.limits.min_guidance == default.limits.max_guidance
                                 guidance = gr.Number(default.defaults.guidance, label="Guidance", step=0.1,
@@ -123,13 +137,13 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             guidance_note = gr.Markdown(studio.model_controls(default)[-1]["value"],
                                                         visible=not default.cfg or fixed)
                             with gr.Row(elem_id="seed-row"):
-                                seed = gr.Number(RANDOM_SEED, label="Seed", precision=0, elem_id="seed", scale=4,
+                                seed = gr.Number(RANDOM_SEED, label="Seed", elem_id="seed", scale=4,
                                                  info=f"{RANDOM_SEED}: a new seed each run; 0..{MAX_SEED} repeats one")
                                 randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90,
                                                       size="md")
                                 reuse_seed = gr.Button("♻ Reuse", elem_id="seed-reuse", scale=0, min_width=90,
                                                        size="md")
-                            num_images = gr.Number(1, label="Images", precision=0, elem_id="num-images",
+                            num_images = gr.Number(1, label="Images", elem_id="num-images",
                                                    info=f"1..{MAX_IMAGES} in one batch")
                     with gr.Column(scale=7, elem_id="results"):
                         live_preview = gr.Image(label="Preview (while the job runs)", elem_id="live-preview",
@@ -157,7 +171,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                 use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
                                 use.click(studio.on_card_use, gr.State(spec.id),
                                           [model, card, negative, size, width, height, steps, guidance,
-                                           guidance_note, tabs], **private)
+                                           guidance_note, tabs, job_status], **private)
 
             with gr.Tab("History", id="history") as history_tab:
                 with gr.Row():
@@ -178,12 +192,15 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             history_edit = gr.Button("Send to edit", elem_id="history-send-to-edit", size="sm")
                             history_delete = gr.Button("Delete this image", elem_id="history-delete", size="sm",
                                                        variant="stop")
+                            history_undo = gr.Button("Undo delete", elem_id="history-undo", size="sm", visible=False)
+                        history_status = gr.HTML(elem_id="history-status")
 
         # The Gradio API: inputs default to None so each model's defaults apply (the UI always sends values).
         with gr.Group(visible=False):
             api_inputs = [
                 gr.Textbox(label="prompt"),
-                gr.Textbox(label="model", value=None),
+                gr.Dropdown([spec.id for spec in catalog], label=f"model (none: the default, {default.id})",
+                            value=None, allow_custom_value=True),  # aliases too
                 gr.Textbox(label="negative_prompt", value=None),
                 gr.Number(label="width", value=None, precision=0),
                 gr.Number(label="height", value=None, precision=0),
@@ -206,6 +223,9 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             edit_trigger = gr.Button(visible=False)
 
         session_images = gr.State([])
+        editing = gr.State(False)  # edit mode: the main button reads "Edit" and Generate repaints the input
+        panel_open = gr.State(False)  # the edit panel's state: the editor's own re-uploads must not reopen an edit
+        deleted = gr.State(None)  # the last image deleted in History, for Undo
         selected = gr.State(None)
         history_items = gr.State([])
         history_selected = gr.State(None)
@@ -215,22 +235,25 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         model_outputs = [card, negative, size, width, height, steps, guidance, guidance_note]
         generate_inputs = [prompt, model, negative, width, height, steps, guidance, seed, num_images, style]
 
-        model.input(studio.on_model_change, model, model_outputs, **private)
+        studio.box_labels = {name: box.label for name, box in dict(
+            prompt=prompt, negative_prompt=negative, width=width, height=height, steps=steps, guidance=guidance,
+            seed=seed, num_images=num_images, strength=strength, style=style, model=model).items()}
+        model.input(studio.on_model_change, [model, width, height], [*model_outputs, job_status], **private)
         size.input(studio.on_size_pick, size, [width, height], **private)
         width.input(studio.on_size_edit, [model, width, height], size, **private)
         height.input(studio.on_size_edit, [model, width, height], size, **private)
         randomise.click(studio.on_seed_randomise, None, seed, **private)
-        reuse_seed.click(studio.on_seed_reuse, selected, seed, **private)
+        reuse_seed.click(studio.on_seed_reuse, selected, [seed, job_status], **private)
 
         generation = generate.click(  # also Ctrl+Enter in the prompt boxes (assets/studio.js)
             studio.on_generate_click,
-            [*generate_inputs, edit_image, strength, session_images],
+            [*generate_inputs, edit_image, strength, editing, session_images],
             [job_status, results, params, session_images, selected, live_preview],
             api_visibility="private",
-            concurrency_id=CONCURRENCY_ID,
-            concurrency_limit=slots,
-            show_progress="minimal",
-            show_progress_on=[results],
+            # No limit here: the job goes straight to the studio's own queue, which tells its place in line
+            # and expected wait (and counts it in the header); in Gradio's queue it would wait unseen.
+            concurrency_limit=None,
+            show_progress="hidden",  # one progress line: the status line
         )
         generation.then(studio.on_history_refresh, history_filter, [history, history_items], **private)
         cancel.click(studio.on_cancel_click, None, [job_status, live_preview], cancels=[generation], **private)
@@ -238,30 +261,39 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         results.select(studio.on_gallery_select, session_images, [params, selected], **private)
         history.select(studio.on_gallery_select, history_items, [history_params, history_selected], **private)
         reuse_outputs = [model, *model_outputs, prompt, style, seed, num_images, tabs]
-        reuse.click(studio.on_reuse_click, selected, reuse_outputs, **private)
-        history_reuse.click(studio.on_reuse_click, history_selected, reuse_outputs, **private)
+        reuse.click(studio.on_reuse_click, selected, [*reuse_outputs, job_status], **private)
+        history_reuse.click(studio.on_reuse_click, history_selected, [*reuse_outputs, history_status], **private)
         models_tab.select(studio.on_models_select, None, model_cards, **private)
         gr.on([refresh.click, history_filter.submit, history_tab.select, demo.load], studio.on_history_refresh,
               history_filter, [history, history_items], **private)
         history_delete.click(studio.on_history_delete, [history_selected, history_filter],
-                             [history, history_items, history_params, history_selected], **private)
+                             [history, history_items, history_params, history_selected, deleted, history_undo,
+                              history_status], **private)
+        history_undo.click(studio.on_history_undo, [deleted, history_filter],
+                           [history, history_items, deleted, history_undo, history_status], **private)
         timer.tick(studio.on_status_tick, None, slot_status, **private)
 
         api_trigger.click(
-            studio.on_api_generate, api_inputs, api_outputs, api_name="generate",
-            concurrency_id=CONCURRENCY_ID, concurrency_limit=slots,
+            studio.on_api_generate, api_inputs, api_outputs, api_name="generate", concurrency_limit=None,
         )
         edit_trigger.click(
-            studio.on_api_edit, edit_api_inputs, api_outputs, api_name="edit",
-            concurrency_id=CONCURRENCY_ID, concurrency_limit=slots,
+            studio.on_api_edit, edit_api_inputs, api_outputs, api_name="edit", concurrency_limit=None,
         )
-        model.change(studio.on_model_edit_support, model, edit_panel, **private)
-        edit_image.upload(studio.on_edit_upload, [model, edit_image], [width, height, size], **private)
-        edit_outputs = [edit_image, edit_panel, width, height, size, tabs]
-        send_to_edit.click(studio.on_send_to_edit, [model, selected], edit_outputs, **private)
-        history_edit.click(studio.on_send_to_edit, [model, history_selected], edit_outputs, **private)
-        gr.api(studio.api_models, api_name="models", queue=False)
-        gr.api(studio.api_status, api_name="status", queue=False)
+        mode = [editing, generate, edit_clear]  # edit mode: its state, the main button, Clear beside it
+        model.change(studio.on_model_edit_support, [model, edit_image, editing], [edit_panel, *mode], **private)
+        edit_image.upload(studio.on_edit_upload, [model, edit_image, panel_open], [width, height, size, *mode],
+                          **private)
+        edit_image.clear(studio.on_edit_mode, edit_image, mode, **private)
+        edit_panel.expand(lambda value: (True, *studio.on_edit_mode(value)), edit_image, [panel_open, *mode],
+                          **private)
+        edit_panel.collapse(lambda: (False, *edit_mode(False)), None, [panel_open, *mode], **private)
+        edit_clear.click(studio.on_edit_clear, None, [edit_image, *mode, job_status], **private)
+        edit_outputs = [edit_image, edit_panel, panel_open, width, height, size, tabs, *mode]
+        send_to_edit.click(studio.on_send_to_edit, [model, selected], [*edit_outputs, job_status], **private)
+        history_edit.click(studio.on_send_to_edit, [model, history_selected], [*edit_outputs, history_status],
+                           **private)
+        gr.api(returning(studio.api_models, list[ModelListing]), api_name="models", queue=False)
+        gr.api(returning(studio.api_status, BackendStatus), api_name="status", queue=False)
 
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=slots)
     return demo

@@ -76,14 +76,15 @@ def recommended_text(spec: ModelSpec) -> str:
     card, d = spec.card, spec.defaults
     use = spec.recommended()
     loads = steps_count(use["steps"]) + (f", guidance {use['guidance']:g}" if spec.cfg else "")
+    defaults = f"the defaults of {spec.build}" if spec.build else "the authors' defaults"
     if not card.recommended:
-        return f"the authors' defaults: {loads}"
-    text = f"{card.recommended} (Use loads {loads})"
+        return f"{defaults}: {loads}"
+    text = f"{card.recommended}" + (" (published)" if spec.build else "") + f" (Use loads {loads})"
     differs = [steps_count(d.steps) if use["steps"] != d.steps else "",
                f"guidance {d.guidance:g}" if spec.cfg and use["guidance"] != d.guidance else ""]
     differs = [part for part in differs if part]
     if differs:
-        text += f"; a request that leaves them unset gets the authors' default: {', '.join(differs)}"
+        text += f"; a request that leaves them unset gets {defaults}: {', '.join(differs)}"
     return text
 
 
@@ -131,6 +132,8 @@ def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None) 
             ("Guidance", "adjustable" if spec.cfg else f"fixed at {spec.limits.min_guidance:g} (distilled)"),
             ("Max size", f"{spec.limits.max_side} px side"),
         ]
+    if spec.build:  # a local folder's studio.toml changed the limits: say whose they are
+        rows.append(("Limits", e(f"from {spec.build}, not the published model")))
     link = f'<a href="https://huggingface.co/{e(spec.repo)}" target="_blank"><code>{e(spec.repo)}</code></a>'
     rows.append(("Repo", link))
     if disk_text(disk or {}):
@@ -148,34 +151,47 @@ def guidance_hint(spec: ModelSpec) -> str:
     return f"{spec.allowed('guidance')} for {spec.label}"
 
 
-def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
-    """The live status line, with a progress bar when ``fraction`` is known."""
-    css = "status-line status-error" if error else "status-line"
+def status_html(text: str, fraction: float | None = None, error: bool = False, running: bool = False) -> str:
+    """The live status line, with a progress bar when ``fraction`` is known. ``running``: a job of this
+    page is in flight (the page shows Cancel only then)."""
+    css = "status-line" + (" status-error" if error else "") + (" running" if running else "")
     bar = ""
     if fraction is not None:
         bar = f'<div class="studio-progress"><div style="width: {max(0.0, min(1.0, fraction)) * 100:.0f}%"></div></div>'
     return f'<div class="{css}">{html.escape(text)}</div>{bar}'
 
 
-def describe(event: Progress, spec: ModelSpec) -> tuple[str, float | None]:
+def describe(event: Progress, spec: ModelSpec, editing: bool = False) -> tuple[str, float | None]:
     """A progress event in words, and how far along it is."""
     slot = f" on slot {event.slot}" if event.slot is not None else ""
     if event.stage == "queued":
-        position = event.queue_position
-        return (f"Waiting for a free slot: position {position + 1} in the queue" if position is not None
-                else "Waiting for a free slot"), None
+        return queued_text(event.queue_position, event.extra.get("wait_s")), None
     if event.stage == "downloading":  # "Downloading FLUX.1 [schnell]: 12.4 of 33.9 GB, 85 MB/s, about 4 min"
         done, total = event.extra.get("bytes_done", 0), event.extra.get("bytes_total", 0)
         return event.extra.get("message", f"Downloading {spec.label}"), (done / total if total else None)
     if event.stage == "loading":
         return f"Loading {spec.label}{slot} (the first run of a model takes a while)", None
     if event.stage == "generating":
-        return f"Generating{slot}", 0.0
+        return f"{'Editing' if editing else 'Generating'}{slot}", 0.0
     if event.stage == "step" and event.total:
         return f"Step {event.step} / {event.total}{slot}", event.step / event.total
     if event.stage == "encoding":
         return "Saving the images", 1.0
     return f"{event.stage.capitalize()}{slot}", None
+
+
+def queued_text(position: int | None, wait_s: float | None = None) -> str:
+    """"In line: position 2, expected wait about 40 s" (the wait where the backend estimates one)."""
+    if position is None:
+        return "In line for a free slot"
+    text = f"In line for a free slot: position {position + 1}"
+    if wait_s is not None:
+        text += f", expected wait {wait_text(wait_s)}"
+    return text + " (Cancel leaves the line)"
+
+
+def wait_text(seconds: float) -> str:
+    return "under 5 s" if seconds < 5 else f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
 
 
 def slots_html(status: BackendStatus) -> str:
