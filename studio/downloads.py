@@ -28,11 +28,10 @@ from studio.backend import Backend, BackendStatus, Observer
 from studio.catalog import Catalog, ModelSpec
 from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, QueueFull, StudioError
 from studio.jobs import Job
-from studio.schemas import GenerationRequest, JobResult, Progress
+from studio.schemas import GenerationRequest, JobResult, JobStage, Progress
 
 log = logging.getLogger(__name__)
 
-DOWNLOADING = "downloading"
 POLL_S = 0.5  # how often waiting jobs hear of a download's progress
 RETRY_AFTER_UNKNOWN_S = 30  # a refusal's Retry-After while the download's speed is not known yet
 
@@ -47,9 +46,10 @@ class Download:
     planned: bool = False  # the hub has told the sizes
 
     def event(self) -> Progress:
-        """The ``downloading`` event every waiting job sees: bytes in ``extra``, words in ``extra["message"]``."""
-        message = self.progress.describe() if self.planned else f"Looking up {self.spec.label} on the hub"
-        return Progress(stage=DOWNLOADING, extra={**self.progress.as_dict(), "message": message})
+        """The ``downloading`` event every waiting job sees: its bytes, and the download in words."""
+        detail = self.progress.describe() if self.planned else f"Looking up {self.spec.label} on the hub"
+        return Progress(JobStage.DOWNLOADING, detail=detail, bytes_done=self.progress.done,
+                        bytes_total=self.progress.total)
 
 
 class DownloadGate:

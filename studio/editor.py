@@ -13,6 +13,7 @@ import io
 from PIL import Image
 
 from studio import uploads
+from studio.schemas import JobStage
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -37,6 +38,17 @@ def edit_files(value) -> tuple[bytes | None, bytes | None]:
     return png_bytes(background.convert("RGB")), mask
 
 
+def edit_task(value) -> str | None:
+    """The task an ``ImageEditor`` value asks for: None without an image, inpainting once anything is painted."""
+    if not isinstance(value, dict) or value.get("background") is None:
+        return None
+    for layer in value.get("layers") or []:
+        alpha = _as_image(layer).convert("RGBA").getchannel("A")
+        if alpha.getbbox():
+            return "inpainting"
+    return "image-to-image"
+
+
 def read_file(path: str, field: str) -> bytes:
     """An uploaded file's bytes (the Gradio API hands over paths), checked like a REST upload."""
     with open(path, "rb") as handle:
@@ -47,9 +59,9 @@ def read_file(path: str, field: str) -> bytes:
 
 def preview_image(event) -> Image.Image | None:
     """The preview a job's progress event carries, if any."""
-    if getattr(event, "stage", None) != "preview":
+    if getattr(event, "stage", None) != JobStage.PREVIEW:
         return None
-    with Image.open(io.BytesIO(event.extra["image"])) as image:
+    with Image.open(io.BytesIO(event.preview_png)) as image:
         return image.convert("RGB")
 
 

@@ -22,7 +22,7 @@ import torch
 from studio import families, hub, pngmeta, speed
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled, OutOfMemory, StudioError
-from studio.schemas import GenerationRequest, JobResult
+from studio.schemas import GenerationRequest, JobResult, JobStage
 from studio.speed import EngineOptions
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,9 @@ class Engine:
         """
         started = time.perf_counter()
         if self.spec != spec:
-            on_stage("loading")
+            on_stage(JobStage.LOADING)
         loaded = self.ensure(spec)
-        on_stage("generating")
+        on_stage(JobStage.GENERATING)
         try:
             pipe = self.task_pipe(request.task)
             speed.prepare(pipe, request)
@@ -156,7 +156,7 @@ class Engine:
                 f"out of memory generating {request.width}x{request.height} x{request.num_images} with {spec.id} "
                 f"on {self.device}; try a smaller size or fewer images"
             ) from None
-        on_stage("encoding")
+        on_stage(JobStage.ENCODING)
         pngs = [pngmeta.encode(image, request, seed, spec.label) for image, seed in zip(images, request.seeds)]
         return JobResult(request=request, images=pngs, duration_s=time.perf_counter() - started, loaded_model=loaded)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled
-from studio.schemas import GenerationRequest, JobResult, Progress
+from studio.schemas import GenerationRequest, JobResult, JobStage, Progress
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,14 @@ class Job:
 
     @property
     def stage(self) -> str | None:
-        """The stage of the latest progress event ("downloading", "queued", "step", ...); None before any."""
+        """The stage of the latest progress event; None before any."""
         with self._cond:
             return self._events[-1].stage if self._events else None
 
     @property
     def generating(self) -> bool:
         """Past its model's download, its queue wait and its model's load: ``--job-timeout`` counts from here."""
-        return self.stage not in (None, "downloading", "queued", "loading")
+        return self.stage not in (None, JobStage.DOWNLOADING, JobStage.QUEUED, JobStage.LOADING)
 
     # -- results -----------------------------------------------------------------
 

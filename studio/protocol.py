@@ -11,7 +11,7 @@ parent -> worker
 worker -> parent
     ``Ready``       once, after preloading: pid, what it holds, each preload's load time
     ``StartFailed`` instead of ``Ready``: start-up failed, with why; the process exits
-    ``Stage``       "loading" | "generating" | "encoding"
+    ``Stage``       ``JobStage.LOADING``, ``GENERATING`` or ``ENCODING``
     ``Step``        after a denoising step (throttled; the first and last always go)
     ``Preview``     a preview PNG of the first image (``request.previews`` of them, spread over the run)
     ``Done``        a ``JobResult`` with PNG bytes
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from studio.catalog import ModelSpec
 from studio.errors import StudioError
-from studio.schemas import GenerationRequest, JobResult, Progress
+from studio.schemas import GenerationRequest, JobResult, JobStage, Progress
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class StartFailed:
 @dataclass(frozen=True)
 class Stage:
     job_id: str
-    stage: str
+    stage: JobStage
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,9 @@ class Preview:
     png: bytes  # at the latents' resolution (studio.families.preview)
 
     def progress(self, slot: int) -> Progress:
-        """The job's event for it (``studio.streaming`` and the UI read ``extra``)."""
-        return Progress("preview", step=self.step, total=self.total, slot=slot,
-                        extra={"index": self.index, "image": self.png})
+        """The job's event for it (``studio.streaming`` and the UI show it)."""
+        return Progress(JobStage.PREVIEW, step=self.step, total=self.total, slot=slot,
+                        preview_index=self.index, preview_png=self.png)
 
 
 @dataclass(frozen=True)

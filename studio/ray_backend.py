@@ -1,6 +1,6 @@
 """``RayBackend``: the ``Backend`` for many GPUs on many machines, on Ray Serve.
 
-One Serve deployment, ``EngineReplica``: each replica holds one ``Engine`` on one GPU
+One Serve deployment, ``EngineReplica`` (``studio.ray_replica``): each replica holds one ``Engine`` on one GPU
 (``ray_actor_options={"num_gpus": 1}``), or on the CPU when the cluster has no GPU. Serve places
 the replicas anywhere in the cluster, restarts the ones that die, and scales their number between
 ``--min-replicas`` and ``--max-replicas``. Affinity is Serve's model multiplexing: every job is
@@ -25,12 +25,10 @@ import asyncio
 import logging
 import math
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +43,15 @@ from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
 from studio.jobs import Job
-from studio.protocol import Done, Failed, Preview, Stage, Step, WorkerState
-from studio.schemas import GenerationRequest, Progress
-from studio.speed import EngineOptions
-from studio.worker import call_hook
+from studio.protocol import Done, Failed, Preview, Stage, Step
+from studio.ray_replica import Placed, census, replica_application
+from studio.schemas import GenerationRequest, JobStage, Progress
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "studio"
-STEP_REPORT_S = 0.05  # at most this often a step event to the caller (the first and last always go)
-CENSUS = "studio-census"  # the named actor every replica reports its state to
-CENSUS_NAMESPACE = "studio"
-REPORT_S = 1.0  # a replica reports at least this often (and at once on each change of job or stage)
-ALIVE_S = 5.0  # a replica not heard from for this long is not alive (dead, or its machine is gone)
-FORGET_S = 60.0  # ... and after this long it leaves /health
+ALIVE_S = 5.0  # a replica not heard from for this long is not alive (dead, or its machine is gone;
+                # after studio.ray_replica.FORGET_S it leaves /health)
 STATUS_WAIT_S = 5.0  # /health waits this long for the census
 FIRST_REPORT_S = 30.0  # start() waits this long for the replicas' first reports
 PLANNED_REPLICAS = 4  # before start, without --replicas: how many jobs the UI lets run at once
@@ -67,217 +60,22 @@ STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
 RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint while no running job has made a step
 
 
-# ---------------------------------------------------------------- the replica (runs in the Ray cluster)
+AUTH_HINT = ("If the cluster uses token authentication (Ray 2.60+ turns it on for `ray start --head` when "
+             "~/.ray/auth_token exists), give this machine its token: RAY_AUTH_TOKEN=<token>, or the token "
+             "in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH); the studio then sets RAY_AUTH_MODE=token.")
 
 
-def census():
-    """The one census of the cluster, created by whoever asks first. Detached: it must outlive a
-    replica that created it, and the app may come and go while the replicas run (RayService)."""
-    return Census.options(name=CENSUS, namespace=CENSUS_NAMESPACE, lifetime="detached", get_if_exists=True).remote()
-
-
-@ray.remote(num_cpus=0)
-class Census:
-    """Where replicas report their state: a busy replica cannot answer a question (Serve lets it
-    run one request at a time), but it can tell. Lives as long as the app (its owner)."""
-
-    def __init__(self):
-        self._lines: dict[str, tuple[dict, float]] = {}
-
-    def report(self, line: dict) -> None:
-        self._lines[line["replica"]] = (line, time.monotonic())
-
-    def forget(self, replica: str) -> None:
-        """A replica known dead leaves at once (Serve starts another, which reports itself)."""
-        self._lines.pop(replica, None)
-
-    def job(self, job_id: str) -> dict | None:
-        """The line of the replica running ``job_id``, if one does."""
-        return next((line for line, _ in self._lines.values() if line["job"] == job_id), None)
-
-    def lines(self) -> list[tuple[dict, float]]:
-        """Each replica's last report and its age in seconds; long-silent ones are forgotten."""
-        now = time.monotonic()
-        self._lines = {key: (line, at) for key, (line, at) in self._lines.items() if now - at < FORGET_S}
-        return [(line, now - at) for line, at in self._lines.values()]
-
-
-@dataclass(frozen=True)
-class Placed:
-    """The first message of a job's stream: which replica runs it."""
-
-    replica: str
-    device: str
-
-
-class EngineReplica:
-    """One ``Engine`` on one device, serving one job at a time (``max_ongoing_requests=1``)."""
-
-    def __init__(self, engine_options: EngineOptions, threads: int, fault_hook: str | None = None):
-        import torch
-
-        from studio.engine import Engine
-        from studio.terminal import quiet_libraries
-
-        gpus = ray.get_gpu_ids()
-        device = "cuda" if gpus else "cpu"  # Ray already narrowed CUDA_VISIBLE_DEVICES to our GPU
-        if fault_hook:  # test-only: see Settings.fault_hook
-            call_hook(fault_hook, 0, device)
-        if threads:
-            torch.set_num_threads(threads)  # CPU replicas on one machine share its cores
-        quiet_libraries()  # as in a local worker: no library warnings or bars in the replica's log
-        self.engine = Engine(device, engine_options)
-        context = serve.get_replica_context()
-        self.replica = context.replica_id.to_full_id_str()
-        self.device = f"{socket.gethostname()}/{'cuda:' + str(gpus[0]) if gpus else 'cpu'}"
-        self.pid = os.getpid()
-        self.job: str | None = None
-        self.loading: str | None = None
-        self.step = self.total = 0
-        self.jobs_done = self.jobs_failed = 0
-        self.census = census()
-        self.changed = threading.Event()
-        self.changed.set()  # the first report goes at once
-        threading.Thread(target=self._report_loop, name="census-reporter", daemon=True).start()
-
-    @serve.multiplexed(max_num_models_per_replica=1)
-    async def resident(self, model_id: str) -> str:
-        """Serve's record of the model this replica holds (the Engine loads it inside the job,
-        with progress); one id at a time, so Serve's affinity is the resident model."""
-        return model_id
-
-    async def generate(self, job_id: str, spec: ModelSpec, request: GenerationRequest):
-        await self.resident(serve.get_multiplexed_model_id())
-        loop = asyncio.get_running_loop()
-        messages: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-        last_sent = 0.0
-
-        def send(message) -> None:
-            loop.call_soon_threadsafe(messages.put_nowait, message)
-
-        def on_stage(stage: str) -> None:
-            if cancelled.is_set():
-                raise JobCancelled(f"job {job_id} was cancelled")
-            self.loading = spec.id if stage == "loading" else None
-            self.changed.set()
-            send(Stage(job_id, stage))
-
-        def on_step(step: int, total: int) -> None:
-            nonlocal last_sent
-            if cancelled.is_set():  # every step: a cancel stops the job within one
-                raise JobCancelled(f"job {job_id} was cancelled")
-            self.step, self.total = step, total
-            now = time.monotonic()
-            if step == total or step == 1 or now - last_sent >= STEP_REPORT_S:
-                last_sent = now
-                self.changed.set()
-                send(Step(job_id, step, total))
-
-        def on_preview(index: int, step: int, total: int, png: bytes) -> None:
-            send(Preview(job_id, index, step, total, png))
-
-        def run():
-            try:
-                result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage, on_preview=on_preview)
-                self.jobs_done += 1
-                return Done(job_id, result, self.state())
-            except BaseException as exc:  # no job may take the replica down with it
-                self.jobs_failed += 1
-                return Failed(job_id, as_studio_error(exc, spec, self.device), self.state())
-
-        self.job, self.step, self.total = job_id, 0, 0
-        self.changed.set()
-        yield Placed(self.replica, self.device)
-        running = loop.run_in_executor(None, run)
-        try:
-            while not running.done() or not messages.empty():
-                getter = asyncio.ensure_future(messages.get())
-                await asyncio.wait({getter, running}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            yield running.result()
-        finally:
-            # Cancelled by the caller (or the caller is gone): the Engine stops at its next step,
-            # and this replica takes no other job until it has.
-            cancelled.set()
-            await asyncio.shield(running)
-            self.job, self.loading, self.step, self.total = None, None, 0, 0
-            self.changed.set()
-
-    async def run(self, job_id: str, spec: ModelSpec, request: GenerationRequest) -> Done | Failed:
-        """The whole job in one answer, for callers that cannot stream (Ray Client): they follow
-        its progress in the census, where this replica reports every step it sends."""
-        outcome = None
-        async for message in self.generate(job_id, spec, request):
-            outcome = message
-        return outcome
-
-    def state(self) -> WorkerState:
-        engine = self.engine
-        return WorkerState(engine.model_id, engine.loads, engine.cache_hits, tuple(engine.cache.model_ids))
-
-    def _report_loop(self) -> None:
-        while True:
-            self.changed.wait(REPORT_S)
-            self.changed.clear()
-            try:
-                self.census.report.remote(self.describe())
-            except Exception:  # the app (and its census) is gone or restarting: report again later
-                pass
-
-    def describe(self) -> dict:
-        """This replica's line of ``/health``."""
-        state = self.state()
-        return dict(replica=self.replica, device=self.device, pid=self.pid, model=state.model,
-                    loading=self.loading, job=self.job, step=self.step if self.job else 0,
-                    total=self.total if self.job else 0, jobs_done=self.jobs_done,
-                    jobs_failed=self.jobs_failed, loads=state.loads, cache_hits=state.cache_hits,
-                    cached=state.cached)
-
-
-def as_studio_error(exc: BaseException, spec: ModelSpec, device: str) -> StudioError:
-    if isinstance(exc, StudioError):
-        return exc
-    return StudioError(f"{spec.id} failed on {device}: {type(exc).__name__}: {exc}")
-
-
-def replica_application(settings: Settings):
-    """The deployment of ``EngineReplica`` for ``settings``: replica count, GPUs or CPUs each."""
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    replicas = settings.replicas or gpus or 1
-    options: dict[str, Any] = dict(
-        name="EngineReplica",
-        max_ongoing_requests=1,  # one Engine runs one job at a time; the rest wait in Serve's queue
-        max_queued_requests=-1,  # admission is the app's (settings.max_queue), as on the local backend
-        health_check_period_s=2,
-    )
-    most = replicas
-    if settings.min_replicas is not None or settings.max_replicas is not None:
-        low = settings.min_replicas or 1
-        most = max(low, settings.max_replicas or replicas)
-        options["autoscaling_config"] = dict(min_replicas=low, max_replicas=most, target_ongoing_requests=1)
-    else:
-        options["num_replicas"] = replicas
-    # A GPU each; without GPUs the cluster's cores are shared out, as local CPU slots share a machine's.
-    threads = 0 if gpus else max(1, cpus // most)
-    options["ray_actor_options"] = {"num_gpus": 1} if gpus else {"num_gpus": 0, "num_cpus": threads}
-    deployment = serve.deployment(EngineReplica).options(**options)
-    return deployment.bind(EngineOptions.from_settings(settings), threads, settings.fault_hook)
-
-
-def build_app(args: dict):
-    """Serve's application builder (``import_path: studio.ray_backend:build_app``), for a RayService
-    that owns the replicas; ``args`` are the app's flags without dashes (``replicas``,
-    ``ram_cache_gb``, ...). The app then finds the running application and uses it."""
-    flags = []
-    for key, value in (args or {}).items():
-        flag = "--" + key.replace("_", "-")
-        flags += [flag] if value is True else [] if value is False else [flag, str(value)]
-    return replica_application(Settings.from_args(flags))
+def token_auth_for(address: str, environ) -> bool:
+    """Whether joining the cluster at ``address`` should use token authentication: a token is at hand
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` does
+    not say otherwise. Ray itself enables it only for a local cluster it finds, not an explicit address."""
+    if environ.get("RAY_AUTH_MODE"):
+        return environ["RAY_AUTH_MODE"].lower() == "token"
+    if environ.get("RAY_AUTH_TOKEN"):
+        return True
+    home = Path(environ.get("HOME") or Path.home())
+    token_file = Path(environ.get("RAY_AUTH_TOKEN_PATH") or home / ".ray" / "auth_token")
+    return token_file.is_file() and token_file.stat().st_size > 0
 
 
 # ---------------------------------------------------------------- the backend (runs in the app)
@@ -344,6 +142,10 @@ class RayBackend:
         would vanish under the replicas, and the driver (this process) exit a minute later."""
         ready: Future = Future()
 
+        if address and token_auth_for(address, os.environ):
+            os.environ["RAY_AUTH_MODE"] = "token"  # Ray turns it on by itself only for a cluster it finds
+            log.info("ray backend: joining %s with token authentication (a token is set)", address)
+
         def own_ray() -> None:
             try:
                 # The replicas run this same code, shipped with the job: other machines need only the
@@ -351,6 +153,8 @@ class RayBackend:
                 ray.init(address=address, runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
                          namespace="studio", log_to_driver=False, include_dashboard=False)
             except BaseException as exc:
+                if address and isinstance(exc, (ConnectionError, RuntimeError)):
+                    exc = ConnectionError(f"{exc} {AUTH_HINT}")
                 ready.set_exception(exc)
                 return
             ready.set_result(None)
@@ -408,7 +212,7 @@ class RayBackend:
         if refusal is not None:
             self._end(job, refusal)
             raise refusal
-        job.emit(Progress("queued", queue_position=position))
+        job.emit(Progress(JobStage.QUEUED, queue_position=position))
         threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id[:8]}", daemon=True).start()
         return job
 
@@ -487,10 +291,10 @@ class RayBackend:
                 placed.append(message.replica)
                 job.slot = self._slot_index(message.replica)
             elif isinstance(message, Stage):
-                total = job.request.steps if message.stage == "generating" else 0
-                self._progress(job, Progress(message.stage, total=total, slot=job.slot))
+                total = job.request.steps if message.stage == JobStage.GENERATING else 0
+                self._progress(job, Progress(JobStage(message.stage), total=total, slot=job.slot))
             elif isinstance(message, Step):
-                self._progress(job, Progress("step", step=message.step, total=message.total, slot=job.slot))
+                self._progress(job, Progress(JobStage.STEP, step=message.step, total=message.total, slot=job.slot))
             elif isinstance(message, Preview):
                 job.emit(message.progress(job.slot or 0))
             else:
@@ -511,22 +315,22 @@ class RayBackend:
             if not placed:
                 placed.append(line["replica"])
                 job.slot = self._slot_index(line["replica"])
-            stage = "loading" if line["loading"] else "generating" if line["total"] else None
+            stage = JobStage.LOADING if line["loading"] else JobStage.GENERATING if line["total"] else None
             current = (line["replica"], stage, line["step"])
             if stage and stage != seen[1]:
-                self._progress(job, Progress(stage, total=job.request.steps if stage == "generating" else 0,
+                self._progress(job, Progress(stage, total=job.request.steps if stage == JobStage.GENERATING else 0,
                                              slot=job.slot))
             if line["step"] and line["step"] != seen[2]:
-                self._progress(job, Progress("step", step=line["step"], total=line["total"], slot=job.slot))
+                self._progress(job, Progress(JobStage.STEP, step=line["step"], total=line["total"], slot=job.slot))
             seen = current
 
     def _progress(self, job: Job, progress: Progress) -> None:
         """Emit ``progress``; its steps also tell when the job should end (``_queue_place_in_s``)."""
-        if progress.stage in ("generating", "step"):
+        if progress.stage in (JobStage.GENERATING, JobStage.STEP):
             now = time.monotonic()
             with self._lock:
                 if job.id in self._running:  # a late message of an ended job leaves nothing behind
-                    since = now if progress.stage == "generating" else self._steps.get(job.id, (now,))[0]
+                    since = now if progress.stage == JobStage.GENERATING else self._steps.get(job.id, (now,))[0]
                     self._steps[job.id] = (since, progress.step, progress.total)
         job.emit(progress)
 

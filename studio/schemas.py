@@ -6,9 +6,10 @@ model-specific ones live in the catalog (``ModelSpec.check``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+import re
 import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
@@ -19,6 +20,8 @@ MAX_SEED = 2**32 - 1  # what A1111-style tools and most UIs accept
 MAX_IMAGES = 4
 MAX_PREVIEWS = 8  # partial images per job: enough to watch it form, few enough to cost nothing
 TASKS = ("text-to-image", "image-to-image", "inpainting")
+SIZE_PATTERN = re.compile(r"[0-9]{1,5}x[0-9]{1,5}")  # ASCII digits only: "٦٤x٦٤" is no size
+SIZE_SHAPE = "'WIDTHxHEIGHT' (e.g. '1024x1024', no spaces)"
 
 
 class GenerationRequest(BaseModel):
@@ -81,6 +84,16 @@ class GenerationRequest(BaseModel):
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
 
 
+def parse_size(text: str, field: str = "size") -> tuple[int, int]:
+    """``'1024x768'`` (any case) as ``(1024, 768)``: the one reader of sizes, for every face and the catalog;
+    anything else is an ``InvalidRequest`` naming ``field``."""
+    value = text.strip().lower() if isinstance(text, str) else ""
+    if not SIZE_PATTERN.fullmatch(value):
+        raise InvalidRequest(f"{field}: '{echo(text)}' must be {SIZE_SHAPE}", field=field)
+    width, height = value.split("x")
+    return int(width), int(height)
+
+
 def parse_request(data: dict) -> GenerationRequest:
     """Build a request from plain data; pydantic errors become one ``InvalidRequest`` naming the field."""
     try:
@@ -129,13 +142,30 @@ class JobResult:
         return self.request.seeds
 
 
+class JobStage(StrEnum):
+    """What a job is doing, in the order it happens (a ``str``: JSON and logs show the plain word)."""
+
+    DOWNLOADING = "downloading"  # its model's weights (the download phase, in front of the backend)
+    QUEUED = "queued"
+    LOADING = "loading"  # its slot loads its model
+    GENERATING = "generating"  # the model is loaded: denoising starts
+    STEP = "step"  # a denoising step is done
+    PREVIEW = "preview"  # a preview image of the latents
+    ENCODING = "encoding"  # decoded: the PNGs are being written
+
+
 @dataclass
 class Progress:
     """A progress event: ``step`` of ``total`` on ``slot``; ``stage`` names what is happening."""
 
-    stage: str  # "downloading" | "queued" | "loading" | "step" | "preview" (extra: "index", "image": PNG) | "encoding"
+    stage: JobStage
     step: int = 0
     total: int = 0
     slot: int | None = None
-    queue_position: int | None = None
-    extra: dict = field(default_factory=dict)
+    queue_position: int | None = None  # QUEUED: 0 is next
+    wait_s: float | None = None  # QUEUED: when it should start, from the same estimates as Retry-After
+    detail: str | None = None  # DOWNLOADING: the download in words
+    bytes_done: int = 0  # DOWNLOADING
+    bytes_total: int = 0
+    preview_index: int | None = None  # PREVIEW: 0, 1, ... in the order they are made
+    preview_png: bytes | None = None  # PREVIEW: at the latents' resolution

@@ -56,7 +56,7 @@ from studio.protocol import (
     WorkerState,
 )
 from studio.routing import STARVATION_S, Estimates, Slot, backlog, plan_dispatch, room_in_s
-from studio.schemas import GenerationRequest, Progress
+from studio.schemas import GenerationRequest, JobStage, Progress
 from studio.speed import EngineOptions
 from studio.worker import worker_main
 
@@ -359,15 +359,15 @@ class SlotManager:
                 bisect.insort(self._queue, job, key=lambda queued: queued.seq)
 
     def _renumber(self) -> None:
-        """Tell each job that moved its place in line, with when it should start (``extra["wait_s"]``,
+        """Tell each job that moved its place in line, with when it should start (``wait_s``,
         from the same estimates as Retry-After; absent while no slot is up to estimate from)."""
         line, now = [*self._queue, *self._waiting_room], time.monotonic()
         for position, job in enumerate(line):
             if job._position != position:
                 job._position = position
                 wait_s = room_in_s(line[:position + 1], self._slots, self.estimates, now, limit=1)
-                job.emit(Progress("queued", queue_position=position,
-                                  extra={} if wait_s is None else {"wait_s": round(wait_s, 1)}))
+                job.emit(Progress(JobStage.QUEUED, queue_position=position,
+                                  wait_s=None if wait_s is None else round(wait_s, 1)))
 
     def _send(self, slot: WorkerSlot, message: ToWorker) -> bool:
         if slot.conn is None or slot.unreachable:
@@ -420,16 +420,17 @@ class SlotManager:
         if isinstance(message, Stage):
             stage = message.stage
             slot.phase, slot.phase_since = stage, now
-            if stage == "loading":
+            if stage == JobStage.LOADING:
                 slot.loading_at, slot.model = now, None
-            elif stage == "generating":
+            elif stage == JobStage.GENERATING:
                 slot.generating_at, slot.model = now, job.spec.id
-            job.emit(Progress(stage, total=job.request.steps if stage == "generating" else 0, slot=slot.index))
+            job.emit(Progress(JobStage(stage), total=job.request.steps if stage == JobStage.GENERATING else 0,
+                              slot=slot.index))
         elif isinstance(message, Step):
             slot.step, slot.total, slot.last_step_at = message.step, message.total, now
             if slot.first_step_at is None:
                 slot.first_step_at = now
-            job.emit(Progress("step", step=slot.step, total=slot.total, slot=slot.index))
+            job.emit(Progress(JobStage.STEP, step=slot.step, total=slot.total, slot=slot.index))
         elif isinstance(message, Preview):
             job.emit(message.progress(slot.index))
         elif isinstance(message, (Done, Failed)):

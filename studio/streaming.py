@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from studio import pngmeta
 from studio.errors import JobTimeout, StudioError
-from studio.schemas import JobResult
+from studio.schemas import JobResult, JobStage
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def error_event(error: StudioError) -> bytes:
 
 def preview_of(event) -> tuple[int, bytes] | None:
     """(index, PNG) when a job's progress event carries a preview, else None."""
-    if getattr(event, "stage", None) != "preview":
+    if getattr(event, "stage", None) != JobStage.PREVIEW:
         return None
-    return event.extra["index"], event.extra["image"]
+    return event.preview_index, event.preview_png
 
 
 async def _start_clock(job, limit: asyncio.Timeout, timeout_s: float) -> None:

@@ -11,33 +11,19 @@ from __future__ import annotations
 
 import importlib
 import os
-import pickle
 import queue
 import signal
 import threading
 import time
 from collections import OrderedDict
 
-from studio.errors import JobCancelled, OutOfMemory, StudioError
-from studio.protocol import (
-    CancelJob,
-    Done,
-    Failed,
-    Preview,
-    Ready,
-    RunJob,
-    Stage,
-    StartFailed,
-    Step,
-    Stop,
-    WorkerState,
-)
+from studio.jobloop import engine_state, run_job
+from studio.protocol import CancelJob, Ready, RunJob, StartFailed, Stop, WorkerState
 from studio.schemas import GenerationRequest
 from studio.terminal import quiet_libraries
 
 WARM_UP_PROMPT = "warm-up"
 REMEMBERED_CANCELS = 64  # cancels can arrive before their job or after it ended; keep a few
-STEP_REPORT_S = 0.05  # at most this often a step message to the parent (the first and last always go)
 
 
 def worker_main(
@@ -158,60 +144,14 @@ class Worker:
 
     def run_job(self, job_id: str, spec, request) -> None:
         self.current = job_id
-
-        def check_cancelled() -> None:
-            if job_id in self.cancelled:
-                raise JobCancelled(f"job {job_id} was cancelled")
-
-        def on_stage(stage: str) -> None:
-            check_cancelled()
-            self.conn.send(Stage(job_id, stage))
-
-        last_sent = 0.0
-
-        def on_step(step: int, total: int) -> None:
-            nonlocal last_sent
-            check_cancelled()  # every step: cancel must stop within one
-            # Progress at most every STEP_REPORT_S: a fast model makes hundreds of steps a second,
-            # and one pipe message each would cost more than the steps themselves.
-            now = time.monotonic()
-            if step == total or step == 1 or now - last_sent >= STEP_REPORT_S:
-                last_sent = now
-                self.conn.send(Step(job_id, step, total))
-
-        def on_preview(index: int, step: int, total: int, png: bytes) -> None:
-            self.conn.send(Preview(job_id, index, step, total, png))
-
         try:
-            check_cancelled()
-            result = self.engine.run(spec, request, on_step=on_step, on_stage=on_stage, on_preview=on_preview)
-            result.slot = self.slot_index
-            message = Done(job_id, result, self.state())
-        except BaseException as exc:  # no job may take the worker down with it
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            message = Failed(job_id, self.as_studio_error(exc, spec), self.state())
+            outcome = run_job(self.engine, job_id, spec, request, send=self.conn.send,
+                              cancelled=lambda: job_id in self.cancelled,
+                              where=f"slot {self.slot_index} ({self.engine.device})", slot=self.slot_index)
         finally:
             self.current = None
             self.cancelled.discard(job_id)
-        self.conn.send(message)
-
-    def as_studio_error(self, exc: BaseException, spec) -> StudioError:
-        """A picklable error that keeps its class and status; OOM outside the engine's guard frees memory too."""
-        if isinstance(exc, StudioError):
-            error = exc
-        elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-            self.engine.unload()
-            error = OutOfMemory(f"out of memory running {spec.id} on {self.engine.device}")
-        else:
-            error = StudioError(f"{spec.id} failed on slot {self.slot_index} ({self.engine.device}): "
-                                f"{type(exc).__name__}: {exc}")
-        try:
-            pickle.dumps(error)
-        except Exception:  # a subclass with an odd constructor: keep the message and the base class
-            error = StudioError(str(error))
-        return error
+        self.conn.send(outcome)
 
     def state(self) -> WorkerState:
-        engine = self.engine
-        return WorkerState(engine.model_id, engine.loads, engine.cache_hits, tuple(engine.cache.model_ids))
+        return engine_state(self.engine)

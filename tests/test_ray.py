@@ -29,7 +29,7 @@ from studio.config import Settings  # noqa: E402
 from studio.errors import JobCancelled, WorkerFailed  # noqa: E402
 from studio.schemas import GenerationRequest  # noqa: E402
 from studio.server import create_app  # noqa: E402
-from tests.live import ROOT, serve_app, wait_until  # noqa: E402
+from tests.live import ROOT, metric, serve_app, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -221,11 +221,15 @@ def test_cancel_stops_the_job_at_its_next_step(app, http):
 
 def test_a_closed_connection_cancels_the_job(app, http):
     wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
+    cancelled_before = metric(http, "studio_jobs_total", model=BASE, outcome="cancelled")
     body = {"model": BASE, "prompt": LONG["prompt"], "steps": LONG["steps"]}
     sender = threading.Thread(target=lambda: _post_and_hang_up(app.state.base_url, body), daemon=True)
     sender.start()
     wait_until(lambda: any(slot["step"] >= 2 for slot in health(http)["slots"]), START_S, "the job's first steps")
     sender.join(60)
+    # Left alone, the job would run into its 20 s timeout (an outcome "timeout"); hung up on, it is cancelled.
+    wait_until(lambda: metric(http, "studio_jobs_total", model=BASE, outcome="cancelled") == cancelled_before + 1,
+               8, "the job to be cancelled after the client left")
     wait_until(lambda: replicas_idle(http), 30, "the replica to free after the client left")
 
 
@@ -234,6 +238,13 @@ def _post_and_hang_up(base_url: str, body: dict) -> None:
         httpx.post(f"{base_url}/v1/images/generations", json=body, timeout=httpx.Timeout(60, read=8))
     except httpx.TimeoutException:
         pass  # leaving closes the connection: what a client that gives up does
+
+
+def test_an_out_of_memory_in_a_replica_is_a_503_and_the_replica_serves_on(http):
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
+    response = http.post("/v1/images/generations", json={"model": TURBO, "prompt": faults.OOM, "steps": 1})
+    assert response.status_code == 503 and "out of memory" in response.json()["error"]["message"]
+    assert http.post("/v1/images/generations", json={"model": TURBO, "prompt": "a fox", "steps": 1}).status_code == 200
 
 
 def test_a_job_past_its_timeout_fails_with_504(http):
@@ -281,3 +292,22 @@ def test_a_killed_replica_fails_only_its_job_and_serve_replaces_it(app, http):
     wait_until(lambda: replicas_idle(http) and pid not in [s["pid"] for s in health(http)["slots"]],
              START_S, "Serve to replace the replica")
     assert submit(app, TURBO, steps=1).wait(START_S).images
+
+
+@pytest.mark.parametrize("environ, token_in_home, expected", [
+    ({}, False, False),  # no token: join as Ray would
+    ({}, True, True),  # `ray start --head` turned token auth on because ~/.ray/auth_token exists
+    ({"RAY_AUTH_TOKEN": "t0k3n"}, False, True),
+    ({"RAY_AUTH_MODE": "disabled"}, True, False),  # said explicitly: respected
+    ({"RAY_AUTH_MODE": "token"}, False, True),
+])
+def test_joining_a_cluster_uses_token_auth_when_a_token_is_at_hand(tmp_path, environ, token_in_home, expected):
+    from studio.ray_backend import token_auth_for
+
+    if token_in_home:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("abc123")
+    assert token_auth_for("10.0.0.5:6379", {"HOME": str(tmp_path), **environ}) is expected
+    path_file = tmp_path / "elsewhere-token"
+    path_file.write_text("abc123")
+    assert token_auth_for("10.0.0.5:6379", {"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(path_file)}) is True

@@ -28,12 +28,11 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from studio import pngmeta
 from studio.catalog import load_catalog
 from studio.config import Settings
-from tests.live import ROOT, run_app, serve, wait_until
+from tests.live import ROOT, metric, run_app, serve, wait_until
 
 API_KEY = "test-key"
 UI_LOGIN = ("ann", "ui-secret")  # --ui-auth: the web UI and the Gradio API
@@ -118,15 +117,6 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 def slots_idle(http) -> bool:
     status = http.get("/health").json()
     return all(not slot["busy"] for slot in status["slots"]) and status["queue_depth"] == 0
-
-
-def metric(http, name: str, **labels) -> float:
-    """One sample of /metrics (0.0 when the series does not exist yet)."""
-    for family in text_string_to_metric_families(http.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def open_request(base_url: str, body: dict) -> HTTPConnection:

@@ -10,7 +10,7 @@ import html
 from studio import hub
 from studio.backend import BackendStatus
 from studio.catalog import ModelSpec
-from studio.schemas import Progress
+from studio.schemas import JobStage, Progress
 
 # Named aspect ratios for the size buttons; anything else shows its pixels only.
 RATIOS = [(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (5, 4), (4, 5), (5, 3), (3, 5), (21, 9), (9, 21)]
@@ -164,18 +164,18 @@ def status_html(text: str, fraction: float | None = None, error: bool = False, r
 def describe(event: Progress, spec: ModelSpec, editing: bool = False) -> tuple[str, float | None]:
     """A progress event in words, and how far along it is."""
     slot = f" on slot {event.slot}" if event.slot is not None else ""
-    if event.stage == "queued":
-        return queued_text(event.queue_position, event.extra.get("wait_s")), None
-    if event.stage == "downloading":  # "Downloading FLUX.1 [schnell]: 12.4 of 33.9 GB, 85 MB/s, about 4 min"
-        done, total = event.extra.get("bytes_done", 0), event.extra.get("bytes_total", 0)
-        return event.extra.get("message", f"Downloading {spec.label}"), (done / total if total else None)
-    if event.stage == "loading":
+    if event.stage == JobStage.QUEUED:
+        return queued_text(event.queue_position, event.wait_s), None
+    if event.stage == JobStage.DOWNLOADING:  # "Downloading FLUX.1 [schnell]: 12.4 of 33.9 GB, 85 MB/s, about 4 min"
+        fraction = event.bytes_done / event.bytes_total if event.bytes_total else None
+        return event.detail or f"Downloading {spec.label}", fraction
+    if event.stage == JobStage.LOADING:
         return f"Loading {spec.label}{slot} (the first run of a model takes a while)", None
-    if event.stage == "generating":
+    if event.stage == JobStage.GENERATING:
         return f"{'Editing' if editing else 'Generating'}{slot}", 0.0
-    if event.stage == "step" and event.total:
+    if event.stage == JobStage.STEP and event.total:
         return f"Step {event.step} / {event.total}{slot}", event.step / event.total
-    if event.stage == "encoding":
+    if event.stage == JobStage.ENCODING:
         return "Saving the images", 1.0
     return f"{event.stage.capitalize()}{slot}", None
 
