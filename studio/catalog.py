@@ -17,12 +17,14 @@ from typing import TypedDict
 
 from studio import families
 from studio.errors import InvalidRequest, UnknownModel, echo
-from studio.schemas import MAX_SEED, GenerationRequest, parse_request
+from studio.schemas import MAX_SEED, GenerationRequest, parse_request, parse_size
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 OVERRIDE_FILE = "studio.toml"
 # How much of the input image an edit repaints when the request leaves strength unset: image-to-image
 # keeps its composition (A1111's default denoising strength), inpainting repaints the masked area fully.
+# Every face's default edit strength, by task. Image-to-image keeps a quarter of the input's structure;
+# inpainting repaints the masked area whole (the mask already keeps the rest), as OpenAI's edits do.
 DEFAULT_STRENGTH = {families.IMAGE_TO_IMAGE: 0.75, families.INPAINTING: 1.0}
 BOUNDED_FIELDS = ("width", "height", "steps", "guidance")  # the request fields each model bounds itself
 
@@ -363,15 +365,10 @@ class Catalog:
         return len(self.models)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    width, height = text.lower().split("x")
-    return int(width), int(height)
-
-
 def _spec_from_table(model_id: str, table: dict, local_dir: Path | None) -> ModelSpec:
     table = dict(table)
     limits = dict(table.pop("limits"))
-    limits["allowed_sizes"] = tuple(_parse_size(s) for s in limits.get("allowed_sizes", ()))
+    limits["allowed_sizes"] = tuple(parse_size(s, "allowed_sizes") for s in limits.get("allowed_sizes", ()))
     return ModelSpec(
         id=model_id,
         defaults=Defaults(**table.pop("defaults")),

@@ -14,6 +14,7 @@ from studio import hub, pngmeta
 from studio.catalog import load_catalog
 from studio.config import models_dir_problem
 from studio.errors import InvalidRequest, StudioError
+from studio.schemas import parse_size
 from studio.terminal import quiet_libraries
 
 # The output file's suffix picks its format; every format keeps the generation parameters.
@@ -23,10 +24,9 @@ MODELS_DIR_HELP = "local folder of <model-id>/ pipelines (default: STUDIO_MODELS
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x768, got '{text}'") from None
-    return width, height
+        return parse_size(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

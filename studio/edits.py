@@ -30,16 +30,9 @@ from starlette.datastructures import UploadFile
 from studio import streaming, uploads
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest
-from studio.openai_api import (
-    GENERATION_ERRORS,
-    SIZE_PATTERN,
-    ImagesResponse,
-    _extra,
-    answer,
-    request_data,
-    require_api_key,
-)
-from studio.schemas import MAX_IMAGES
+from studio.openai_api import _extra, answer, request_data, require_api_key
+from studio.responses import GENERATION_ERRORS, ImagesResponse
+from studio.schemas import MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, parse_size
 
 IMAGE_FIELDS = ("image", "image[]")
 EDIT_FILES = ("image", "mask")  # the files each route takes, "image" standing for "image[]" too
@@ -58,7 +51,7 @@ def size_or_auto(value: str | None) -> str | None:
     if value is None or value.strip().lower() == "auto":
         return None
     if not SIZE_PATTERN.fullmatch(value.strip().lower()):  # match() let '64x64x64' through to a 500
-        raise ValueError("must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'")
+        raise ValueError(f"must be {SIZE_SHAPE} or 'auto'")
     return value.strip().lower()
 
 
@@ -183,7 +176,7 @@ def resolve_edit(catalog, body: ImageEditRequest | ImageVariationRequest, image:
     (which also fills an unset strength with its task's default, where ``default_strength`` does not)."""
     spec: ModelSpec = catalog.get(body.model)
     if body.size:
-        width, height = (int(part) for part in body.size.split("x"))
+        width, height = parse_size(body.size)
     else:
         width, height = spec.fit_size(image.width, image.height)
     data = request_data(

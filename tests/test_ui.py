@@ -522,3 +522,32 @@ def test_an_admin_login_sees_every_folder_and_deletes_only_inside_a_history(tmp_
     assert ann_file.exists()
     studio.on_history_delete(str(ann_file), "", as_user["ann"])
     assert not ann_file.exists()
+
+
+def test_strength_follows_the_task_s_default_of_every_face_unless_moved(studio):
+    from studio.catalog import DEFAULT_STRENGTH
+
+    photo = Image.new("RGB", (64, 64), "navy")
+    unpainted = {"background": photo, "layers": [Image.new("RGBA", (64, 64))], "composite": photo}
+    painted_layer = Image.new("RGBA", (64, 64))
+    painted_layer.paste((255, 59, 48, 255), (10, 10, 30, 30))
+    painted = {"background": photo, "layers": [painted_layer], "composite": photo}
+    assert studio.on_edit_change(painted, DEFAULT_STRENGTH["image-to-image"]) == DEFAULT_STRENGTH["inpainting"] == 1.0
+    assert studio.on_edit_change(unpainted, DEFAULT_STRENGTH["inpainting"]) == DEFAULT_STRENGTH["image-to-image"]
+    assert studio.on_edit_change(painted, 0.4).__class__.__name__ != "float"  # the user's own value stays
+    assert studio.on_edit_change(None, 1.0).__class__.__name__ != "float"  # no image: nothing to follow
+
+
+def test_an_empty_prompt_is_one_plain_message_and_the_header_shows_the_live_slots(page):
+    from studio.ui.handlers import EMPTY_PROMPT
+
+    # Drawn at page load, not when the UI was built (before the workers started: "cpu · stopped").
+    page.wait_for_function("() => document.querySelector('#slot-status').innerText.includes('idle')", timeout=10_000)
+    assert "stopped" not in page.inner_text("#slot-status")
+    page.fill("#prompt textarea", "")
+    page.click("#generate-button")
+    page.wait_for_function("text => document.querySelector('#job-status').innerText.includes(text)",
+                           arg=EMPTY_PROMPT, timeout=60_000)
+    time.sleep(1)  # a toast or an error badge would be up by now
+    assert page.locator(".toast-body").count() == 0
+    assert "Error" not in page.inner_text("#results")

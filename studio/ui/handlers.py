@@ -14,11 +14,11 @@ from PIL import Image
 
 from studio import editor, pngmeta
 from studio.backend import Backend
-from studio.catalog import Catalog, ModelSpec
+from studio.catalog import DEFAULT_STRENGTH, Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import InvalidRequest, JobCancelled, StudioError
 from studio.history import History, owner_dir
-from studio.schemas import MAX_SEED, GenerationRequest, Progress
+from studio.schemas import MAX_SEED, GenerationRequest, Progress, parse_size
 from studio.ui.api import ApiHandlers
 from studio.ui.inputs import as_float, as_int, int_or_none, path_of, refused, result_params, user_error
 from studio.ui.styles import NO_STYLE, Style, load_styles
@@ -29,7 +29,7 @@ RANDOM_SEED = -1  # the UI's "draw a new seed each run"
 SESSION_RESULTS = 24  # images kept in a browser session's results gallery
 HISTORY_SHOWN = 60
 UI_PREVIEWS = 4  # live previews of a job in the Create tab
-DEFAULT_STRENGTH = 0.75
+EMPTY_PROMPT = "Type a prompt first: the grey text in the box is only an example."
 
 
 class Studio(ApiHandlers):
@@ -153,6 +153,10 @@ class Studio(ApiHandlers):
             image, mask = editor.edit_files(edit_value) if editing else (None, None)
             if image is not None and as_int(steps, "steps") == spec.defaults.steps:
                 steps = None  # the default steps, raised for an edit where strength x steps is under one step
+            if not (prompt or "").strip() and image is None:
+                # The box's placeholder reads like a prompt: say so once, in the status line, no toast.
+                yield status_html(EMPTY_PROMPT, error=True), *keep
+                return
             spec, resolved = self.resolve(
                 prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
                 image=image, mask=mask, strength=strength, previews=UI_PREVIEWS,
@@ -207,6 +211,14 @@ class Studio(ApiHandlers):
         spec = self.catalog.get(model_id)
         width, height = spec.fit_size(*background.size)
         return width, height, size_value(spec, width, height), *edit_mode(bool(panel_open))
+
+    def on_edit_change(self, edit_value, strength):
+        """Strength follows the task's default (``catalog.DEFAULT_STRENGTH``) as painting turns an
+        image-to-image into an inpainting and back, unless the user moved it to a value of their own."""
+        task = editor.edit_task(edit_value)
+        if task is None or strength not in DEFAULT_STRENGTH.values():
+            return gr.skip()
+        return DEFAULT_STRENGTH[task]
 
     def on_send_to_edit(self, model_id: str, path: str | None):
         """Put the selected image into the edit panel of the Create tab, its size fitted to the model, and
@@ -297,8 +309,7 @@ class Studio(ApiHandlers):
     def on_size_pick(self, size: str | None):
         if not size:
             return gr.skip(), gr.skip()
-        width, height = (int(part) for part in size.split("x"))
-        return width, height
+        return parse_size(size)
 
     def on_size_edit(self, model_id: str, width, height):
         return size_value(self.catalog.get(model_id), int_or_none(width), int_or_none(height))

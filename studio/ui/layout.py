@@ -13,10 +13,10 @@ from pathlib import Path
 import gradio as gr
 
 from studio.backend import Backend, BackendStatus
-from studio.catalog import Catalog, ModelListing
+from studio.catalog import DEFAULT_STRENGTH, Catalog, ModelListing
 from studio.config import Settings
 from studio.schemas import MAX_IMAGES, MAX_SEED
-from studio.ui.handlers import DEFAULT_STRENGTH, RANDOM_SEED, Studio, edit_mode
+from studio.ui.handlers import RANDOM_SEED, Studio, edit_mode
 from studio.ui.styles import NO_STYLE
 from studio.ui.text import (card_html, guidance_hint, negative_placeholder, size_choices, size_hint, size_value,
                             stars_text, status_html, steps_hint)
@@ -80,7 +80,8 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                 f'<div class="studio-tagline">{len(catalog)} text-to-image models, one prompt box.</div></div></div>',
                 scale=3,
             )
-            slot_status = gr.HTML(studio.on_status_tick(), elem_id="slot-status", scale=2)
+            # Drawn at each page load (demo.load below): at build time the workers have not started yet.
+            slot_status = gr.HTML(elem_id="slot-status", scale=2)
 
         with gr.Tabs(elem_id="studio-tabs") as tabs:
             with gr.Tab("Create", id="create"):
@@ -111,7 +112,8 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                 type="pil", elem_id="edit-image", height=360, sources=["upload", "clipboard"],
                                 brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"), transforms=(),
                             )
-                            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH["image-to-image"], step=0.05,
+                                                 label="Strength",
                                                  elem_id="strength",
                                                  info=f"How much is repainted: low keeps the input. Models: {able}")
                         style = gr.Dropdown(style_choices, value=NO_STYLE, label="Style", elem_id="style")
@@ -272,6 +274,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         history_undo.click(studio.on_history_undo, [deleted, history_filter],
                            [history, history_items, deleted, history_undo, history_status], **private)
         timer.tick(studio.on_status_tick, None, slot_status, **private)
+        demo.load(studio.on_status_tick, None, slot_status, **private)
 
         api_trigger.click(
             studio.on_api_generate, api_inputs, api_outputs, api_name="generate", concurrency_limit=None,
@@ -294,6 +297,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                            **private)
         gr.api(returning(studio.api_models, list[ModelListing]), api_name="models", queue=False)
         gr.api(returning(studio.api_status, BackendStatus), api_name="status", queue=False)
+        edit_image.change(studio.on_edit_change, [edit_image, strength], strength, **private)
 
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=slots)
     return demo
