@@ -81,6 +81,24 @@ def step_callback(on_step: OnStep, request: GenerationRequest, spec: ModelSpec):
     return callback
 
 
+def call_arguments(spec: ModelSpec, request: GenerationRequest, on_step: OnStep, negative: bool = True) -> dict:
+    """What the text-to-image pipeline calls share: the prompt (and the negative one, where the family
+    takes it), size, steps, guidance, n images in one batched call, their seeds, and progress."""
+    arguments = dict(
+        prompt=request.prompt,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images,
+        generator=generators(request),
+        callback_on_step_end=step_callback(on_step, request, spec),
+    )
+    if negative:
+        arguments["negative_prompt"] = request.negative_prompt
+    return arguments
+
+
 def edit_arguments(request: GenerationRequest, size: bool = True) -> dict:
     """The pipeline arguments of an edit: the input image (and mask) at the request's size, the strength.
     ``size=False`` for pipelines that take the size from the image (SDXL image-to-image)."""

@@ -30,15 +30,7 @@ def generate(pipe: FluxPipeline, spec: ModelSpec, request: GenerationRequest, on
 def flow_call_kwargs(spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> dict:
     """The pipeline arguments FLUX and Chroma share: size, edit inputs, steps, guidance, seeds, T5 length,
     progress."""
-    return dict(
-        prompt=request.prompt,
-        width=request.width,
-        height=request.height,
-        **base.edit_arguments(request, size=False),  # the size is above; the image is resized to it
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images,  # n images are one batched call
-        generator=base.generators(request),
+    return base.call_arguments(spec, request, on_step, negative=False) | dict(
+        **base.edit_arguments(request, size=False),  # the size is in the call; the image is resized to it
         max_sequence_length=spec.token_limit,
-        callback_on_step_end=base.step_callback(on_step, request, spec),
     )

@@ -29,15 +29,7 @@ def load(spec: ModelSpec, device: str) -> HunyuanDiTPipeline:
 
 def generate(pipe: HunyuanDiTPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     result = pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images,  # n images are one batched call
-        generator=base.generators(request),
-        callback_on_step_end=base.step_callback(on_step, request, spec),
+        **base.call_arguments(spec, request, on_step),
         use_resolution_binning=False,  # the catalog already allowed exactly this size
         output_type="pil",
     )

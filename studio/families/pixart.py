@@ -22,21 +22,23 @@ def load(spec: ModelSpec, device: str) -> PixArtSigmaPipeline:
 
 def generate(pipe: PixArtSigmaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     speed.prepare(pipe, request)  # tiled VAE decoding for its 4096 px images
-    report = base.step_callback(on_step, request, spec)
+    arguments = pixart_arguments(spec, request, on_step)
+    report = arguments.pop("callback_on_step_end")  # PixArt's pipeline still takes the older callback
     return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or "",
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images,
-        generator=base.generators(request),
-        max_sequence_length=spec.token_limit,
-        use_resolution_binning=False,
+        **arguments,
         clean_caption=False,  # the caption cleaner needs bs4 and ftfy, and lower-cases the prompt
         callback=lambda step, timestep, latents: report(pipe, step, timestep, {"latents": latents}),
         callback_steps=1,
     ).images
+
+
+def pixart_arguments(spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> dict:
+    """The call PixArt-Sigma and Sana share (Sana grew out of PixArt): T5-style prompt length, the exact
+    size the catalog allowed, and an empty string, not None, for no negative prompt."""
+    return base.call_arguments(spec, request, on_step) | dict(
+        negative_prompt=request.negative_prompt or "",
+        max_sequence_length=spec.token_limit,
+        use_resolution_binning=False,
+    )
 
 

@@ -13,6 +13,7 @@ from diffusers import SanaPipeline
 from studio import speed
 from studio.catalog import ModelSpec
 from studio.families import base
+from studio.families.pixart import pixart_arguments
 from studio.schemas import GenerationRequest
 
 
@@ -22,16 +23,4 @@ def load(spec: ModelSpec, device: str) -> SanaPipeline:
 
 def generate(pipe: SanaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     speed.prepare(pipe, request)  # tiled VAE decoding above 2048 px
-    return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or "",
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images,
-        generator=base.generators(request),
-        max_sequence_length=spec.token_limit,
-        use_resolution_binning=False,
-        callback_on_step_end=base.step_callback(on_step, request, spec),
-    ).images
+    return pipe(**pixart_arguments(spec, request, on_step)).images
