@@ -8,13 +8,27 @@
     if (!window.matchMedia(PHONE).matches) return;
     if (!(event.target.closest && event.target.closest("#generate-button"))) return;
     scrollToResults("smooth");
+    scrollWhenDone(statusText());
   });
   // The live preview hides when a job ends and the results move up with it: scroll once more when done.
-  const status = document.querySelector("#job-status");
-  if (status) {
-    new MutationObserver(() => {
-      if (window.matchMedia(PHONE).matches && status.innerText.startsWith("Done")) scrollToResults("auto");
-    }).observe(status, { childList: true, subtree: true, characterData: true });
+  // Polled, not observed: Gradio may replace the status element on each update.
+  let watching = null;
+  function scrollWhenDone(before) {
+    clearInterval(watching);
+    const until = Date.now() + 30 * 60 * 1000;
+    watching = setInterval(() => {
+      const text = statusText();
+      if (text !== before && text.startsWith("Done")) {
+        clearInterval(watching);
+        requestAnimationFrame(() => scrollToResults("auto"));
+      } else if (Date.now() > until) {
+        clearInterval(watching);
+      }
+    }, 150);
+  }
+  function statusText() {
+    const status = document.querySelector("#job-status");
+    return status ? status.innerText : "";
   }
   function scrollToResults(behavior) {
     const results = document.querySelector("#results");

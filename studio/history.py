@@ -9,6 +9,8 @@ start with a sortable UTC timestamp, so newest-first is a sort by name.
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,14 +114,20 @@ class History:
         params = params if params is not None else pngmeta.read(png)
         self.folder.mkdir(parents=True, exist_ok=True)
         stem = self._stem(params)
-        for attempt in itertools.count():
-            path = self.folder / (f"{stem}.png" if attempt == 0 else f"{stem}-{attempt}.png")
-            try:
-                with open(path, "xb") as handle:  # exclusive: two saves never share a name
-                    handle.write(png)
-                return path
-            except FileExistsError:
-                continue
+        # Written whole under a hidden name first, then linked in: a reader (the History tab, another
+        # session, a client polling the folder) never sees half a PNG.
+        with tempfile.NamedTemporaryFile(dir=self.folder, prefix=f".{stem}.", suffix=".part", delete=False) as part:
+            part.write(png)
+        try:
+            for attempt in itertools.count():
+                path = self.folder / (f"{stem}.png" if attempt == 0 else f"{stem}-{attempt}.png")
+                try:
+                    os.link(part.name, path)  # exclusive, like open(..., "x"): two saves never share a name
+                    return path
+                except FileExistsError:
+                    continue
+        finally:
+            os.unlink(part.name)
         raise AssertionError("unreachable")
 
     def entries(self, limit: int | None = None, query: str = "") -> list[Entry]:
