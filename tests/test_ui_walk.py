@@ -288,6 +288,8 @@ def test_a_queued_job_shows_its_place_in_line_and_the_header_counts_it(browser, 
 
 def test_changing_the_model_keeps_a_typed_size_it_accepts_and_says_what_changed(page):
     pick_model(page, "SDXL Base 1.0")
+    page.wait_for_timeout(500)
+    assert page.input_value("#width input") == "64"  # the last model's default is not a typed size
     page.fill("#width input", "256")
     page.fill("#height input", "192")
     page.locator("#height input").press("Tab")

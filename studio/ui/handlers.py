@@ -281,16 +281,17 @@ class Studio(ApiHandlers):
                       value=f"Guidance is fixed at **{lim.min_guidance:g}** for {spec.label} (guidance-distilled)."),
         )
 
-    def on_model_change(self, model_id: str, width=None, height=None) -> tuple:
-        """The new model's controls, keeping the size in the boxes where the model takes it; otherwise the
-        nearest size it takes, said in the status line (the last output)."""
+    def on_model_change(self, model_id: str, width=None, height=None, chosen: bool = False) -> tuple:
+        """The new model's controls. A size the user ``chosen`` (typed or picked, not the last model's
+        default) is kept where the model takes it; otherwise the nearest size it takes, said in the status
+        line (the last output)."""
         spec = self.catalog.get(model_id)
         typed = int_or_none(width), int_or_none(height)
-        if None in typed:
+        if not chosen or None in typed:
             return *self.model_controls(spec), gr.skip()
         if not accepts_size(spec, *typed):
             kept = spec.fit_size(*typed)
-            note = (f"Size: {typed[0]}×{typed[1]} does not suit {spec.label} ({size_hint(spec)}); "
+            note = (f"Size: {typed[0]}×{typed[1]} does not suit {spec.label} ({size_hint(spec).rstrip('.')}); "
                     f"now {kept[0]}×{kept[1]}.")
             return *self.model_controls(spec, dict(width=kept[0], height=kept[1])), status_html(note)
         return *self.model_controls(spec, dict(width=typed[0], height=typed[1])), gr.skip()

@@ -225,6 +225,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             edit_trigger = gr.Button(visible=False)
 
         session_images = gr.State([])
+        size_chosen = gr.State(False)  # the size boxes hold the user's size, not a model's default
         editing = gr.State(False)  # edit mode: the main button reads "Edit" and Generate repaints the input
         panel_open = gr.State(False)  # the edit panel's state: the editor's own re-uploads must not reopen an edit
         deleted = gr.State(None)  # the last image deleted in History, for Undo
@@ -240,7 +241,10 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         studio.box_labels = {name: box.label for name, box in dict(
             prompt=prompt, negative_prompt=negative, width=width, height=height, steps=steps, guidance=guidance,
             seed=seed, num_images=num_images, strength=strength, style=style, model=model).items()}
-        model.input(studio.on_model_change, [model, width, height], [*model_outputs, job_status], **private)
+        # A size the user typed or picked survives a model change; the last model's default does not.
+        gr.on([size.input, width.input, height.input], lambda: True, None, size_chosen, **private)
+        model.input(studio.on_model_change, [model, width, height, size_chosen], [*model_outputs, job_status],
+                    **private)
         size.input(studio.on_size_pick, size, [width, height], **private)
         width.input(studio.on_size_edit, [model, width, height], size, **private)
         height.input(studio.on_size_edit, [model, width, height], size, **private)
