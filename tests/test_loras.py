@@ -13,8 +13,17 @@ SDXL, FLUX = "sdxl-base", "flux-schnell"
 
 
 @pytest.fixture(scope="module")
-def library(tiny_models, tmp_path_factory):
-    models_dir = tiny_models(SDXL, FLUX)
+def models_dir(tmp_path_factory):
+    """Its own tiny SDXL and FLUX, so the session's shared models folder gains neither them nor loras/."""
+    from studio.tiny import build
+
+    folder = tmp_path_factory.mktemp("lora-models")
+    build(folder, [SDXL, FLUX])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def library(models_dir, tmp_path_factory):
     build_loras(models_dir)
     folder = tmp_path_factory.mktemp("loras")
     for path in (models_dir / "loras").glob("*.safetensors"):
@@ -99,13 +108,13 @@ def test_read_header_returns_tensors_and_metadata(library):
     assert metadata["modelspec.trigger_phrase"] == "tinyflux"
 
 
-def test_kohya_and_diffusers_files_load_in_diffusers_and_change_the_image_alike(tiny_models, library):
+def test_kohya_and_diffusers_files_load_in_diffusers_and_change_the_image_alike(models_dir, library):
     """The tiny files are real LoRAs: diffusers' own loaders read both formats, to the same weights."""
     import numpy as np
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_models(SDXL) / SDXL)
+    pipe = StableDiffusionXLPipeline.from_pretrained(models_dir / SDXL)
     pipe.set_progress_bar_config(disable=True)
 
     def image():

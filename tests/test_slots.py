@@ -438,7 +438,7 @@ def test_events_follow_a_job_from_queue_to_encoding(one_slot, catalog):
     assert all(event.slot == 0 for event in first_events)
     assert first_result.loaded_model and not second_result.loaded_model
     assert second_events[0].stage == "queued" and second_events[0].queue_position == 0
-    assert second_events[0].extra["wait_s"] >= 0  # when it should start, for the UI's status line
+    assert second_events[0].wait_s >= 0  # when it should start, for the UI's status line
     assert second_events[-1].stage == "encoding"
 
 

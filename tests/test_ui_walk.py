@@ -22,8 +22,14 @@ NOTHING_SELECTED = "Select an image"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
-    yield from served(tiny_models, tmp_path_factory, MODELS)
+def server(tmp_path_factory):
+    # A models folder of its own: the session's shared one holds whatever earlier tests built, and the
+    # cards of the models not built here must be the real models' cards.
+    from studio.tiny import build
+
+    folder = tmp_path_factory.mktemp("walk-models")
+    build(folder, list(MODELS))
+    yield from served(lambda *ids: folder, tmp_path_factory, MODELS)
 
 
 def open_page(browser, server, **options):
