@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from studio import streaming, uploads
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest
-from studio.openai_api import _extra, answer, request_data, require_api_key
+from studio.openai_api import RESPONSE_FORMAT_DOC, _extra, answer, request_data, require_api_key
 from studio.responses import GENERATION_ERRORS, ImagesResponse
 from studio.schemas import MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, parse_size
 
@@ -67,7 +67,7 @@ class ImageEditRequest(BaseModel):
     size: str | None = Field(
         None, description="'WIDTHxHEIGHT', or 'auto' (default): the input image's size fitted to the model's rules."
     )
-    response_format: Literal["url", "b64_json"] | None = Field(None, description="As for generations.")
+    response_format: Literal["url", "b64_json"] | None = Field(None, description=RESPONSE_FORMAT_DOC)
     output_format: Literal["png", "jpeg", "webp"] | None = Field(None, description="'png' (default), 'jpeg' or 'webp'.")
     output_compression: int | None = Field(None, ge=0, le=100, description="Quality 0..100 of jpeg and webp output.")
     stream: bool | None = Field(None, description="true: answer with server-sent events (partial images, then the images).")
@@ -103,7 +103,7 @@ class ImageVariationRequest(BaseModel):
     size: str | None = Field(
         None, description="'WIDTHxHEIGHT', or 'auto' (default): the input image's size fitted to the model's rules."
     )
-    response_format: Literal["url", "b64_json"] | None = Field(None, description="As for generations.")
+    response_format: Literal["url", "b64_json"] | None = Field(None, description=RESPONSE_FORMAT_DOC)
     user: str | None = Field(None, description="Accepted for compatibility; not stored.")
 
     # -- Image Studio extras (the SDK sends them through extra_body) ----------------------------

@@ -46,6 +46,11 @@ TIMEOUT_GRACE_S = 5.0  # the backend times jobs out itself; this only backs it u
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but logs show what happened
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+RESPONSE_FORMAT_DOC = (
+    "Unset (default): each image as both `url` and `b64_json`, so clients that read either field work. "
+    "'b64_json': only the base64 image data. 'url': only a data URL ('data:image/png;base64,...'); "
+    "this server keeps no public file host, so no http URL is ever returned."
+)
 
 
 def field_bounds(model: type[BaseModel], name: str) -> tuple[float, float] | None:
@@ -98,11 +103,7 @@ class ImageGenerationRequest(BaseModel):
     style: Literal["vivid", "natural"] | None = Field(
         None, description="Accepted for compatibility; no effect here. Describe the style in the prompt."
     )
-    response_format: Literal["url", "b64_json"] | None = Field(
-        None,
-        description="'b64_json' (default): base64 image data. 'url': a data URL ('data:image/png;base64,...'); "
-        "this server keeps no public file host, so no http URL is ever returned.",
-    )
+    response_format: Literal["url", "b64_json"] | None = Field(None, description=RESPONSE_FORMAT_DOC)
     output_format: Literal["png", "jpeg", "webp"] | None = Field(
         None,
         description="'png' (default), 'jpeg' or 'webp'; all keep the generation parameters inside the file "
@@ -324,10 +325,11 @@ def build_response(body: ImageGenerationRequest, result: JobResult) -> ImagesRes
     data = []
     for png, seed in zip(result.images, resolved.seeds):
         encoded = base64.b64encode(pngmeta.convert(png, output_format, quality)).decode("ascii")
-        if body.response_format == "url":
-            payload = {"url": f"data:{MEDIA_TYPES[output_format]};base64,{encoded}"}
-        else:
-            payload = {"b64_json": encoded}
+        # Unset: both fields, as clients differ in which one they read (LangChain url, LibreChat b64_json).
+        payload = {
+            "url": f"data:{MEDIA_TYPES[output_format]};base64,{encoded}" if body.response_format != "b64_json" else None,
+            "b64_json": encoded if body.response_format != "url" else None,
+        }
         data.append(ImageData(**payload, seed=seed, revised_prompt=resolved.prompt))
     return ImagesResponse(
         created=int(time.time()),

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ImageData(BaseModel):
-    b64_json: str | None = Field(None, description="The image, base64-encoded (response_format 'b64_json').")
-    url: str | None = Field(None, description="The image as a data URL (response_format 'url').")
+    b64_json: str | None = Field(None, description="The image, base64-encoded (response_format 'b64_json' or unset).")
+    url: str | None = Field(None, description="The image as a data URL, 'data:image/png;base64,...' (response_format 'url' or unset).")
     revised_prompt: str | None = Field(None, description="The prompt the model received (never rewritten here).")
     seed: int = Field(description="Image Studio extra: the seed of this image; with n=1 it reproduces it.")
 

@@ -166,6 +166,49 @@ def test_data_url_and_model_defaults(http, models_dir):
     assert isinstance(image["seed"], int)
 
 
+def data_url_image(url: str) -> Image.Image:
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix), url[:40]
+    return decode(url[len(prefix):])
+
+
+def test_unset_response_format_answers_url_and_b64_json(client):
+    """OpenAI clients differ in the field they read; with no response_format each image has both."""
+    response = client.images.generate(model="sdxl-turbo", prompt="a fox", size="64x64", extra_body={"seed": 5})
+    (image,) = response.data
+    assert decode(image.b64_json).tobytes() == data_url_image(image.url).tobytes()
+    assert pngmeta.read(base64.b64decode(image.b64_json))["seed"] == 5
+
+
+def test_librechat_reads_b64_json_of_a_body_without_response_format(http):
+    # LibreChat's image tool (api/app/clients/tools/structured/OpenAIImageTools.js) sends this body (its model
+    # is fixed to gpt-image-1 there; a server id here) and reads only data[0].b64_json.
+    body = {"model": "sdxl-turbo", "prompt": "a red fox", "n": 1, "background": "auto", "output_format": "png",
+            "quality": "auto", "size": "64x64"}
+    response = http.post("/v1/images/generations", json=body)
+    assert response.status_code == 200, response.text
+    assert decode(response.json()["data"][0]["b64_json"]).size == (64, 64)
+
+
+def test_langchain_dalle_wrapper_reads_the_data_url(server):
+    from langchain_community.utilities.dalle_image_generator import DallEAPIWrapper
+
+    # run() sends prompt, n, size and model, and returns the images' `url`s joined by newlines.
+    wrapper = DallEAPIWrapper(model="sdxl-turbo", size="64x64", api_key=API_KEY, base_url=f"{server}/v1")
+    assert data_url_image(wrapper.run("a lighthouse")).size == (64, 64)
+
+
+def test_litellm_image_generation(server, monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of the price list at import
+    import litellm
+
+    response = litellm.image_generation(
+        model="openai/sdxl-turbo", prompt="a kite", size="64x64", api_base=f"{server}/v1", api_key=API_KEY,
+    )
+    (image,) = response.data
+    assert data_url_image(image.url).tobytes() == decode(image.b64_json).tobytes()
+
+
 @pytest.mark.parametrize("output_format,pil_format", [("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_jpeg_and_webp(http, output_format, pil_format):
     common = {"model": "sdxl-turbo", "prompt": "a kite", "size": "64x64", "seed": 3, "output_format": output_format}
