@@ -17,15 +17,10 @@ from typing import TypedDict
 
 from studio import families
 from studio.errors import InvalidRequest, UnknownModel, echo
-from studio.schemas import MAX_SEED, GenerationRequest, parse_request, parse_size
+from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, parse_request, parse_size
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 OVERRIDE_FILE = "studio.toml"
-# How much of the input image an edit repaints when the request leaves strength unset: image-to-image
-# keeps its composition (A1111's default denoising strength), inpainting repaints the masked area fully.
-# Every face's default edit strength, by task. Image-to-image keeps a quarter of the input's structure;
-# inpainting repaints the masked area whole (the mask already keeps the rest), as OpenAI's edits do.
-DEFAULT_STRENGTH = {families.IMAGE_TO_IMAGE: 0.75, families.INPAINTING: 1.0}
 BOUNDED_FIELDS = ("width", "height", "steps", "guidance")  # the request fields each model bounds itself
 
 

@@ -14,7 +14,7 @@ from studio import hub, pngmeta
 from studio.catalog import load_catalog
 from studio.config import models_dir_problem
 from studio.errors import InvalidRequest, StudioError
-from studio.schemas import parse_size
+from studio.schemas import allowed_range, parse_size, request_fields, value_type
 from studio.terminal import quiet_libraries
 
 # The output file's suffix picks its format; every format keeps the generation parameters.
@@ -34,14 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     models_dir = os.environ.get("STUDIO_MODELS_DIR") or None  # the server's variable: one `export` serves both
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate images to PNG (or JPEG, WebP) files")
-    gen.add_argument("--model", default=None, help="model id or alias (default: the catalog's default)")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default=None)
+    add_request_flags(gen)
     gen.add_argument("--size", type=_size, default=None, help="WxH, e.g. 1024x768")
-    gen.add_argument("--steps", type=int, default=None)
-    gen.add_argument("--guidance", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--n", type=int, default=1, help="number of images (1..4), one batched call")
     gen.add_argument("--models-dir", default=models_dir, help=MODELS_DIR_HELP)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("-o", "--output", required=True,
@@ -52,6 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("ids", nargs="*", metavar="ID", help="model ids or aliases")
     pull.add_argument("--all", action="store_true", help="every model of the catalog")
     return parser
+
+
+def add_request_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for each ``GenerationRequest`` field that declares one (``Faces.flag``), typed, described and
+    bounded as declared there; unset, the field keeps its default (the model's, for most)."""
+    for name, info, faces in request_fields():
+        if faces.flag is None:
+            continue
+        allowed = allowed_range(name)
+        help_text = info.description + (f" (allowed {allowed})" if allowed else "")
+        kind = value_type(info)
+        if kind is bool:
+            parser.add_argument(faces.flag, dest=name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(faces.flag, dest=name, type=kind, default=None, required=info.is_required(),
+                                metavar=faces.flag.lstrip("-").replace("-", "_").upper(), help=help_text)
+
+
+def request_flags(args) -> dict:
+    """The request fields given on the command line, by name."""
+    return {name: getattr(args, name) for name, _, faces in request_fields()
+            if faces.flag is not None and getattr(args, name) is not None}
 
 
 def output_paths(output: str, count: int) -> list[Path]:
@@ -73,12 +89,7 @@ def generate(args) -> int:
     image_format = output_format(args.output)
     catalog = load_catalog(args.models_dir)
     width, height = args.size or (None, None)
-    spec, request = catalog.parse(
-        dict(
-            prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, width=width, height=height,
-            steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.n,
-        )
-    )
+    spec, request = catalog.parse(dict(request_flags(args), width=width, height=height))
     if not hub.offline() and not _on_disk(spec):
         _pull_one(spec)  # with its progress bar, before torch loads anything
 

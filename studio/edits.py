@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from studio import streaming, uploads
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest
-from studio.openai_api import RESPONSE_FORMAT_DOC, _extra, answer, request_data, require_api_key
+from studio.openai_api import RESPONSE_FORMAT_DOC, answer, request_data, require_api_key, with_extras
 from studio.responses import GENERATION_ERRORS, ImagesResponse
 from studio.schemas import MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, parse_size
 
@@ -55,6 +55,7 @@ def size_or_auto(value: str | None) -> str | None:
     return value.strip().lower()
 
 
+@with_extras("edits")
 class ImageEditRequest(BaseModel):
     """The form fields of ``POST /v1/images/edits`` (the files aside): OpenAI's first, then the extras."""
 
@@ -80,18 +81,13 @@ class ImageEditRequest(BaseModel):
     user: str | None = Field(None, description="Accepted for compatibility; not stored.")
     safety_identifier: str | None = Field(None, description="Accepted for compatibility; not stored.")
 
-    # -- Image Studio extras (the SDK sends them through extra_body) ----------------------------
-    strength: float | None = _extra(
-        "strength", "How much of the input is repainted (default 0.75 without a mask, 1.0 with one)."
-    )
-    steps: int | None = _extra("steps", "Denoising steps of the full schedule; an edit runs steps x strength of them.")
-    guidance: float | None = _extra("guidance", "Classifier-free guidance scale; the model's default when unset.")
-    seed: int | None = _extra("seed", "Seed of the first image; image i uses seed + i. Random when unset.")
-    negative_prompt: str | None = Field(None, description="What to avoid (models whose `negative_prompt` is true).")
+    # -- Image Studio extras (the SDK sends them through extra_body): added by with_extras, from
+    #    GenerationRequest (studio/schemas.py)
 
     _size = field_validator("size")(size_or_auto)
 
 
+@with_extras("variations")
 class ImageVariationRequest(BaseModel):
     """The form fields of ``POST /v1/images/variations`` (the image aside): OpenAI's first, then the extras."""
 
@@ -105,17 +101,11 @@ class ImageVariationRequest(BaseModel):
     )
     response_format: Literal["url", "b64_json"] | None = Field(None, description=RESPONSE_FORMAT_DOC)
     user: str | None = Field(None, description="Accepted for compatibility; not stored.")
-
-    # -- Image Studio extras (the SDK sends them through extra_body) ----------------------------
-    strength: float | None = _extra(
-        "strength", f"How much of the input is repainted (default {VARIATION_STRENGTH}: its composition stays)."
-    )
-    steps: int | None = _extra("steps", "Denoising steps of the full schedule; a variation runs steps x strength.")
-    guidance: float | None = _extra("guidance", "Classifier-free guidance scale; the model's default when unset.")
-    seed: int | None = _extra("seed", "Seed of the first image; image i uses seed + i. Random when unset.")
-    negative_prompt: str | None = Field(None, description="What to avoid (models whose `negative_prompt` is true).")
     output_format: Literal["png", "jpeg", "webp"] | None = Field(None, description="'png' (default), 'jpeg' or 'webp'.")
     output_compression: int | None = Field(None, ge=0, le=100, description="Quality 0..100 of jpeg and webp output.")
+
+    # -- Image Studio extras (the SDK sends them through extra_body): added by with_extras, from
+    #    GenerationRequest (studio/schemas.py); an unset strength is VARIATION_STRENGTH here
 
     # What request_data and answer read of every Images body: a variation has no prompt and never streams.
     prompt: ClassVar[str] = ""
@@ -231,11 +221,12 @@ async def create_image_edit(request: Request):
     response_model_exclude_none=True,
     responses=GENERATION_ERRORS,
     summary="Variations of an image: image-to-image with no prompt (OpenAI Images API)",
+    description="Redraw an input image's details, keeping its composition, on a model that can edit. An unset "
+    f"`strength` is {VARIATION_STRENGTH:g} here. Closing the connection cancels the job.",
     openapi_extra=form_schema(ImageVariationRequest, {"image": IMAGE_FILE}),
 )
 async def create_image_variation(request: Request):
-    """Redraw an input image's details, keeping its composition, on a model that can edit.
-    Closing the connection cancels the job."""
+    """Image-to-image with no prompt, at ``VARIATION_STRENGTH`` unless told (the route's description says more)."""
     state = request.app.state
     body, image, _ = await read_form(request, ImageVariationRequest, VARIATION_FILES)
     spec, resolved = resolve_edit(state.catalog, body, image, default_strength=VARIATION_STRENGTH)

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,7 +37,7 @@ from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, S
 from studio.history import History, owner_dir
 from studio.responses import GENERATION_ERRORS, READ_ERRORS, ImageData, ImagesResponse, ModelList, ModelObject
 from studio.schemas import (MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, GenerationRequest, JobResult, allowed_range,
-                            parse_size)
+                            field_bounds, parse_size, request_fields)
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +53,33 @@ RESPONSE_FORMAT_DOC = (
 )
 
 
-def field_bounds(model: type[BaseModel], name: str) -> tuple[float, float] | None:
-    """The ``ge``/``le`` bounds of a pydantic field, when it has both."""
-    info = model.model_fields.get(name)
-    if info is None:
-        return None
-    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
-    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
-    return None if low is None or high is None else (low, high)
+def with_extras(route: str):
+    """A class decorator: the OpenAI request model ``cls`` with Image Studio's extras for ``route`` after its own
+    fields: each ``GenerationRequest`` field declared for the route (``Faces.routes``), its type and description.
+    Unset is the model's default; the bounds are checked once, in ``GenerationRequest``, and shown here."""
+
+    def add(cls: type[BaseModel]) -> type[BaseModel]:
+        extras = {
+            name: (info.annotation | None, extra_field(name, info))
+            for name, info, faces in request_fields() if route in faces.routes
+        }
+        return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **extras)
+
+    return add
 
 
-def _extra(name: str, description: str) -> Any:
-    """An extras field whose limits live in ``GenerationRequest``: checked there (once), shown here in the docs."""
-    bounds = field_bounds(GenerationRequest, name)
+def extra_field(name: str, info) -> Any:
+    bounds = field_bounds(name)
     if bounds is None:
-        return Field(None, description=description)
-    description = f"{description} Allowed {allowed_range(name)}; the model may allow less (see GET /v1/models)."
+        return Field(None, description=info.description)
+    description = f"{info.description} Allowed {allowed_range(name)}; the model may allow less (see GET /v1/models)."
     return Field(None, description=description, json_schema_extra={"minimum": bounds[0], "maximum": bounds[1]})
 
 
 # ---------------------------------------------------------------- request and response models
 
 
+@with_extras("generations")
 class ImageGenerationRequest(BaseModel):
     """``POST /v1/images/generations``: the OpenAI fields first, then Image Studio's extras."""
 
@@ -127,16 +132,8 @@ class ImageGenerationRequest(BaseModel):
     user: str | None = Field(None, description="Accepted for compatibility; not stored.")
     safety_identifier: str | None = Field(None, description="Accepted for compatibility; not stored.")
 
-    # -- Image Studio extras (not in the OpenAI API; the SDK sends them through extra_body) ----
-    width: int | None = _extra("width", "Image width in pixels; an alternative to `size`.")
-    height: int | None = _extra("height", "Image height in pixels; an alternative to `size`.")
-    steps: int | None = _extra("steps", "Denoising steps; the model's default when unset.")
-    guidance: float | None = _extra("guidance", "Classifier-free guidance scale; the model's default when unset.")
-    negative_prompt: str | None = Field(
-        None, description="What to avoid; only for models whose `negative_prompt` capability is true."
-    )
-    seed: int | None = _extra("seed", "Seed of the first image; image i uses seed + i. Random when unset.")
-    num_images: int | None = Field(None, ge=1, le=MAX_IMAGES, description="Alias of `n`.")
+    # -- Image Studio extras (not in the OpenAI API; the SDK sends them through extra_body): added by
+    #    with_extras, from GenerationRequest (studio/schemas.py)
 
     @field_validator("size")
     @classmethod
@@ -207,9 +204,9 @@ def invalid_from_validation(exc: RequestValidationError) -> InvalidRequest:
         field_name, message = None, "the body is not valid JSON"
     elif kind == "missing" and not field_name:
         message = "a JSON body is required"
-    bounds = field_bounds(ImageGenerationRequest, field_name or "")
-    if bounds and kind not in ("extra_forbidden", "missing"):
-        message = f"{message} (allowed {bounds[0]}..{bounds[1]})"
+    allowed = allowed_range(field_name or "", ImageGenerationRequest)
+    if allowed and kind not in ("extra_forbidden", "missing"):
+        message = f"{message} (allowed {allowed})"
     return InvalidRequest(f"{field_name or 'body'}: {message}", field=field_name)
 
 
@@ -238,20 +235,23 @@ async def require_api_key(
 
 
 def request_data(body, *, width: int | None, height: int | None, num_images: int, **inputs) -> dict:
-    """An Images body (generations or edits) as the plain data of ONE ``GenerationRequest``.
+    """An Images body (generations, edits or variations) as the plain data of ONE ``GenerationRequest``.
 
-    The fields both routes read alike come from ``body``; the caller settles the ones its route
-    reads its own way: the size, the count, and for an edit its ``inputs`` (image, mask, strength).
+    Its extras are ``GenerationRequest``'s own fields, read by name (an empty form value is unset); the
+    caller settles what its route reads its own way: the size, the count, and for an edit its ``inputs``
+    (image, mask, strength).
     """
+    data = {}
+    for name, info, _ in request_fields():
+        if name in type(body).model_fields:
+            value = getattr(body, name)
+            data[name] = info.default if value is None or value == "" else value
     return dict(
+        data,
         prompt=body.prompt,
-        negative_prompt=body.negative_prompt or None,
         model=body.model,
         width=width,
         height=height,
-        steps=body.steps,
-        guidance=body.guidance,
-        seed=body.seed,
         num_images=num_images,
         previews=(body.partial_images or 0) if body.stream else 0,
         **inputs,

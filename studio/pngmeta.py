@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, PngImagePlugin
 
-from studio.schemas import GenerationRequest
+from studio.schemas import GenerationRequest, request_fields
 
 A1111_KEY = "parameters"
 JSON_KEY = "studio"
@@ -23,20 +23,22 @@ USER_COMMENT_UNICODE = b"UNICODE\0"  # EXIF's character-code prefix for UTF-16 t
 
 
 def parameters_text(request: GenerationRequest, seed: int, label: str) -> str:
-    """The A1111 ``parameters`` text: prompt, negative prompt line, then ``key: value`` pairs."""
+    """The A1111 ``parameters`` text: prompt, negative prompt line, then ``key: value`` pairs: each request
+    field that declares its A1111 key (``Faces.a1111``), in declaration order, then the model and the task."""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    pairs = [
-        ("Steps", request.steps),
-        ("CFG scale", f"{request.guidance:g}"),
-        ("Seed", seed),
-        ("Size", f"{request.width}x{request.height}"),
-        *([("Denoising strength", f"{request.strength:g}"), ("Task", request.task)] if request.image else []),
-        ("Model", label),
-        ("Model id", request.model),
-        ("Version", "Image Studio"),
-    ]
+    pairs = []
+    for name, _, faces in request_fields():
+        value = seed if name == "seed" else getattr(request, name)  # this image's own seed
+        if faces.a1111 is None or value is None:
+            continue
+        if name == "width":
+            value = f"{request.width}x{request.height}"  # A1111's one "Size"
+        pairs.append((faces.a1111, f"{value:g}" if isinstance(value, float) else value))
+    if request.image:
+        pairs.append(("Task", request.task))
+    pairs += [("Model", label), ("Model id", request.model), ("Version", "Image Studio")]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
 

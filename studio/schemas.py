@@ -10,8 +10,10 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Annotated, Iterator, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from studio.errors import InvalidRequest, echo
@@ -20,29 +22,75 @@ MAX_SEED = 2**32 - 1  # what A1111-style tools and most UIs accept
 MAX_IMAGES = 4
 MAX_PREVIEWS = 8  # partial images per job: enough to watch it form, few enough to cost nothing
 TASKS = ("text-to-image", "image-to-image", "inpainting")
+# Every face's default edit strength, by task. Image-to-image keeps a quarter of the input's structure
+# (A1111's default denoising strength); inpainting repaints the masked area whole (the mask already keeps
+# the rest), as OpenAI's edits do.
+DEFAULT_STRENGTH = {"image-to-image": 0.75, "inpainting": 1.0}
 SIZE_PATTERN = re.compile(r"[0-9]{1,5}x[0-9]{1,5}")  # ASCII digits only: "٦٤x٦٤" is no size
 SIZE_SHAPE = "'WIDTHxHEIGHT' (e.g. '1024x1024', no spaces)"
 
+# The REST routes whose request models carry a field as an Image Studio extra (studio.openai_api).
+ALL_ROUTES = ("generations", "edits", "variations")
+EDIT_ROUTES = ("edits", "variations")
+
+
+@dataclass(frozen=True)
+class Faces:
+    """How the faces show one ``GenerationRequest`` field, next to its type, bounds and description.
+
+    Each face reads this by field name, so a new field is declared once: the REST request models add it
+    to their extras (``routes``), the CLI makes its flag, the images' A1111 text writes it, the UI labels it.
+    """
+
+    label: str  # the UI's label
+    routes: tuple[str, ...] = ALL_ROUTES  # REST routes with it as an extra; () where OpenAI names it (prompt, model)
+    flag: str | None = None  # its flag of `python -m studio generate`
+    a1111: str | None = None  # its key in the images' A1111 parameters text; None: not written there
+
 
 class GenerationRequest(BaseModel):
-    """One text-to-image job. ``None`` means "the model's default"."""
+    """One text-to-image job. ``None`` means "the model's default".
+
+    Every request field is declared here once: its type, bounds and description, and in ``Faces`` how the
+    faces show it. A new field is declared here and used in the family adapters; the rest follows.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    prompt: str = Field(
+    prompt: Annotated[str, Faces("Prompt", routes=(), flag="--prompt")] = Field(
         max_length=10000, description="What to draw; empty only for image-to-image (a variation of the input)."
     )
-    negative_prompt: str | None = Field(None, max_length=10000, description="What to avoid (models that support it).")
-    model: str | None = Field(None, description="Model id or alias; the catalog's default when unset.")
-    width: int | None = Field(None, ge=16, le=4096, description="Image width in pixels.")
-    height: int | None = Field(None, ge=16, le=4096, description="Image height in pixels.")
-    steps: int | None = Field(None, ge=1, le=150, description="Denoising steps.")
-    guidance: float | None = Field(None, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i.")
-    num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="Images generated in one batched call.")
+    negative_prompt: Annotated[str | None, Faces("Negative prompt", flag="--negative-prompt")] = Field(
+        None, max_length=10000, description="What to avoid; only for models whose `negative_prompt` capability is true."
+    )
+    model: Annotated[str | None, Faces("Model", routes=(), flag="--model")] = Field(
+        None, description="Model id or alias; the catalog's default when unset."
+    )
+    steps: Annotated[int | None, Faces("Steps", flag="--steps", a1111="Steps")] = Field(
+        None, ge=1, le=150,
+        description="Denoising steps; the model's default when unset. An edit runs steps x strength of them.",
+    )
+    guidance: Annotated[float | None, Faces("Guidance", flag="--guidance", a1111="CFG scale")] = Field(
+        None, ge=0.0, le=30.0, description="Classifier-free guidance scale; the model's default when unset."
+    )
+    seed: Annotated[int | None, Faces("Seed", flag="--seed", a1111="Seed")] = Field(
+        None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i. Random when unset."
+    )
+    # The size and the count: REST's OpenAI fields are `size` and `n`, the CLI's `--size` and `--n`.
+    width: Annotated[int | None, Faces("Width", routes=("generations",), a1111="Size")] = Field(
+        None, ge=16, le=4096, description="Image width in pixels; an alternative to `size`."
+    )
+    height: Annotated[int | None, Faces("Height", routes=("generations",))] = Field(
+        None, ge=16, le=4096, description="Image height in pixels; an alternative to `size`."
+    )
+    num_images: Annotated[int, Faces("Images", routes=("generations",), flag="--n")] = Field(
+        1, ge=1, le=MAX_IMAGES, description="Images generated in one batched call; an alias of `n`."
+    )
     # -- edits: an input image makes it image-to-image, a mask too makes it inpainting
-    strength: float | None = Field(
-        None, ge=0.0, le=1.0, description="How much of the input image is repainted (edits only); 1 = all of it."
+    strength: Annotated[float | None, Faces("Strength", routes=EDIT_ROUTES, a1111="Denoising strength")] = Field(
+        None, ge=0.0, le=1.0,
+        description="How much of the input image is repainted (edits only; 1 = all of it); unset: "
+        f"{DEFAULT_STRENGTH['image-to-image']:g} without a mask, {DEFAULT_STRENGTH['inpainting']:g} with one.",
     )
     image: bytes | None = Field(None, exclude=True, repr=False, description="The input image file (edits only).")
     mask: bytes | None = Field(
@@ -115,16 +163,42 @@ def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"{field_name}: {message}", field=field_name)
 
 
-def allowed_range(field_name: str) -> str | None:
-    """``"1..4"`` for a field bounded by ``ge``/``le`` in ``GenerationRequest``, else None."""
-    info = GenerationRequest.model_fields.get(field_name)
+def allowed_range(field_name: str, model: type[BaseModel] = GenerationRequest) -> str | None:
+    """``"1..4"`` for a field of ``model`` bounded by ``ge``/``le``, else None."""
+    bounds = field_bounds(field_name, model)
+    if bounds is None:
+        return None
+    low, high = bounds
+    return f"{low:g}..{high:g}" if isinstance(low, float) else f"{low}..{high}"
+
+
+def field_bounds(field_name: str, model: type[BaseModel] = GenerationRequest) -> tuple[float, float] | None:
+    """The ``ge``/``le`` bounds of a field of ``model``, when it has both (the one reader of bounds)."""
+    info = model.model_fields.get(field_name)
     if info is None:
         return None
     low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
     high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
-    if low is None or high is None:
-        return None
-    return f"{low:g}..{high:g}" if isinstance(low, float) else f"{low}..{high}"
+    return None if low is None or high is None else (low, high)
+
+
+def request_fields() -> Iterator[tuple[str, FieldInfo, Faces]]:
+    """``(name, field, faces)`` of each ``GenerationRequest`` field a face shows, in declaration order."""
+    for name, info in GenerationRequest.model_fields.items():
+        faces = next((m for m in info.metadata if isinstance(m, Faces)), None)
+        if faces is not None:
+            yield name, info, faces
+
+
+def faces(field_name: str) -> Faces:
+    """How the faces show ``field_name`` (a ``KeyError`` for a field no face shows)."""
+    return {name: found for name, _, found in request_fields()}[field_name]
+
+
+def value_type(info: FieldInfo) -> type:
+    """The plain type of a field: ``int`` for ``int | None``."""
+    kinds = [kind for kind in get_args(info.annotation) if kind is not type(None)] or [info.annotation]
+    return kinds[0]
 
 
 @dataclass
