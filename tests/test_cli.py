@@ -75,3 +75,21 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
     assert run.stderr.startswith(f"error: {message}")
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_flags_are_the_request_fields_that_declare_one():
+    """Each flag comes from GenerationRequest's declaration: its dest, type, required-ness and bounds."""
+    from studio.schemas import request_fields
+
+    generate = cli.build_parser()._subparsers._group_actions[0].choices["generate"]
+    actions = {action.dest: action for action in generate._actions}
+    declared = {name: faces.flag for name, _, faces in request_fields() if faces.flag}
+    assert declared == {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "model": "--model",
+                        "steps": "--steps", "guidance": "--guidance", "seed": "--seed", "num_images": "--n"}
+    for name, flag in declared.items():
+        assert actions[name].option_strings == [flag]
+    assert actions["prompt"].required and not actions["steps"].required
+    assert (actions["steps"].type, actions["guidance"].type) == (int, float)
+    assert "allowed 1..150" in actions["steps"].help and "allowed 1..4" in actions["num_images"].help
+    args = cli.build_parser().parse_args(["generate", "--prompt", "a fox", "--steps", "3", "-o", "x.png"])
+    assert cli.request_flags(args) == {"prompt": "a fox", "steps": 3}  # unset flags keep the field's default

@@ -152,6 +152,26 @@ def test_both_routes_read_their_shared_fields_into_the_same_request_data():
     assert generation_data(ImageGenerationRequest(**shared | {"stream": False}))["previews"] == 0
 
 
+def test_the_extras_of_each_route_are_the_request_fields_declared_for_it():
+    """The REST models' extras come from GenerationRequest: its routes, types and descriptions, bounds in the docs
+    (checked once, in GenerationRequest), after OpenAI's own fields."""
+    from studio.edits import ImageVariationRequest
+    from studio.schemas import GenerationRequest, request_fields
+
+    for model, route in ((ImageGenerationRequest, "generations"), (ImageEditRequest, "edits"),
+                         (ImageVariationRequest, "variations")):
+        extras = [name for name, _, faces in request_fields() if route in faces.routes]
+        assert list(model.model_fields)[-len(extras):] == extras, route
+        properties = model.model_json_schema()["properties"]
+        for name in extras:
+            assert properties[name]["description"].startswith(GenerationRequest.model_fields[name].description)
+            assert model.model_fields[name].default is None  # unset: the model's default
+    assert set(extras) == {"negative_prompt", "steps", "guidance", "seed", "strength"}
+    steps = ImageEditRequest.model_json_schema()["properties"]["steps"]
+    assert (steps["minimum"], steps["maximum"]) == (1, 150)
+    assert "strength" not in ImageGenerationRequest.model_fields  # an edit's field only
+
+
 def text_file() -> tuple:
     return ("notes.txt", b"not an image at all", "text/plain")
 
