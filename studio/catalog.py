@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from studio import families
+from studio import families, memory
 from studio.errors import InvalidRequest, UnknownModel, echo
 from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, parse_request, parse_size
 
@@ -73,7 +73,14 @@ class RecommendedListing(TypedDict):
 
 class MemoryListing(TypedDict):
     published: float | None  # GB, where the authors publish one
-    studio: float  # GB, the studio's own count
+    studio: float  # GB of device memory to run whole (the full plan) at the default size
+    weights: float  # GB of weights in the CUDA dtype (bf16/fp16), all components
+    components: dict[str, float]  # GB per component (denoiser, text encoders, VAE)
+    source: str  # where the sizes come from: "files on disk", "hub file sizes" or "catalog estimate"
+    plans: dict[str, float]  # GB of device memory each memory plan needs at the default size
+    smallest_plan: str  # the plan that needs least device memory (studio/memory.py)
+    smallest: float  # GB that plan needs
+    plan: str | None  # the plan the catalog fixes for this model; None: --memory-plan decides
 
 
 class ModelListing(TypedDict):
@@ -112,7 +119,7 @@ class ModelSpec:
     negative_prompt: bool
     cfg: bool
     compel: bool
-    vram_gb: float
+    weights_gb: tuple[tuple[str, float], ...]  # the catalog's GB per component; the files' own sizes replace it
     defaults: Defaults
     limits: Limits
     card: Card
@@ -126,6 +133,7 @@ class ModelSpec:
     # What the local folder is when its studio.toml changed the defaults or limits ("a tiny test build"):
     # the cards then say that the limits come from it, not from the published model.
     build: str | None = None
+    memory_plan: str | None = None  # a plan this model always uses (studio/memory.py); None: --memory-plan
 
     @property
     def source(self) -> str:
@@ -174,14 +182,35 @@ class ModelSpec:
         card, d = self.card, self.defaults
         return dict(steps=card.steps or d.steps, guidance=d.guidance if card.guidance is None else card.guidance)
 
-    def listing(self) -> ModelListing:
-        """What both APIs' model listings say about this model (``/v1/models`` and the Gradio ``/models``)."""
+    def catalog_weights(self) -> memory.Weights:
+        """The catalog's component sizes, until the files' own are known (``studio.weights.measure``)."""
+        return memory.Weights(tuple((name, int(size * memory.GB)) for name, size in self.weights_gb), "catalog estimate")
+
+    def memory(self, weights: memory.Weights | None = None) -> MemoryListing:
+        """The memory need in GB: the weights per component and each plan's device need at the default size."""
+        weights = weights or self.catalog_weights()
+        d = self.defaults
+
+        def gb(size: int) -> float:
+            return round(size / memory.GB, 1)
+
+        plans = {plan.value: gb(memory.need(plan, weights, d.width, d.height).device) for plan in memory.PLANS}
+        smallest = memory.PLANS[-1].value
+        return dict(
+            published=self.card.memory_gb, studio=plans[memory.Plan.FULL], weights=gb(weights.total),
+            components={name: gb(size) for name, size in weights.components}, source=weights.source,
+            plans=plans, smallest_plan=smallest, smallest=plans[smallest], plan=self.memory_plan,
+        )
+
+    def listing(self, weights: memory.Weights | None = None) -> ModelListing:
+        """What both APIs' model listings say about this model (``/v1/models`` and the Gradio ``/models``);
+        ``weights``: the files' own sizes where known (else the catalog's)."""
         lim, card = self.limits, self.card
         return dict(
             id=self.id, label=self.label, family=self.family, repo=self.repo, aliases=list(self.aliases),
             rank=card.rank, stars=card.stars, group=card.group, strengths=card.strengths, best_for=card.best_for,
             recommended=dict(text=card.recommended, **self.recommended()),
-            memory_gb=dict(published=card.memory_gb, studio=self.vram_gb),
+            memory_gb=self.memory(weights),
             negative_prompt=self.negative_prompt, cfg=self.cfg, tasks=list(self.tasks),
             defaults=self.defaults.as_dict(),
             limits=dict(
@@ -370,6 +399,7 @@ def _spec_from_table(model_id: str, table: dict, local_dir: Path | None) -> Mode
         limits=Limits(**limits),
         card=Card(**table.pop("card")),
         aliases=tuple(table.pop("aliases", ())),
+        weights_gb=tuple(table.pop("weights_gb").items()),
         local_dir=local_dir,
         **table,
     )
@@ -405,6 +435,8 @@ def load_catalog(models_dir: str | Path | None = None, path: Path | None = None)
             aliases[alias.lower()] = model_id
     groups = tuple(data["groups"])
     for spec in models.values():
+        if spec.memory_plan is not None and spec.memory_plan not in memory.CHOICES:
+            raise ValueError(f"{spec.id}: memory_plan {spec.memory_plan!r} is not one of {memory.CHOICES}")
         if spec.card.group not in groups:
             raise ValueError(f"{spec.id}: group {spec.card.group!r} is not one of {groups}")
     ranked = dict(sorted(models.items(), key=lambda item: item[1].card.rank))

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from studio import hub, pngmeta
+from studio import hub, memory, pngmeta, weights
 from studio.catalog import load_catalog
 from studio.config import models_dir_problem
 from studio.errors import InvalidRequest, StudioError
@@ -117,11 +117,12 @@ def list_models(args) -> int:
     specs = list(catalog)
     with ThreadPoolExecutor(max_workers=8) as pool:  # one hub listing per repo: ask for them together
         disk = list(pool.map(hub.disk_status, specs))
-    for spec, (state, _) in zip(specs, disk):
+    for spec, (state, _, plan) in zip(specs, disk):
         aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
         d = spec.defaults
-        print(f"{spec.id:<16} {spec.label}{aliases}: {spec.source}, {d.width}x{d.height}, {d.steps} steps; {state}")
-    problems = {problem for _, problem in disk if problem}
+        print(f"{spec.id:<16} {spec.label}{aliases}: {spec.source}, {d.width}x{d.height}, {d.steps} steps; "
+              f"{memory.describe(spec.memory(weights.measure(spec, plan)))}; {state}")
+    problems = {problem for _, problem, _ in disk if problem}
     for problem in sorted(problems):
         print(f"note: {problem}", file=sys.stderr)
     return 0

@@ -23,11 +23,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from studio import hub
+from studio import hub, weights
 from studio.backend import Backend, BackendStatus, Observer
 from studio.catalog import Catalog, ModelSpec
 from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, QueueFull, StudioError
 from studio.jobs import Job
+from studio.memory import Weights
 from studio.schemas import GenerationRequest, JobResult, JobStage, Progress
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class DownloadGate:
         self._errors: dict[str, str] = {}  # model -> the last download or load failure, until it works
         self._observers: list[Observer] = []
         self._disk: dict[str, dict] = {}  # model -> on disk / download size, from the start-up survey
+        self._weights: dict[str, Weights] = {}  # model -> its component sizes, from its files where known
         backend.add_observer(self._remember_outcome)
 
     # -- the Backend protocol -------------------------------------------------------
@@ -161,6 +163,17 @@ class DownloadGate:
         on_disk = self._on_disk(self.catalog.get(model_id))  # before the survey: what the cache alone says
         return {"on_disk": on_disk, "download_bytes": 0 if on_disk else None}
 
+    def weights(self, model_id: str) -> Weights:
+        """The model's weight bytes per component: from its files (the survey's hub listing, the disk after a
+        download), else the catalog's estimate."""
+        with self._lock:
+            known = self._weights.get(model_id)
+        if known is None:
+            known = weights.measure(self.catalog.get(model_id))
+            with self._lock:
+                self._weights[model_id] = known
+        return known
+
     def models_on_disk(self) -> list[str]:
         """Ids of the models that load without a download, as ``disk_status`` says (the start-up banner's list)."""
         return [spec.id for spec in self.catalog if self.disk_status(spec.id)["on_disk"]]
@@ -184,6 +197,7 @@ class DownloadGate:
                 unknown.append(spec.id)
             with self._lock:
                 self._disk[spec.id] = entry
+                self._weights[spec.id] = weights.measure(spec, plan)
         if to_fetch:
             log.info("models that download on first use (or `python -m studio pull ID`): %s", ", ".join(to_fetch))
         if unknown:
@@ -237,6 +251,7 @@ class DownloadGate:
         with self._lock:
             self._complete.add(spec.id)
             self._disk[spec.id] = {"on_disk": True, "download_bytes": 0}
+            self._weights.pop(spec.id, None)  # measured again from the files now on disk
             self._errors.pop(spec.id, None)
         for job in self._release(download):
             self._hand_over(job)

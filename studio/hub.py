@@ -452,13 +452,14 @@ def _bytes_on_disk(plan: ModelPlan, cache: Path) -> int:
     return done
 
 
-def disk_status(spec: ModelSpec) -> tuple[str, str | None]:
-    """``("not on disk, download 6.9 GB", None)`` and the like, plus why the hub could not tell, if so.
+def disk_status(spec: ModelSpec) -> tuple[str, str | None, ModelPlan | None]:
+    """``("not on disk, download 6.9 GB", None, plan)`` and the like: why the hub could not tell, if so, and
+    the plan when there is one (its file sizes are the model's before a download).
 
     Asks the hub for the listing (unless offline) and falls back to the listing cached by an
     earlier download."""
     if spec.local_dir is not None:
-        return "on disk (models folder)", None
+        return "on disk (models folder)", None, None
     problem = None
     try:
         plan = plan_model(spec)
@@ -467,8 +468,16 @@ def disk_status(spec: ModelSpec) -> tuple[str, str | None]:
         try:
             plan = plan_model(spec, online=False)
         except StudioError:
-            return "not on disk, download size unknown", problem
-    return describe_plan(plan), problem
+            return "not on disk, download size unknown", problem, None
+    return describe_plan(plan), problem, plan
+
+
+def snapshot_paths(plan: ModelPlan, cache: Path | None = None) -> list[Path]:
+    """The plan's safetensors files in the cache, where a download put them."""
+    return [
+        _storage(repo.load.repo, cache) / "snapshots" / repo.commit / path
+        for repo in plan.repos for path in _cached_sizes(repo, cache) if path.endswith(".safetensors")
+    ]
 
 
 def describe_plan(plan: ModelPlan, cache: Path | None = None) -> str:

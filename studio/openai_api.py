@@ -365,10 +365,11 @@ async def answer(job, kind: str, body, request: Request) -> Response:
     return await run_in_threadpool(build_response, body, result)
 
 
-def model_object(spec: ModelSpec, created: int, disk: dict | None = None) -> ModelObject:
-    """``disk``: ``{"on_disk", "download_bytes"}`` from the download phase (``DownloadGate.disk_status``)."""
-    return ModelObject(created=created, owned_by=spec.repo.split("/")[0], max_n=MAX_IMAGES, **spec.listing(),
-                       **(disk or {}))
+def model_object(spec: ModelSpec, created: int, disk: dict | None = None, sizes=None) -> ModelObject:
+    """``disk``: ``{"on_disk", "download_bytes"}`` from the download phase (``DownloadGate.disk_status``);
+    ``sizes``: the model's measured ``memory.Weights`` (``DownloadGate.weights``; None: the catalog's)."""
+    return ModelObject(created=created, owned_by=spec.repo.split("/")[0], max_n=MAX_IMAGES,
+                       **spec.listing(sizes), **(disk or {}))
 
 
 # ---------------------------------------------------------------- routes
@@ -401,19 +402,26 @@ def save_images(folder, result: JobResult) -> None:
 async def list_models(request: Request) -> ModelList:
     """Every catalog model, with its capabilities: sizes, defaults, negative prompt, guidance, max n."""
     state = request.app.state
-    return ModelList(data=[model_object(spec, state.started_at, disk_status(state, spec)) for spec in state.catalog])
+    return ModelList(data=[model_object(spec, state.started_at, disk_status(state, spec), measured(state, spec))
+                           for spec in state.catalog])
 
 
 @router.get("/models/{model}", response_model=ModelObject, responses=READ_ERRORS, summary="Retrieve a model")
 async def retrieve_model(model: str, request: Request) -> ModelObject:
     state = request.app.state
     spec = state.catalog.get(model)
-    return model_object(spec, state.started_at, disk_status(state, spec))
+    return model_object(spec, state.started_at, disk_status(state, spec), measured(state, spec))
 
 
 def disk_status(state, spec: ModelSpec) -> dict | None:
     status = getattr(state.backend, "disk_status", None)  # the download phase knows; a bare backend does not
     return status(spec.id) if status else None
+
+
+def measured(state, spec: ModelSpec):
+    """The model's component sizes from its files, where the download phase knows them."""
+    sizes = getattr(state.backend, "weights", None)
+    return sizes(spec.id) if sizes else None
 
 
 def app_routes(app) -> list:

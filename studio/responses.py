@@ -63,7 +63,12 @@ class ModelObject(BaseModel):
     recommended: dict = Field(
         description="The published recommendation in words (text) and the steps and guidance it stands for."
     )
-    memory_gb: dict = Field(description="Memory need: the published figure (null if none) and the studio's own.")
+    memory_gb: dict = Field(
+        description="Memory in GB: published (null if none); weights (bf16/fp16, all components) and components, "
+        "from the model's files where known (source says: files on disk, hub file sizes or catalog estimate); "
+        "plans: the device memory each memory plan needs at the default size; studio: the full plan's; "
+        "smallest_plan and smallest: the least; plan: the plan the catalog fixes for it (null: --memory-plan)."
+    )
     negative_prompt: bool = Field(description="Whether `negative_prompt` is supported.")
     tasks: list[str] = Field(
         description="'text-to-image' (POST /v1/images/generations), and where the model can edit, 'image-to-image' "

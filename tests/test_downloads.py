@@ -104,6 +104,12 @@ def test_models_say_what_is_on_disk_and_what_downloads(studio, http):
     assert 1_000_000 < models["sdxl-turbo"]["download_bytes"] < turbo_size
     assert models["flux-schnell"]["on_disk"] is False and models["flux-schnell"]["download_bytes"] is None
     assert studio[2].state.backend.models_on_disk() == [m for m in models if models[m]["on_disk"]]  # the banner's
+    # Memory from the files' own sizes: on disk, the hub's listing before a download, else the catalog's estimate.
+    memory = {model_id: m["memory_gb"] for model_id, m in models.items()}
+    assert memory["pixart-sigma"]["source"] == "files on disk" and memory["pixart-sigma"]["weights"] < 0.1
+    assert memory["sdxl-turbo"]["source"] == "hub file sizes" and memory["sdxl-turbo"]["weights"] < 0.1
+    assert memory["flux-schnell"]["source"] == "catalog estimate" and memory["flux-schnell"]["weights"] == 33.7
+    assert memory["flux-schnell"]["smallest"] < memory["flux-schnell"]["plans"]["fp8"] < memory["flux-schnell"]["studio"]
     listing = Client(studio[0] + "/", verbose=False).predict(api_name="/models")  # the Gradio API says the same
     assert {m["id"]: (m["on_disk"], m["download_bytes"]) for m in listing} == {
         model_id: (m["on_disk"], m["download_bytes"]) for model_id, m in models.items()

@@ -100,6 +100,9 @@ def test_pull_shows_progress_and_models_tells_what_is_on_disk(hubserver, tmp_pat
     lines = {line.split()[0]: line for line in listing.stdout.splitlines()}
     assert lines["sdxl-turbo"].endswith("on disk, 1.5 MB")
     assert "not on disk, download" in lines["pixart-sigma"]
+    # The sizes are the files' own: on disk after the pull, the hub's listing before one, else the catalog's.
+    assert "(files on disk)" in lines["sdxl-turbo"] and "weights 0 GB bf16" in lines["sdxl-turbo"]
+    assert "(hub file sizes)" in lines["pixart-sigma"] and "(catalog estimate)" in lines["flux-dev"]
     assert "does not exist on the hub" in listing.stderr  # the models this hub lacks say why they have no size
 
     fetched = len(hubserver.downloads())

@@ -108,7 +108,7 @@ class ApiHandlers:
 
     def api_models(self) -> list[dict]:
         """The catalog in rank order: each model's ranking, recommendation, capabilities, defaults and limits."""
-        return [spec.listing() | self.disk(spec) for spec in self.catalog]
+        return [spec.listing(self.sizes(spec)) | self.disk(spec) for spec in self.catalog]
 
     def api_status(self) -> dict:
         """The slots (device, model, busy) and how many jobs wait in the queue."""

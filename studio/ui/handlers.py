@@ -419,12 +419,18 @@ class Studio(ApiHandlers):
 
     def on_models_select(self) -> list[str]:
         """The Models tab's cards, redrawn with what is on disk now (in the order the tab lists them)."""
-        return [card_html(spec, disk=self.disk(spec)) for _, specs in self.catalog.grouped() for spec in specs]
+        return [card_html(spec, disk=self.disk(spec), sizes=self.sizes(spec))
+                for _, specs in self.catalog.grouped() for spec in specs]
 
     def disk(self, spec: ModelSpec) -> dict:
         """``{"on_disk", "download_bytes"}`` from the download phase in front of the backend, if there is one."""
         status = getattr(self.backend, "disk_status", None)
         return status(spec.id) if status else {}
+
+    def sizes(self, spec: ModelSpec):
+        """The model's component sizes from its files, where the download phase knows them (else None)."""
+        sizes = getattr(self.backend, "weights", None)
+        return sizes(spec.id) if sizes else None
 
     def _resolve_or_error(self, *values, **edit):
         try:

@@ -169,7 +169,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                     with gr.Row(elem_classes="model-grid"):
                         for spec in specs:
                             with gr.Column(elem_classes="model-tile", min_width=260):
-                                model_cards.append(gr.HTML(card_html(spec, disk=studio.disk(spec))))
+                                model_cards.append(gr.HTML(card_html(spec, disk=studio.disk(spec), sizes=studio.sizes(spec))))
                                 use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
                                 use.click(studio.on_card_use, gr.State(spec.id),
                                           [model, card, negative, size, width, height, steps, guidance,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from studio import hub
+from studio import hub, memory
 from studio.backend import BackendStatus
 from studio.catalog import ModelSpec
 from studio.schemas import JobStage, Progress
@@ -88,11 +88,12 @@ def recommended_text(spec: ModelSpec) -> str:
     return text
 
 
-def memory_text(spec: ModelSpec) -> str:
-    published = spec.card.memory_gb
-    if published is None or published == spec.vram_gb:
-        return f"about {spec.vram_gb:g} GB"
-    return f"about {published:g} GB published; {spec.vram_gb:g} GB by the studio's count"
+def memory_text(spec: ModelSpec, sizes=None) -> str:
+    """``memory.describe`` and the published figure: ``sizes`` are the files' (``memory.Weights``), else the
+    catalog's estimate."""
+    listed = spec.memory(sizes)
+    published = listed["published"]
+    return memory.describe(listed) + (f"; {published:g} GB published" if published is not None else "")
 
 
 def steps_text(spec: ModelSpec) -> str | None:
@@ -113,14 +114,14 @@ def disk_text(disk: dict) -> str | None:
     return None
 
 
-def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None) -> str:
+def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None, sizes=None) -> str:
     """A model's card: rank and stars, best use, recommended settings, memory and repo id."""
     e = html.escape
     card = spec.card
     rows = [
         ("Best for", e(card.best_for)),
         ("Recommended", e(recommended_text(spec))),
-        ("Memory", e(memory_text(spec))),
+        ("Memory", e(memory_text(spec, sizes))),
     ]
     if steps_text(spec):
         rows.append(("Steps", e(steps_text(spec))))
