@@ -223,12 +223,16 @@ async def require_api_key(
         return
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-    sent = credentials.credentials.encode()
+    request.state.api_owner = key_owner(keys, credentials.credentials)
+
+
+def key_owner(keys: dict[str, str | None], sent: str) -> str | None:
+    """The owner of the API key ``sent`` (None for an unnamed key); ``Unauthorized`` when no key matches."""
     # Compare with every key, always: the time taken says nothing about which key came close.
-    matches = [owner for key, owner in keys.items() if hmac.compare_digest(sent, key.encode())]
+    matches = [(owner,) for key, owner in keys.items() if hmac.compare_digest(sent.encode(), key.encode())]
     if not matches:
         raise Unauthorized("invalid API key")
-    request.state.api_owner = matches[0]
+    return matches[0][0]
 
 
 # ---------------------------------------------------------------- request translation

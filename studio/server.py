@@ -27,6 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount, Route
 
 from studio import edits, openai_api
+from studio.a1111 import errors as a1111_errors
+from studio.a1111 import routes as a1111
+from studio.a1111.callers import Callers
 from studio.access import GradioAccess
 from studio.catalog import load_catalog
 from studio.config import Settings
@@ -40,10 +43,11 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Text-to-image with diffusers models: a Gradio UI at `/`, the Gradio API for `gradio_client`,
-and an OpenAI-compatible Images API at `/v1/images/generations`.
+an OpenAI-compatible Images API at `/v1/images/generations`, and the AUTOMATIC1111 API at `/sdapi/v1`.
 
 Errors use the OpenAI shape `{"error": {"message", "type", "param", "code"}}`. When the server
-runs with `--api-key`, `/v1` routes need `Authorization: Bearer <key>`; `/health` and
+runs with `--api-key`, `/v1` routes need `Authorization: Bearer <key>`; `/sdapi` routes take it as
+Bearer or as HTTP Basic's password (A1111's shapes, errors included: 422 with `detail`); `/health` and
 `/metrics` stay open.
 """
 
@@ -69,10 +73,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.backend = backend
     app.state.metrics = metrics
     app.state.started_at = int(time.time())
+    app.state.a1111 = Callers()  # the A1111 face's per-caller checkpoints and jobs
 
     install_error_handlers(app)
     app.include_router(edits.router)  # before the /v1 catch-all of openai_api.router
     app.include_router(openai_api.router)
+    app.include_router(a1111.router)
+    app.include_router(a1111.outside)  # after a1111.router: its catch-all answers the other /sdapi paths
     app.add_api_route("/health", health, methods=["GET"], tags=["operations"], summary="Liveness and slots")
     app.add_api_route(
         "/metrics", prometheus_metrics, methods=["GET"], tags=["operations"], summary="Prometheus metrics",
@@ -87,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(WrongMethod)
     app.add_middleware(EndCancelledResponses)
     if settings.api_key and not settings.ui_auth:
-        log.warning("--api-key guards /v1 only: the web UI and the Gradio API are open (--ui-auth closes them)")
+        log.warning("--api-key guards /v1 and /sdapi only: the web UI and the Gradio API are open (--ui-auth closes them)")
     if settings.ui_auth and not settings.api_key:
         log.warning("--ui-auth guards the web UI only: the REST API (/v1) is open to anyone (--api-key closes it)")
     return app
@@ -122,13 +129,21 @@ def make_backend(settings: Settings, catalog: Catalog) -> Backend:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as an OpenAI error object (``openai_api.error_response``), never a traceback."""
+    """Every error leaves as an OpenAI error object (``openai_api.error_response``), or on ``/sdapi`` in A1111's
+    shape, never a traceback."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        return openai_api.error_response(exc)
+        return error_response(request.url.path, exc)
 
     for kind in (StudioError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, handle)
+
+
+def error_response(path: str, exc: BaseException) -> JSONResponse:
+    """The error body of the face that ``path`` belongs to."""
+    if path == a1111.PREFIX or path.startswith(f"{a1111.PREFIX}/"):
+        return a1111_errors.error_response(exc)
+    return openai_api.error_response(exc)
 
 
 def mount_ui(app: FastAPI, catalog, backend: Backend, settings: Settings):
@@ -199,7 +214,7 @@ class WrongMethod:
             if allowed and method not in allowed and not (method == "HEAD" and "GET" in allowed):
                 allow = ", ".join(sorted(allowed))
                 error = openai_api.http_error(405, f"{method} {echo(path)}: method not allowed; use {allow}")
-                response = openai_api.error_response(error)
+                response = error_response(path, error)
                 response.headers["Allow"] = allow
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)

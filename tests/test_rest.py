@@ -190,6 +190,20 @@ def test_librechat_reads_b64_json_of_a_body_without_response_format(http):
     assert decode(response.json()["data"][0]["b64_json"]).size == (64, 64)
 
 
+def test_open_webui_openai_engine(server):
+    # Open WebUI's engine "openai" (backend/open_webui/routers/images.py, image_generations): Bearer key, this
+    # body (response_format b64_json unless its model matches IMAGE_URL_RESPONSE_MODELS_REGEX_PATTERN), then
+    # each image's `url` when there is one, else `b64_json`, read by get_image_data.
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    data = {"model": "sdxl-turbo", "prompt": "a red fox", "n": 1, "size": "64x64", "response_format": "b64_json"}
+    response = httpx.post(f"{server}/v1/images/generations", json=data, headers=headers, timeout=120)
+    response.raise_for_status()
+    for image in response.json()["data"]:
+        encoded = image.get("url") or image["b64_json"]
+        encoded = encoded.split(",", 1)[1] if "," in encoded else encoded
+        assert decode(encoded).size == (64, 64)
+
+
 def test_langchain_dalle_wrapper_reads_the_data_url(server):
     from langchain_community.utilities.dalle_image_generator import DallEAPIWrapper
 
