@@ -313,3 +313,54 @@ def test_keys_as_bearer_or_basic_and_unknown_routes(server):
         assert session.get("/sdapi/v2/anything", headers=auth).status_code == 404
         wrong_method = session.get("/sdapi/v1/txt2img", headers=auth)
         assert wrong_method.status_code == 405 and "POST" in wrong_method.json()["detail"]
+
+
+# ---------------------------------------------------------------- callers (no server)
+
+
+def test_skip_stops_the_running_job_and_interrupt_all_of_the_callers_own(tiny_catalog):
+    import asyncio
+
+    from studio.a1111.callers import Callers
+    from studio.jobs import Job
+    from studio.schemas import GenerationRequest, JobStage, Progress
+
+    spec = tiny_catalog("sdxl-base").get("sdxl-base")
+
+    async def scenario():
+        known = Callers()
+        running, queued, others = (Job(spec, GenerationRequest(prompt=name)) for name in ("run", "wait", "bob"))
+        for caller, job in (("ann", running), ("ann", queued), ("bob", others)):
+            known.follow(caller, job)
+        running.emit(Progress(JobStage.GENERATING))
+        running.emit(Progress(JobStage.STEP, step=5, total=20))
+        await asyncio.sleep(0.05)  # the watchers read the events
+        assert known.current("ann").job is running and known.current("ann").progress == 0.25
+        assert known.stop("ann", running_only=True) == 1  # skip
+        assert running.done() and not queued.done()
+        assert known.stop("ann") == 1  # interrupt: the queued one too, never bob's
+        assert queued.done() and not others.done()
+        await asyncio.sleep(0.05)
+        assert known.pending("ann") == [] and known.current("bob").job is others
+        others.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_without_keys_options_are_global_and_jobs_the_addresses():
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from studio.a1111.auth import require_caller, sent_key
+
+    def request(host: str, key: str | None = None) -> Request:
+        app = SimpleNamespace(state=SimpleNamespace(settings=SimpleNamespace(api_key=key)))
+        scope = {"type": "http", "headers": [], "client": (host, 5000), "app": app}
+        return Request(scope)
+
+    one, two = (asyncio.run(require_caller(request(host))) for host in ("10.0.0.1", "10.0.0.2"))
+    assert one.options == two.options == "" and one.jobs != two.jobs
+    assert sent_key(basic("undefined")) == "undefined"  # SillyTavern with no auth set: no colon
+    assert sent_key(basic("anyone:k")) == "k" and sent_key("Bearer  k ") == "k" and sent_key("") is None
