@@ -5,7 +5,8 @@ Torch-free (huggingface_hub only), so the server process and ``python -m studio 
 A model's *plan* is exactly the files its ``from_pretrained`` reads: the rule of diffusers'
 ``DiffusionPipeline.download`` (the ``model_index.json`` components, safetensors only, the
 catalog's variant where the component has it), applied to the repo's file listing, or the few
-component folders a family loads one by one (Stable Cascade's decoder). Files land in the
+component folders a family loads one by one (Stable Cascade's decoder), as the family record's
+``hub`` says. Files land in the
 standard cache (``HF_HOME`` / ``HF_HUB_CACHE``) through ``snapshot_download``, which also
 stores the listing that diffusers needs to load the model offline later.
 """
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio import families
 from studio.catalog import ModelSpec
 from studio.errors import ModelGated, ModelLoadFailed, ModelUnavailable, NotEnoughDisk, StudioError
 
@@ -136,15 +138,15 @@ def format_duration(seconds: float) -> str:
 
 
 def repo_loads(spec: ModelSpec) -> list[RepoLoad]:
-    """The hub repos a model loads from, as its family loads them; none for a local models folder."""
+    """The hub repos a model loads from, as its family's record says its loader reads them; none for a
+    local models folder."""
     if spec.local_dir is not None:
         return []
-    if spec.family == "cascade":  # studio/families/cascade.py: the prior pipeline, the decoder's parts
-        return [
-            RepoLoad(spec.prior_repo, None, spec.variant, passed=("image_encoder", "feature_extractor")),
-            RepoLoad(spec.repo, spec.revision, spec.variant, folders=("decoder", "scheduler", "vqgan")),
-        ]
-    return [RepoLoad(spec.repo, spec.revision, spec.variant)]
+    return [
+        RepoLoad(getattr(spec, repo.source), spec.revision if repo.pinned else None, spec.variant, repo.passed,
+                 repo.folders)
+        for repo in families.FAMILIES[spec.family].hub
+    ]
 
 
 def select_files(filenames: set[str], model_index: dict, load: RepoLoad) -> set[str]:

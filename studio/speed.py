@@ -21,13 +21,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from studio import families
+
 log = logging.getLogger(__name__)
 
-# Where each of our pipelines keeps its denoising network (Stable Cascade has two stages).
-DENOISERS = ("unet", "transformer", "prior_prior", "decoder")
-# Pipelines whose denoising loop opens ``transformer.cache_context``: diffusers' step-cache
-# hooks keep their state there and fail without it, so only these may turn the cache on.
-STEP_CACHE_PIPELINES = frozenset({"FluxPipeline"})
 TILED_VAE_ABOVE = 2048  # px on the longer side; a one-piece decode above it needs tens of GB
 GIB = 2**30
 
@@ -84,12 +81,14 @@ def optimize(pipe, spec, device: str, options: EngineOptions) -> list[str]:
     import torch
 
     on_cuda = torch.device(device).type == "cuda"
+    family = families.FAMILIES[spec.family]  # where the denoisers are; whether the step cache fits its loop
     plan = [
         ("sdpa", True, use_sdpa),
-        ("fuse_qkv", options.fuse_qkv and on_cuda, fuse_qkv),
-        ("channels_last", options.channels_last and on_cuda, channels_last),
-        ("step_cache", options.step_cache, lambda p: step_cache(p, options.step_cache_threshold)),
-        ("compile", options.compile, lambda p: compile_denoiser(p, options.compile_backend)),
+        ("fuse_qkv", options.fuse_qkv and on_cuda, lambda p: fuse_qkv(p, family.denoisers)),
+        ("channels_last", options.channels_last and on_cuda, lambda p: channels_last(p, family.denoisers)),
+        ("step_cache", options.step_cache and family.step_cache,
+         lambda p: step_cache(p, options.step_cache_threshold)),
+        ("compile", options.compile, lambda p: compile_denoiser(p, family.denoisers, options.compile_backend)),
     ]
     applied = []
     for name, wanted, apply in plan:
@@ -149,10 +148,10 @@ def use_sdpa(pipe) -> bool:
     return swapped
 
 
-def fuse_qkv(pipe) -> bool:
-    """Fused q/k/v projections in the denoiser and the VAE, where the model class offers them."""
+def fuse_qkv(pipe, denoisers: tuple[str, ...]) -> bool:
+    """Fused q/k/v projections in the ``denoisers`` and the VAE, where the model class offers them."""
     fused = False
-    for name in DENOISERS + ("vae",):
+    for name in denoisers + ("vae",):
         module = getattr(pipe, name, None)
         if module is None or not hasattr(module, "fuse_qkv_projections"):
             continue
@@ -164,12 +163,12 @@ def fuse_qkv(pipe) -> bool:
     return fused
 
 
-def channels_last(pipe) -> bool:
+def channels_last(pipe, denoisers: tuple[str, ...]) -> bool:
     """NHWC memory format for convolutional denoisers (UNets); transformers gain nothing from it."""
     import torch
 
     changed = False
-    for name in DENOISERS:
+    for name in denoisers:
         module = getattr(pipe, name, None)
         if isinstance(module, torch.nn.Module) and "UNet" in type(module).__name__:
             module.to(memory_format=torch.channels_last)
@@ -179,9 +178,9 @@ def channels_last(pipe) -> bool:
 
 def step_cache(pipe, threshold: float) -> bool:
     """diffusers' first-block cache: when the first block's output barely moved since the last
-    step, reuse the cached output of the remaining blocks."""
-    if type(pipe).__name__ not in STEP_CACHE_PIPELINES:
-        return False
+    step, reuse the cached output of the remaining blocks. Only for the families whose denoising loop
+    opens ``transformer.cache_context`` (the record's ``step_cache``): the hooks keep their state there
+    and fail without it."""
     transformer = getattr(pipe, "transformer", None)
     if transformer is None or not hasattr(transformer, "enable_cache"):
         return False
@@ -191,8 +190,8 @@ def step_cache(pipe, threshold: float) -> bool:
     return True
 
 
-def compile_denoiser(pipe, backend: str) -> bool:
-    """``torch.compile`` the denoiser: only its repeated blocks where the model names them
+def compile_denoiser(pipe, denoisers: tuple[str, ...], backend: str) -> bool:
+    """``torch.compile`` the ``denoisers``: only its repeated blocks where the model names them
     (regional compilation: the same speed, a fraction of the compile time), else the whole module.
 
     Compilation happens lazily at the first call; dynamo is told to fall back to eager on a
@@ -202,7 +201,7 @@ def compile_denoiser(pipe, backend: str) -> bool:
     import torch._dynamo
 
     compiled = False
-    for name in DENOISERS:
+    for name in denoisers:
         module = getattr(pipe, name, None)
         if not isinstance(module, torch.nn.Module):
             continue

@@ -15,7 +15,7 @@ from studio import families, pngmeta
 from studio.catalog import ModelSpec
 from studio.engine import Engine, preview_steps
 from studio.errors import InvalidRequest
-from studio.families import preview
+from studio.families import preview, projections
 from studio.protocol import Preview, RunJob
 from studio.schemas import GenerationRequest
 from studio.speed import EngineOptions
@@ -108,7 +108,7 @@ def test_image_to_image_uses_the_image_and_loads_the_model_once(catalog, engine,
     assert steps[-1] == (2, 2)  # 4 steps at strength 0.5 run 2, and progress says so
     assert engine.loads <= loads_before + 1
     img2img = engine.task_pipe("image-to-image")
-    assert type(img2img).__name__ == families.EDIT_PIPELINES[spec.family]["image-to-image"]
+    assert type(img2img).__name__ == families.FAMILIES[spec.family].edits["image-to-image"]
     denoiser = "unet" if spec.family == "sdxl" else "transformer"
     assert getattr(img2img, denoiser) is getattr(engine.pipe, denoiser)  # from_pipe: the same weights
 
@@ -129,7 +129,7 @@ def test_inpainting_follows_the_mask(catalog, engine, model_id):
     a, b = run(engine, spec, left), run(engine, spec, right)
     assert a[0].shape == (64, 64, 3)
     assert np.abs(a[0] - b[0]).max() > 0
-    assert type(engine.task_pipe("inpainting")).__name__ == families.EDIT_PIPELINES[spec.family]["inpainting"]
+    assert type(engine.task_pipe("inpainting")).__name__ == families.FAMILIES[spec.family].edits["inpainting"]
 
 
 @pytest.mark.parametrize("model_id", ["sdxl-base", "flux-schnell", "pixart-sigma"])
@@ -167,7 +167,7 @@ def test_projection_reads_playground_latents_in_the_sdxl_space():
     raw = torch.randn(1, 4, 3, 3)
     mean, std = torch.tensor(Config.latents_mean).view(1, 4, 1, 1), torch.tensor(Config.latents_std).view(1, 4, 1, 1)
     playground = (raw - mean) * Config.scaling_factor / std
-    reference = preview.SDXL_VAE.reference(playground, Config)
+    reference = projections.SDXL_VAE.reference(playground, Config)
     assert torch.allclose(reference, raw * 0.13025, atol=1e-5)
 
 

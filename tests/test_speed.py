@@ -100,11 +100,12 @@ def test_the_classic_attention_processor_is_swapped_for_sdpa(catalog):
 
 
 def test_fused_qkv_and_channels_last_draw_the_same_sdxl_image(catalog):
-    from studio import speed
+    from studio import families, speed
 
     spec, pipe = load(catalog, "sdxl-turbo")
     before = draw(pipe, spec)
-    assert speed.fuse_qkv(pipe) and speed.channels_last(pipe)
+    denoisers = families.FAMILIES[spec.family].denoisers
+    assert speed.fuse_qkv(pipe, denoisers) and speed.channels_last(pipe, denoisers)
     assert processor_names(pipe.unet) == {"FusedAttnProcessor2_0"}
     assert np.abs(draw(pipe, spec) - before).max() <= 1
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import diffusers
 import torch
 
-from studio import speed, uploads
+from studio import families, speed, uploads
 from studio.catalog import ModelSpec
 from studio.errors import ModelLoadFailed
 from studio.families import preview
@@ -33,22 +34,21 @@ def load_kwargs(spec: ModelSpec, device: str) -> dict:
     return kwargs
 
 
-def check_pipeline(spec: ModelSpec, *pipeline_classes) -> type:
-    """The class the catalog names, if this adapter runs it; a mismatch is a catalog mistake,
+def pipeline_class(spec: ModelSpec) -> type:
+    """The family record's pipeline class, if the catalog names it; a mismatch is a catalog mistake,
     reported before any weights are read."""
-    for pipeline_class in pipeline_classes:
-        if spec.pipeline == pipeline_class.__name__:
-            return pipeline_class
-    runs = ", ".join(cls.__name__ for cls in pipeline_classes)
-    raise ModelLoadFailed(
-        f"pipeline: {spec.id} names {spec.pipeline}, but the {spec.family} adapter runs {runs}", field="model"
-    )
+    name = families.FAMILIES[spec.family].pipeline
+    if spec.pipeline != name:
+        raise ModelLoadFailed(
+            f"pipeline: {spec.id} names {spec.pipeline}, but the {spec.family} adapter runs {name}", field="model"
+        )
+    return getattr(diffusers, name)
 
 
-def from_pretrained(pipeline_class, spec: ModelSpec, device: str):
-    """``pipeline_class.from_pretrained`` of the spec's source, on ``device``, progress bars off."""
-    check_pipeline(spec, pipeline_class)
-    pipe = pipeline_class.from_pretrained(spec.source, **load_kwargs(spec, device))
+def from_pretrained(spec: ModelSpec, device: str):
+    """``from_pretrained`` of the family's pipeline class from the spec's source, on ``device``, progress
+    bars off: the whole load of most families (``families.load_pipeline``)."""
+    pipe = pipeline_class(spec).from_pretrained(spec.source, **load_kwargs(spec, device))
     pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
     return pipe.to(device)
 

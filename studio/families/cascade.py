@@ -49,7 +49,7 @@ DECODER_GUIDANCE = 0.0  # the decoder is not guided, as in the model card's exam
 
 
 def load(spec: ModelSpec, device: str) -> StableCascadeCombinedPipeline:
-    base.check_pipeline(spec, StableCascadeCombinedPipeline)
+    base.pipeline_class(spec)  # the catalog names the combined pipeline, or nothing is read
     if not spec.decoder_steps:
         raise ModelLoadFailed(f"decoder_steps: {spec.id} needs decoder_steps >= 1 in the catalog", field="model")
     prior_source, decoder_source = stage_sources(spec)

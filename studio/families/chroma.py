@@ -15,10 +15,6 @@ from studio.families.flux import flow_call_kwargs
 from studio.schemas import GenerationRequest
 
 
-def load(spec: ModelSpec, device: str) -> ChromaPipeline:
-    return base.from_pretrained(ChromaPipeline, spec, device)
-
-
 def fix_task_pipeline(pipe, task: str) -> None:
     """``ChromaInpaintPipeline`` (diffusers 0.42) reads ``transformer.config.guidance_embeds``, which
     Chroma's transformer config does not have (Chroma has no guidance embedding): say so explicitly."""

@@ -19,10 +19,6 @@ from studio.families import base
 from studio.schemas import GenerationRequest
 
 
-def load(spec: ModelSpec, device: str) -> FluxPipeline:
-    return base.from_pretrained(FluxPipeline, spec, device)
-
-
 def generate(pipe: FluxPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     return pipe(**flow_call_kwargs(spec, request, on_step)).images
 

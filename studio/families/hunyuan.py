@@ -23,10 +23,6 @@ from studio.families import base
 from studio.schemas import GenerationRequest
 
 
-def load(spec: ModelSpec, device: str) -> HunyuanDiTPipeline:
-    return base.from_pretrained(HunyuanDiTPipeline, spec, device)
-
-
 def generate(pipe: HunyuanDiTPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     result = pipe(
         **base.call_arguments(spec, request, on_step),

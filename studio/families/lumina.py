@@ -25,10 +25,6 @@ from studio.families import base
 from studio.schemas import GenerationRequest
 
 
-def load(spec: ModelSpec, device: str) -> LuminaPipeline:
-    return base.from_pretrained(LuminaPipeline, spec, device)
-
-
 def generate(pipe: LuminaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     result = pipe(
         **base.call_arguments(spec, request, on_step),

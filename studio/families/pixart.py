@@ -16,10 +16,6 @@ from studio.families import base
 from studio.schemas import GenerationRequest
 
 
-def load(spec: ModelSpec, device: str) -> PixArtSigmaPipeline:
-    return base.from_pretrained(PixArtSigmaPipeline, spec, device)
-
-
 def generate(pipe: PixArtSigmaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     speed.prepare(pipe, request)  # tiled VAE decoding for its 4096 px images
     arguments = pixart_arguments(spec, request, on_step)

@@ -1,96 +1,19 @@
 """Cheap previews of a running job: the latents mapped to RGB by one fixed linear projection per VAE.
 
 A preview costs a 3xC matrix product on a latent-sized tensor (1/8 of the image's side), no VAE
-pass and no extra weights, so a job can send several. The projection factors are published data
-(ComfyUI's ``latent_formats.py``, fitted on real images), each stated for its VAE's scaled
-latent space; ``Projection.reference`` moves a pipeline's latents there through the VAE's own
-config, so Playground v2.5 (its latents normalised by a per-channel mean and std) reads the SDXL
-factors right. Families without published factors (Sana's DC-AE) decode the first image with
-their VAE instead, which costs about one final decode. Stable Cascade reports progress without
-previews (its stages keep no RGB-decodable latents until the VQGAN).
+pass and no extra weights, so a job can send several. The projection is the family record's
+(``studio.families.projections`` holds the published factors). Families without one (Sana's
+DC-AE) decode the first image with their VAE instead, which costs about one final decode. Stable
+Cascade reports progress without previews (its stages keep no RGB-decodable latents until the VQGAN).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from PIL import Image
 
+from studio import families
 from studio.schemas import GenerationRequest
-
-
-@dataclass(frozen=True)
-class Projection:
-    """RGB = reference_latents @ factors + bias, with reference = (raw VAE latents - shift) * scale."""
-
-    factors: tuple[tuple[float, float, float], ...]  # one (R, G, B) row per latent channel
-    bias: tuple[float, float, float]
-    scale: float
-    shift: float = 0.0
-
-    def reference(self, latents: torch.Tensor, vae_config) -> torch.Tensor:
-        """The pipeline's (scaled) latents as raw VAE latents, then in this projection's space."""
-        scaling = getattr(vae_config, "scaling_factor", None) or 1.0
-        mean, std = getattr(vae_config, "latents_mean", None), getattr(vae_config, "latents_std", None)
-        if mean is not None and std is not None and len(mean) == latents.shape[1]:
-            shape = (1, -1, 1, 1)
-            raw = latents * torch.tensor(std).view(shape) / scaling + torch.tensor(mean).view(shape)
-        else:
-            raw = latents / scaling + (getattr(vae_config, "shift_factor", None) or 0.0)
-        return (raw - self.shift) * self.scale
-
-    def to_rgb(self, latents: torch.Tensor, vae_config) -> torch.Tensor:
-        """(C, H, W) latents of one image as (H, W, 3) RGB in 0..1."""
-        reference = self.reference(latents.unsqueeze(0).float(), vae_config)[0]
-        rgb = torch.einsum("chw,cr->hwr", reference, torch.tensor(self.factors)) + torch.tensor(self.bias)
-        return ((rgb + 1) / 2).clamp(0, 1)
-
-
-SDXL_VAE = Projection(
-    factors=(
-        (0.3651, 0.4232, 0.4341),
-        (-0.2533, -0.0042, 0.1068),
-        (0.1076, 0.1111, -0.0362),
-        (-0.3165, -0.2492, -0.2188),
-    ),
-    bias=(0.1084, -0.0175, -0.0011),
-    scale=0.13025,
-)
-
-FLUX_VAE = Projection(
-    factors=(
-        (-0.0346, 0.0244, 0.0681),
-        (0.0034, 0.0210, 0.0687),
-        (0.0275, -0.0668, -0.0433),
-        (-0.0174, 0.0160, 0.0617),
-        (0.0859, 0.0721, 0.0329),
-        (0.0004, 0.0383, 0.0115),
-        (0.0405, 0.0861, 0.0915),
-        (-0.0236, -0.0185, -0.0259),
-        (-0.0245, 0.0250, 0.1180),
-        (0.1008, 0.0755, -0.0421),
-        (-0.0515, 0.0201, 0.0011),
-        (0.0428, -0.0012, -0.0036),
-        (0.0817, 0.0765, 0.0749),
-        (-0.1264, -0.0522, -0.1103),
-        (-0.0280, -0.0881, -0.0499),
-        (-0.1262, -0.0982, -0.0778),
-    ),
-    bias=(-0.0329, -0.0718, -0.0851),
-    scale=0.3611,
-    shift=0.1159,
-)
-
-# PixArt-Sigma, HunyuanDiT and Lumina-Next decode with SDXL's VAE (or its fp16 fix); Chroma with FLUX's.
-PROJECTIONS = {
-    "sdxl": SDXL_VAE,
-    "pixart": SDXL_VAE,
-    "hunyuan": SDXL_VAE,
-    "lumina": SDXL_VAE,
-    "flux": FLUX_VAE,
-    "chroma": FLUX_VAE,
-}
 
 
 @torch.no_grad()
@@ -104,7 +27,7 @@ def latents_to_image(pipe, family: str, latents: torch.Tensor, request: Generati
         first = unpack(first, request, pipe)
     if first.ndim != 4:
         return None
-    projection = PROJECTIONS.get(family)
+    projection = families.FAMILIES[family].preview
     if projection is not None and len(projection.factors) == first.shape[1]:
         rgb = projection.to_rgb(first[0].cpu(), vae.config)
     else:

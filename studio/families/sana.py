@@ -17,10 +17,6 @@ from studio.families.pixart import pixart_arguments
 from studio.schemas import GenerationRequest
 
 
-def load(spec: ModelSpec, device: str) -> SanaPipeline:
-    return base.from_pretrained(SanaPipeline, spec, device)
-
-
 def generate(pipe: SanaPipeline, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
     speed.prepare(pipe, request)  # tiled VAE decoding above 2048 px
     return pipe(**pixart_arguments(spec, request, on_step)).images

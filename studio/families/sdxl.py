@@ -19,15 +19,11 @@ from studio.catalog import ModelSpec
 from studio.families import base
 from studio.schemas import GenerationRequest
 
-PIPELINES = {"StableDiffusionXLPipeline": StableDiffusionXLPipeline}
-
 
 def load(spec: ModelSpec, device: str) -> StableDiffusionXLPipeline:
-    pipeline_class = base.check_pipeline(spec, *PIPELINES.values())
-    pipe = pipeline_class.from_pretrained(spec.source, **base.load_kwargs(spec, device))
+    pipe = base.from_pretrained(spec, device)
     _ensure_scheduler(pipe, spec)
-    pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not stderr
-    return pipe.to(device)
+    return pipe
 
 
 def _ensure_scheduler(pipe, spec: ModelSpec) -> None:

@@ -4,7 +4,7 @@
 ``save_pretrained`` plus a ``studio.toml`` that shrinks the model's defaults
 and limits, so ``--models-dir DIR`` runs the real loading code in seconds on CPU.
 
-Each family has a builder module here exposing
+Each family has a builder module here (its record's ``tiny``) exposing
 ``build(spec, out_dir: Path) -> dict``: it saves the pipeline (right class,
 right components, tokenizers from ``studio.tiny.tokenizers``) and returns the
 overrides specific to that family (merged over ``TINY_OVERRIDES``).
@@ -16,18 +16,8 @@ import importlib
 import shutil
 from pathlib import Path
 
+from studio import families
 from studio.catalog import OVERRIDE_FILE, load_catalog
-
-BUILDERS = {
-    "sdxl": "studio.tiny.sdxl",
-    "flux": "studio.tiny.flux",
-    "chroma": "studio.tiny.chroma",
-    "pixart": "studio.tiny.pixart",
-    "sana": "studio.tiny.sana",
-    "hunyuan": "studio.tiny.hunyuan",
-    "lumina": "studio.tiny.lumina",
-    "cascade": "studio.tiny.cascade",
-}
 
 # Defaults small enough for a CPU test in about a second. The limits take the real models' sizes up to
 # 1024x1024, so a request written for the real model (README's examples) runs here as written; the
@@ -87,7 +77,7 @@ def build(models_dir: str | Path, ids: list[str] | None = None) -> list[Path]:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
         torch.manual_seed(0)  # the same tiny weights on every machine
-        builder = importlib.import_module(BUILDERS[spec.family])
+        builder = importlib.import_module(families.FAMILIES[spec.family].tiny)
         overrides = _merge(TINY_OVERRIDES, builder.build(spec, out_dir) or {})
         (out_dir / OVERRIDE_FILE).write_text(_toml(overrides))
         built.append(out_dir)
