@@ -26,7 +26,6 @@ from diffusers import (
 from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
 from transformers import (
     CLIPImageProcessor,
-    CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
@@ -34,6 +33,7 @@ from transformers import (
 
 from studio.catalog import ModelSpec
 from studio.families.cascade import DECODER_DIR, PRIOR_DIR  # where the adapter looks for the stages
+from studio.tiny import parts
 from studio.tiny.tokenizers import clip_tokenizer
 
 TEXT_WIDTH = 32  # CLIP bigG's hidden and projection size is 1280
@@ -77,19 +77,7 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
 
 
 def _text_encoder(tokenizer) -> CLIPTextModelWithProjection:
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        projection_dim=TEXT_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        hidden_act="gelu",  # OpenCLIP bigG
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,  # the pooled output is read at the first end-of-text token
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = parts.clip_text_config(tokenizer, TEXT_WIDTH, 64, "gelu", TEXT_WIDTH)  # OpenCLIP bigG
     return CLIPTextModelWithProjection(config).eval()
 
 

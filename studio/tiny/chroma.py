@@ -13,7 +13,8 @@ from pathlib import Path
 from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
 from studio.catalog import ModelSpec
-from studio.tiny.flux import FLUX_DEV_SCHEDULER, LATENT_CHANNELS, T5_WIDTH, flux_vae, t5_encoder
+from studio.tiny.flux import FLOW_TRANSFORMER, FLUX_DEV_SCHEDULER, flux_vae
+from studio.tiny.parts import t5_encoder
 from studio.tiny.tokenizers import t5_tokenizer
 
 
@@ -26,17 +27,7 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
         text_encoder=t5_encoder(tokenizer),
         tokenizer=tokenizer,
         transformer=ChromaTransformer2DModel(
-            patch_size=1,
-            in_channels=4 * LATENT_CHANNELS,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=T5_WIDTH,
-            axes_dims_rope=(4, 6, 6),
-            approximator_num_channels=16,
-            approximator_hidden_dim=32,
-            approximator_layers=1,
+            **FLOW_TRANSFORMER, approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=1
         ),
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)

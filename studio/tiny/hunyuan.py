@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import AutoencoderKL, DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
-from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
+from diffusers import DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+from transformers import BertConfig, BertModel
 
 from studio.catalog import ModelSpec
+from studio.tiny.parts import T5_WIDTH, autoencoder_kl, t5_encoder
 from studio.tiny.tokenizers import bert_tokenizer, t5_tokenizer
 
 CLIP_TEXT_LENGTH = 77  # the pipeline pads the BERT prompt to 77 tokens ...
 T5_TEXT_LENGTH = 256  # ... and the mT5 prompt to 256; the transformer's padding table has both lengths
 BERT_WIDTH = 32  # the transformer's cross_attention_dim (1024 in the real model)
-T5_WIDTH = 32  # cross_attention_dim_t5 (2048 in the real model); its attention pool has 8 heads
 
 # hydit/constants.py and hydit/config.py of the official code: v-prediction DDPM, scaled-linear betas.
 HUNYUAN_SCHEDULER = dict(
@@ -49,7 +49,7 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
     tokenizer = bert_tokenizer(max_length=CLIP_TEXT_LENGTH)
     tokenizer_2 = t5_tokenizer(max_length=T5_TEXT_LENGTH)
     pipe = HunyuanDiTPipeline(
-        vae=sdxl_vae(scaling_factor=0.13025, force_upcast=False),  # sdxl-vae-fp16-fix runs in half precision
+        vae=autoencoder_kl(scaling_factor=0.13025, force_upcast=False),  # sdxl-vae-fp16-fix runs in half precision
         text_encoder=_bert(tokenizer),
         tokenizer=tokenizer,
         transformer=_transformer(),
@@ -57,7 +57,7 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-        text_encoder_2=_mt5(tokenizer_2),
+        text_encoder_2=t5_encoder(tokenizer_2, tie_word_embeddings=False),  # mT5-XL: untied embeddings
         tokenizer_2=tokenizer_2,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
@@ -80,25 +80,6 @@ def _bert(tokenizer) -> BertModel:
     return BertModel(config).eval()
 
 
-def _mt5(tokenizer) -> T5EncoderModel:
-    """An mT5-style encoder: gated GELU and untied embeddings, as mT5-XL."""
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=T5_WIDTH,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return T5EncoderModel(config).eval()
-
-
 def _transformer() -> HunyuanDiT2DModel:
     return HunyuanDiT2DModel(
         num_attention_heads=2,
@@ -111,26 +92,9 @@ def _transformer() -> HunyuanDiT2DModel:
         mlp_ratio=2.0,
         learn_sigma=True,
         cross_attention_dim=BERT_WIDTH,
-        cross_attention_dim_t5=T5_WIDTH,
+        cross_attention_dim_t5=T5_WIDTH,  # 2048 in the real model; its attention pool has 8 heads
         pooled_projection_dim=16,
         text_len=CLIP_TEXT_LENGTH,
         text_len_t5=T5_TEXT_LENGTH,
         use_style_cond_and_image_meta_size=False,  # v1.2 dropped the style and size embeddings
-    )
-
-
-def sdxl_vae(scaling_factor: float, force_upcast: bool) -> AutoencoderKL:
-    """The SDXL VAE layout (4 latent channels, 8x downscale) with tiny blocks; Lumina-Next ships it too."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8, 16, 16),  # four blocks: the real 8x downscale
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=scaling_factor,
-        force_upcast=force_upcast,
     )

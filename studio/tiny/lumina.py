@@ -15,7 +15,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, LuminaNextDiT2DModel, Lum
 from transformers import GemmaConfig, GemmaModel
 
 from studio.catalog import ModelSpec
-from studio.tiny.hunyuan import sdxl_vae
+from studio.tiny.parts import autoencoder_kl, gemma_settings
 from studio.tiny.tokenizers import gemma_tokenizer
 
 GEMMA_WIDTH = 32  # the transformer's cross_attention_dim (2048 for Gemma-2B)
@@ -27,7 +27,7 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
     pipe = LuminaPipeline(
         transformer=_transformer(),
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
-        vae=sdxl_vae(scaling_factor=0.13025, force_upcast=True),  # stabilityai/sdxl-vae
+        vae=autoencoder_kl(scaling_factor=0.13025, force_upcast=True),  # stabilityai/sdxl-vae
         text_encoder=_gemma(tokenizer),
         tokenizer=tokenizer,
     )
@@ -36,20 +36,9 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
 
 
 def _gemma(tokenizer) -> GemmaModel:
-    config = GemmaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=GEMMA_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,  # the pipeline reads hidden_states[-2]: the output of the first layer
-        num_attention_heads=2,
-        num_key_value_heads=1,  # multi-query attention, as Gemma-2B
-        head_dim=16,
-        max_position_embeddings=tokenizer.model_max_length,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return GemmaModel(config).eval()
+    # the pipeline reads hidden_states[-2]: the output of the first of the two layers
+    settings = gemma_settings(tokenizer, GEMMA_WIDTH)
+    return GemmaModel(GemmaConfig(**settings, max_position_embeddings=tokenizer.model_max_length)).eval()
 
 
 def _transformer() -> LuminaNextDiT2DModel:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
 from studio.catalog import ModelSpec
-from studio.tiny.flux import T5_WIDTH, t5_encoder
+from studio.tiny.parts import T5_WIDTH, autoencoder_kl, t5_encoder
 from studio.tiny.tokenizers import t5_tokenizer
 
 # scheduler_config.json of PixArt-alpha/PixArt-Sigma-XL-2-1024-MS
@@ -31,7 +31,7 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
     pipe = PixArtSigmaPipeline(
         tokenizer=tokenizer,
         text_encoder=t5_encoder(tokenizer),
-        vae=_vae(),
+        vae=autoencoder_kl(scaling_factor=0.13025, force_upcast=True),  # tiles of 64 px (8 latents) when on
         transformer=PixArtTransformer2DModel(
             num_attention_heads=2,
             attention_head_dim=8,
@@ -50,19 +50,3 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return {}
-
-
-def _vae() -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8, 16, 16),  # four blocks: SDXL's 8x downscale
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,  # tiles of 64 px (8 latents) when tiling is on
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )

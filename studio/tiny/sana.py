@@ -15,6 +15,7 @@ from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, 
 from transformers import Gemma2Config, Gemma2Model
 
 from studio.catalog import ModelSpec
+from studio.tiny.parts import gemma_settings
 from studio.tiny.tokenizers import gemma_tokenizer
 
 GEMMA_WIDTH = 32  # hidden size of the tiny Gemma-2: the transformer's caption_channels
@@ -59,20 +60,9 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
 
 
 def _gemma(tokenizer) -> Gemma2Model:
-    config = Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=GEMMA_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,  # one sliding-window layer and one full-attention layer, as Gemma-2 alternates
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    return Gemma2Model(config).eval()
+    # two layers: one sliding-window layer and one full-attention layer, as Gemma-2 alternates
+    settings = gemma_settings(tokenizer, GEMMA_WIDTH)
+    return Gemma2Model(Gemma2Config(**settings, query_pre_attn_scalar=16)).eval()
 
 
 def _vae() -> AutoencoderDC:

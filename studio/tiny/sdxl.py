@@ -18,9 +18,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from studio.catalog import ModelSpec
+from studio.tiny import parts
 from studio.tiny.tokenizers import clip_tokenizer
 
 TEXT_WIDTH = 16  # hidden size of each tiny text encoder; the UNet cross-attends to both, concatenated
@@ -77,20 +78,8 @@ def build(spec: ModelSpec, out_dir: Path) -> dict:
     return {}
 
 
-def _text_config(tokenizer) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=32,
-        projection_dim=PROJECTION_DIM,
-        num_hidden_layers=2,  # SDXL reads the penultimate layer, so two is the least that means anything
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        hidden_act="gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,  # the pooled output is read at the first end-of-text token
-        pad_token_id=tokenizer.pad_token_id,
-    )
+def _text_config(tokenizer):
+    return parts.clip_text_config(tokenizer, TEXT_WIDTH, 32, "gelu", projection_dim=PROJECTION_DIM)
 
 
 def _unet() -> UNet2DConditionModel:
@@ -114,17 +103,4 @@ def _unet() -> UNet2DConditionModel:
 
 
 def _vae(spec: ModelSpec) -> AutoencoderKL:
-    stats = VAE_LATENT_STATS.get(spec.id, {"scaling_factor": 0.13025})
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8, 16, 16),  # four blocks: the 8x downscale of the real SDXL VAE
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        force_upcast=True,
-        **stats,
-    )
+    return parts.autoencoder_kl(force_upcast=True, **VAE_LATENT_STATS.get(spec.id, {"scaling_factor": 0.13025}))
