@@ -53,6 +53,33 @@ class SlotStatus:
 
 
 @dataclass(frozen=True)
+class DownloadStatus:
+    """A model's download under way, as the download phase (``studio.downloads``) reports it."""
+
+    model: str
+    bytes_done: int
+    bytes_total: int
+    bytes_per_s: int  # smoothed
+    eta_s: float | None  # None while the speed is not known
+    jobs_waiting: int  # jobs waiting for this download
+
+    @classmethod
+    def of(cls, progress, jobs_waiting: int) -> DownloadStatus:
+        """From ``studio.hub.Progress``."""
+        eta = progress.eta_s
+        return cls(progress.model, progress.done, progress.total, round(progress.speed),
+                   None if eta is None else round(eta, 1), jobs_waiting)
+
+
+@dataclass(frozen=True)
+class ModelError:
+    """A model's last failed download or load, until one of its jobs works."""
+
+    model: str
+    error: str
+
+
+@dataclass(frozen=True)
 class BackendStatus:
     """A snapshot of the backend: its slots and its queue."""
 
@@ -62,8 +89,8 @@ class BackendStatus:
     waiting_room: int = 0  # jobs over max_queue waiting (up to --queue-wait) for a place in the queue
     accepting: bool = False  # running (not starting up or shutting down)
     # Filled by the download phase in front of the backend (studio.downloads.DownloadGate):
-    downloads: tuple[dict, ...] = ()  # {"model", "bytes_done", "bytes_total", "bytes_per_s", "eta_s", "jobs_waiting"}
-    model_errors: tuple[dict, ...] = ()  # {"model", "error"}: a model's last failed download or load, until it works
+    downloads: tuple[DownloadStatus, ...] = ()
+    model_errors: tuple[ModelError, ...] = ()
 
     @property
     def alive(self) -> int:

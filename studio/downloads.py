@@ -10,7 +10,8 @@ download running for the others. Offline (``HF_HUB_OFFLINE=1`` or ``--offline``)
 disk is refused at once; a failed download (gated, missing repo, no hub) fails every job waiting
 on it with the plain message of ``studio.hub.explain``, and the next job for that model tries again.
 At most ``max_waiting`` jobs (``--max-queue``) wait for downloads: past that a job is refused
-with 429 and a Retry-After of the download's expected time left.
+with 429 and a Retry-After of the download's expected time left (``studio.admission``'s policy,
+as in the backends' queues; this line has no waiting room).
 
 Runs in the parent process: never imports torch.
 """
@@ -20,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from studio import hub, weights
-from studio.backend import Backend, BackendStatus, Observer
+from studio.admission import Admission, Line, Verdict
+from studio.backend import Backend, BackendStatus, DownloadStatus, ModelError, Observer
 from studio.catalog import Catalog, ModelSpec
 from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, QueueFull, StudioError
 from studio.jobs import Job
@@ -66,6 +69,8 @@ class DownloadGate:
         self.offline = hub.offline() if offline is None else offline
         self.preload = preload if preload is not None else []
         self.max_waiting = max_waiting  # None: no limit
+        self.admission = Admission(lambda: self.max_waiting, waiting_for=" for model downloads",
+                                   unknown_retry_s=RETRY_AFTER_UNKNOWN_S)
         self._lock = threading.Lock()
         self._downloads: dict[str, Download] = {}
         self._complete: set[str] = set()  # models known to be all on disk
@@ -127,11 +132,12 @@ class DownloadGate:
         """Add ``job`` to the model's download, starting it if none runs; the refusal when too many wait."""
         with self._lock:
             download = self._downloads.get(spec.id)
-            waiting = sum(len(each.waiting) for each in self._downloads.values())
-            if job is not None and self.max_waiting is not None and waiting >= self.max_waiting:
+            waiting = [each_job for each in self._downloads.values() for each_job in each.waiting]
+            line = Line(waiting, len(waiting))
+            if job is not None and self.admission.admit(job, line, time.monotonic()) is not Verdict.QUEUE:
+                self.admission.leave(job)  # no waiting room in front of a download: refused at once
                 eta = download.progress.eta_s if download is not None else None
-                return QueueFull.retry_in(f"the queue is full: {waiting} jobs are waiting for model downloads "
-                                          f"(limit {self.max_waiting})", eta, RETRY_AFTER_UNKNOWN_S)
+                return self.admission.refusal(job, line, eta)
             if download is None:
                 download = Download(spec, hub.Progress(spec.id, spec.label))
                 self._downloads[spec.id] = download
@@ -146,8 +152,8 @@ class DownloadGate:
         """The backend's status, plus the downloads under way and each model's last failure."""
         status = self.backend.status()
         with self._lock:
-            downloads = tuple(d.progress.as_dict() | {"jobs_waiting": len(d.waiting)} for d in self._downloads.values())
-            errors = tuple({"model": model, "error": message} for model, message in self._errors.items())
+            downloads = tuple(DownloadStatus.of(d.progress, jobs_waiting=len(d.waiting)) for d in self._downloads.values())
+            errors = tuple(ModelError(model, message) for model, message in self._errors.items())
         return dataclasses.replace(status, downloads=downloads, model_errors=errors)
 
     # -- what the catalog's models need --------------------------------------------------

@@ -96,13 +96,6 @@ class Progress:
     def eta_s(self) -> float | None:
         return (self.total - self.done) / self.speed if self.speed > 0 and self.total >= self.done else None
 
-    def as_dict(self) -> dict:
-        eta = self.eta_s
-        return {
-            "model": self.model, "bytes_done": self.done, "bytes_total": self.total,
-            "bytes_per_s": round(self.speed), "eta_s": None if eta is None else round(eta, 1),
-        }
-
     def describe(self) -> str:
         """``Downloading FLUX.1 [schnell]: 12.4 of 33.9 GB, 85 MB/s, about 4 min``."""
         text = f"Downloading {self.label}: {format_bytes(self.done, self.total)}"

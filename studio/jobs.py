@@ -1,8 +1,9 @@
 """``Job``: one submitted generation, as every front end sees it, whichever backend runs it.
 
 A front end gets a ``Job`` from ``Backend.submit`` and may cancel it, follow its ``Progress``
-events and await its result. The backend drives it: ``emit(event)`` while it runs, ``finish(outcome)``
-once (the first outcome wins). Cancelling goes through the ``on_cancel`` callback the backend gave
+events and await its result. The backend drives it, only through its methods: ``move_to(position)``
+while it is queued, ``emit(event)`` while it runs, ``claim_outcome()`` when it decides how the job
+ends (under its own lock; the first decision wins) and ``settle``/``finish(outcome)`` once. Cancelling goes through the ``on_cancel`` callback the backend gave
 the job, so the job never needs to know which backend it belongs to.
 
 Runs in the parent process: never imports torch.
@@ -44,11 +45,11 @@ class Job:
         self.queued_at = time.monotonic()
         self.slot: int | None = None  # set by the backend when the job is bound to a slot (or replica)
         self._on_cancel = on_cancel
-        self._position: int | None = None  # maintained by the backend while queued
+        self._position: int | None = None  # set by the backend (move_to) while queued
         self._cond = threading.Condition()
         self._events: list[Progress] = []
         self._done = False
-        self._ending = False  # set by the backend, under its lock, when it decides the outcome
+        self._ending = False  # the backend has decided the outcome (claim_outcome); settled soon
         self._outcome: JobResult | BaseException | None = None
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
@@ -137,6 +138,27 @@ class Job:
                 return
 
     # -- called by the backend -----------------------------------------------------
+
+    def move_to(self, position: int) -> bool:
+        """Its place in the backend's line (0: next); True when that is a change the job should hear of."""
+        with self._cond:
+            moved, self._position = self._position != position, position
+            return moved
+
+    def claim_outcome(self) -> bool:
+        """The backend decides how the job ends (then settles it, perhaps after releasing its lock):
+        True the first time only, so the first outcome wins; False once decided or ended."""
+        with self._cond:
+            if self._ending or self._done:
+                return False
+            self._ending = True
+            return True
+
+    @property
+    def ending(self) -> bool:
+        """Its outcome is decided (``claim_outcome``) or it has ended."""
+        with self._cond:
+            return self._ending or self._done
 
     def emit(self, event: Progress) -> None:
         """Add a progress event (ignored once the job ended)."""

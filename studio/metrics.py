@@ -86,8 +86,8 @@ class _SlotCollector:
             alive.add_metric(labels, 1.0 if slot.alive else 0.0)
             loads.add_metric(labels, float(slot.loads))
         for download in status.downloads:
-            done.add_metric([download["model"]], float(download["bytes_done"]))
-            total.add_metric([download["model"]], float(download["bytes_total"]))
+            done.add_metric([download.model], float(download.bytes_done))
+            total.add_metric([download.model], float(download.bytes_total))
         return [queue, room, busy, alive, loads, done, total]
 
 

@@ -1,10 +1,10 @@
 """``SlotManager`` (the local ``Backend``): one spawned worker process per device, one central queue.
 
 Jobs wait in one FIFO queue in the parent and are bound to a slot only when a slot is free
-(late binding). Past ``--max-queue``, a job waits up to ``--queue-wait`` seconds in a waiting
-room, first come first served, for a place in the queue before it is refused with an honest
-Retry-After, so a client that retries as told finds its place. Which job goes where is
-``studio.routing``'s decision, the devices come from ``studio.devices``, the messages to and
+(late binding). Who gets a place in the queue (``--max-queue``, the waiting room of
+``--queue-wait``, Retry-After) and when a load is stuck (``--load-timeout``) is
+``studio.admission``'s policy, shared with the Ray backend and the download phase; the estimates
+it tells are ``studio.routing``'s. Which job goes where is ``studio.routing``'s decision, the devices come from ``studio.devices``, the messages to and
 from the workers are ``studio.protocol``'s. This module supervises: it spawns the workers, reads
 their messages, enforces timeouts and restarts.
 
@@ -36,9 +36,10 @@ from typing import Any
 
 from studio.backend import BackendStatus, Observer, SlotStatus
 from studio.catalog import Catalog, ModelSpec
+from studio.admission import Admission, Line, Verdict
 from studio.config import Settings
 from studio.devices import cpu_threads, preload_plan, resolve_devices
-from studio.errors import JobCancelled, JobTimeout, ModelLoadFailed, QueueFull, StudioError, WorkerFailed
+from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
 from studio.jobs import Job
 from studio.protocol import (
     CancelJob,
@@ -66,7 +67,6 @@ CANCEL_GRACE_S = 10.0  # a worker gets this long to honour a timeout's cancel be
 RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as long each time ...
 RESTART_CAP_S = 60.0  # ... up to this
 STABLE_S = 60.0  # a worker that lived this long before dying starts its back-off afresh
-RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint when no job is running to estimate from
 DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
 REAP_POLL_S = 0.02
@@ -148,7 +148,7 @@ class SlotManager:
         self._cond = threading.Condition()
         self._slots = [WorkerSlot(index, device) for index, device in enumerate(self.devices)]
         self._queue: list[Job] = []
-        self._waiting_room: dict[Job, float] = {}  # jobs over --max-queue, in arrival order, to their deadlines
+        self.admission = Admission.from_settings(settings)  # --max-queue, --queue-wait, --load-timeout
         self._seq = itertools.count()
         self._observers: list[Observer] = []
         self._ended: list[tuple[Job, Any]] = []  # finished under the lock, settled after it
@@ -195,10 +195,9 @@ class SlotManager:
                 return
             self._phase = "stopping"
             reason = "the studio is shutting down"
-            for job in [*self._queue, *self._waiting_room]:
+            for job in [*self._queue, *self.admission.clear()]:
                 self._end(job, JobCancelled(f"job {job.id} was cancelled: {reason}"))
             self._queue.clear()
-            self._waiting_room.clear()
             for slot in self._slots:
                 if slot.job is not None:
                     self._end(slot.job, JobCancelled(f"job {slot.job.id} was cancelled: {reason}"))
@@ -240,17 +239,17 @@ class SlotManager:
         with self._locked():
             if self._phase != "running":
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
-            now, limit, wait_s = time.monotonic(), self.settings.max_queue, self.settings.queue_wait_s
+            now = time.monotonic()
             job, refusal = Job(spec, request, self.cancel, next(self._seq)), None
             down = self._down_reason(now)
             if down:
                 refusal = WorkerFailed(down)
-            elif not self._waiting_room and backlog(self._queue, self._slots) < limit:
-                self._queue.append(job)
-            elif wait_s > 0 and len(self._waiting_room) < limit:
-                self._waiting_room[job] = now + wait_s  # first come, first served: nobody passes it
             else:
-                refusal = self._queue_full(now)
+                verdict = self.admission.admit(job, self._line(), now)
+                if verdict is Verdict.QUEUE:
+                    self._queue.append(job)
+                elif verdict is Verdict.REFUSE:
+                    refusal = self._queue_full(job, now)
             if refusal is not None:
                 self._end(job, refusal)  # ended at once, so observers (metrics) count refusals from every face
             else:
@@ -302,7 +301,7 @@ class SlotManager:
                 slots=slots,
                 queue_depth=len(self._queue),
                 max_queue=self.settings.max_queue,
-                waiting_room=len(self._waiting_room),
+                waiting_room=len(self.admission.room),
                 accepting=self._phase == "running",
             )
 
@@ -319,10 +318,8 @@ class SlotManager:
 
     def _end(self, job: Job, outcome: Any) -> None:
         """Mark ``job`` ended (under the lock); the first outcome wins."""
-        if job._ending:
-            return
-        job._ending = True
-        self._ended.append((job, outcome))
+        if job.claim_outcome():
+            self._ended.append((job, outcome))
 
     def _settle(self) -> None:
         with self._cond:
@@ -336,12 +333,13 @@ class SlotManager:
     def _dispatch(self, now: float) -> None:
         """Start what can start, let the waiting room into the queue's free places, and again."""
         self._bind(now)
-        while self._waiting_room and backlog(self._queue, self._slots) < self.settings.max_queue:
-            job = next(iter(self._waiting_room))
-            del self._waiting_room[job]
+        for job in self.admission.let_in(self._line):
             self._queue.append(job)
             self._bind(now)
         self._renumber()
+
+    def _line(self) -> Line:
+        return Line(self._queue, backlog(self._queue, self._slots))
 
     def _bind(self, now: float) -> None:
         for job, slot, why in plan_dispatch(self._queue, self._slots, self.estimates, now, self.starvation_s):
@@ -361,13 +359,9 @@ class SlotManager:
     def _renumber(self) -> None:
         """Tell each job that moved its place in line, with when it should start (``wait_s``,
         from the same estimates as Retry-After; absent while no slot is up to estimate from)."""
-        line, now = [*self._queue, *self._waiting_room], time.monotonic()
-        for position, job in enumerate(line):
-            if job._position != position:
-                job._position = position
-                wait_s = room_in_s(line[:position + 1], self._slots, self.estimates, now, limit=1)
-                job.emit(Progress(JobStage.QUEUED, queue_position=position,
-                                  wait_s=None if wait_s is None else round(wait_s, 1)))
+        line, now = [*self._queue, *self.admission.room], time.monotonic()
+        self.admission.announce(
+            line, lambda position: room_in_s(line[:position + 1], self._slots, self.estimates, now, limit=1))
 
     def _send(self, slot: WorkerSlot, message: ToWorker) -> bool:
         if slot.conn is None or slot.unreachable:
@@ -380,13 +374,12 @@ class SlotManager:
             return False
 
     def _cancel(self, job: Job, error: StudioError, now: float) -> bool:
-        if job._done or job._ending:
+        if job.ending:
             return False
         if job in self._queue:
             self._queue.remove(job)
             self._renumber()
-        elif job in self._waiting_room:
-            del self._waiting_room[job]
+        elif self.admission.leave(job):
             self._renumber()
         else:
             slot = next((slot for slot in self._slots if slot.job is job), None)
@@ -510,28 +503,23 @@ class SlotManager:
         down = self._down_reason(now)
         if down:
             # Nobody can serve the queue: waiting jobs learn it now instead of hanging.
-            for queued in [*self._queue, *self._waiting_room]:
+            for queued in [*self._queue, *self.admission.clear()]:
                 self._end(queued, WorkerFailed(down))
             self._queue.clear()
-            self._waiting_room.clear()
         self._cond.notify_all()
 
-    def _queue_full(self, now: float) -> QueueFull:
-        """The refusal, with when a job arriving now would get a place (behind the waiting room)."""
-        limit, waiting = self.settings.max_queue, backlog(self._queue, self._slots)
-        room_s = room_in_s([*self._queue, *self._waiting_room], self._slots, self.estimates, now, limit)
-        also = f" and {len(self._waiting_room)} more wait for a place" if self._waiting_room else ""
-        # With no slot up to estimate from (restarting), a short, honest guess.
-        return QueueFull.retry_in(f"the queue is full: {waiting} jobs are waiting (limit {limit}){also}",
-                                  room_s, RETRY_AFTER_DEFAULT_S)
+    def _queue_full(self, job: Job, now: float) -> QueueFull:
+        """The refusal, with when a job arriving now would get a place (behind the waiting room);
+        with no slot up to estimate from (restarting), the policy's short, honest guess."""
+        room_s = room_in_s([*self._queue, *self.admission.room], self._slots, self.estimates, now,
+                           self.settings.max_queue)
+        return self.admission.refusal(job, self._line(), room_s)
 
     def _expire_waiting_room(self, now: float) -> None:
         """Jobs that found no place within ``--queue-wait`` are refused, as they would have been at once."""
-        expired = [job for job, deadline in self._waiting_room.items() if deadline <= now]
+        expired = self.admission.expired(now)
         for job in expired:
-            del self._waiting_room[job]
-        for job in expired:
-            self._end(job, self._queue_full(now))
+            self._end(job, self._queue_full(job, now))
         if expired:
             self._renumber()
 
@@ -628,18 +616,16 @@ class SlotManager:
 
     def _enforce_timeouts(self, now: float) -> None:
         limit = self.settings.job_timeout_s  # read at every check: a changed setting applies at once
-        load_limit = self.settings.load_timeout_s
         for slot in self._slots:
             job = slot.job
-            if (job is not None and load_limit and slot.phase == "loading" and slot.loading_at is not None
-                    and now - slot.loading_at >= load_limit and slot.process is not None and not slot.killed):
+            stuck = (self.admission.load_stuck(job, slot.loading_at, now, f"slot {slot.index} ({slot.device})",
+                                               "the slot restarts")
+                     if job is not None and slot.phase == "loading" and slot.process is not None and not slot.killed
+                     else None)
+            if stuck is not None:
                 log.warning("slot %d (%s): loading %s took longer than %g s; killing the worker",
-                            slot.index, slot.device, job.spec.id, load_limit)
-                self._end(job, ModelLoadFailed(
-                    f"loading {job.spec.label} on slot {slot.index} ({slot.device}) took longer than {load_limit:g} s "
-                    "(--load-timeout), so it was stopped and the slot restarts; try again, or check the disk "
-                    "holding the model"
-                ))
+                            slot.index, slot.device, job.spec.id, self.settings.load_timeout_s)
+                self._end(job, stuck)
                 slot.killed = True
                 kill(slot.process, slot.reap_lock)
             if job is None or not limit or slot.phase == "loading":

@@ -187,7 +187,7 @@ def test_past_the_queue_limit_no_more_jobs_wait_for_downloads(tiny_models, tmp_p
             with pytest.raises(QueueFull, match=r"2 jobs are waiting for model downloads \(limit 2\)") as caught:
                 gate.submit(spec, request)
             assert caught.value.status == 429 and 1 <= caught.value.retry_after_s <= 300
-            assert [d["jobs_waiting"] for d in gate.status().downloads] == [2]
+            assert [d.jobs_waiting for d in gate.status().downloads] == [2]
             waiting[0].cancel()
             gate.submit(spec, request)  # a place freed
         finally:
