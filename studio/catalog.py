@@ -17,9 +17,11 @@ from typing import TypedDict
 
 from studio import families, memory
 from studio.errors import InvalidRequest, UnknownModel, echo
-from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, parse_request, parse_size
+from studio.loras import LoraError, LoraLibrary
+from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, LoraUse, parse_request, parse_size
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+LORA_DIR = Path("loras")  # --lora-dir's default
 OVERRIDE_FILE = "studio.toml"
 BOUNDED_FIELDS = ("width", "height", "steps", "guidance")  # the request fields each model bounds itself
 
@@ -338,6 +340,7 @@ class Catalog:
     default: str
     aliases: dict[str, str] = field(default_factory=dict)
     groups: tuple[str, ...] = ()  # the ranking's groups, best first
+    loras: LoraLibrary = field(default_factory=lambda: LoraLibrary(LORA_DIR))  # --lora-dir
 
     def grouped(self) -> list[tuple[str, list[ModelSpec]]]:
         """The models of each ranking group, groups and models in rank order."""
@@ -376,7 +379,33 @@ class Catalog:
         if request.task not in spec.tasks:
             able = ", ".join(self.able(request.task)) or "none"
             raise InvalidRequest(f"model: {spec.id} cannot do {request.task}; models that can: {able}", field="model")
-        return spec, spec.check(request)
+        return spec, self.check_loras(spec, spec.check(request))
+
+    def check_loras(self, spec: ModelSpec, request: GenerationRequest) -> GenerationRequest:
+        """Each LoRA of the request found in the library and made for the model's family; the resolved request
+        carries their files and hashes (for the worker and the images' metadata)."""
+        if not request.loras:
+            return request
+        if not families.takes_loras(spec.family):
+            able = ", ".join(self.lora_models()) or "none"
+            raise LoraError(f"loras: {spec.id} cannot take LoRAs (diffusers has no LoRA loader for {spec.label}); "
+                            f"models that take LoRAs: {able}")
+        resolved = []
+        for use in request.loras:
+            found = self.loras.get(use.name)
+            if spec.family not in found.fits:
+                fits = [other.id for other in self if other.family in found.fits]
+                where = f"it fits {', '.join(fits)}" if fits else "no model here takes it"
+                raise LoraError(f"loras: '{found.name}' is a LoRA for {found.family}, not for {spec.id} "
+                                f"({spec.family}); {where}")
+            use = LoraUse(name=found.name, scale=use.scale)
+            use._path, use._hash = str(found.path), found.short_hash
+            resolved.append(use)
+        return request.model_copy(update={"loras": tuple(resolved)})
+
+    def lora_models(self) -> list[str]:
+        """The ids of the models that take LoRAs."""
+        return [spec.id for spec in self if families.takes_loras(spec.family)]
 
     def able(self, task: str) -> list[str]:
         """The ids of the models that can run ``task``."""
@@ -415,8 +444,10 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_catalog(models_dir: str | Path | None = None, path: Path | None = None) -> Catalog:
-    """Read the catalog; a models folder adds local sources and their ``studio.toml`` overrides."""
+def load_catalog(models_dir: str | Path | None = None, path: Path | None = None,
+                 lora_dir: str | Path | None = None) -> Catalog:
+    """Read the catalog; a models folder adds local sources and their ``studio.toml`` overrides; ``lora_dir``
+    is the LoRA library (default ``loras/``)."""
     data = tomllib.loads((path or PRESETS_DIR / "models.toml").read_text())
     models, aliases = {}, {}
     for model_id, table in data["models"].items():
@@ -440,4 +471,5 @@ def load_catalog(models_dir: str | Path | None = None, path: Path | None = None)
         if spec.card.group not in groups:
             raise ValueError(f"{spec.id}: group {spec.card.group!r} is not one of {groups}")
     ranked = dict(sorted(models.items(), key=lambda item: item[1].card.rank))
-    return Catalog(models=ranked, default=data["default"], aliases=aliases, groups=groups)
+    return Catalog(models=ranked, default=data["default"], aliases=aliases, groups=groups,
+                   loras=LoraLibrary(lora_dir or LORA_DIR))

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from studio import hub, memory, pngmeta, weights
-from studio.catalog import load_catalog
+from studio.catalog import LORA_DIR, load_catalog
 from studio.config import models_dir_problem
 from studio.errors import InvalidRequest, StudioError
 from studio.schemas import allowed_range, parse_size, request_fields, value_type
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_request_flags(gen)
     gen.add_argument("--size", type=_size, default=None, help="WxH, e.g. 1024x768")
     gen.add_argument("--models-dir", default=models_dir, help=MODELS_DIR_HELP)
+    gen.add_argument("--lora-dir", default=os.environ.get("STUDIO_LORA_DIR") or str(LORA_DIR),
+                     help="folder of LoRA .safetensors files (default loras/, or STUDIO_LORA_DIR)")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("-o", "--output", required=True,
                      help="OUT.png (or .jpg, .webp); several images become OUT-1.png, OUT-2.png ...")
@@ -59,6 +61,9 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
         kind = value_type(info)
         if kind is bool:
             parser.add_argument(faces.flag, dest=name, action="store_true", default=None, help=help_text)
+        elif kind is tuple:  # a list: the flag repeats, each value read by the field's own validator
+            parser.add_argument(faces.flag, dest=name, action="append", default=None,
+                                metavar=faces.flag.lstrip("-").upper(), help=f"{help_text} Repeatable.")
         else:
             parser.add_argument(faces.flag, dest=name, type=kind, default=None, required=info.is_required(),
                                 metavar=faces.flag.lstrip("-").replace("-", "_").upper(), help=help_text)
@@ -87,7 +92,7 @@ def output_format(output: str) -> str:
 
 def generate(args) -> int:
     image_format = output_format(args.output)
-    catalog = load_catalog(args.models_dir)
+    catalog = load_catalog(args.models_dir, lora_dir=args.lora_dir)
     width, height = args.size or (None, None)
     spec, request = catalog.parse(dict(request_flags(args), width=width, height=height))
     if not hub.offline() and not _on_disk(spec):

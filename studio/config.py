@@ -65,6 +65,8 @@ class Settings:
     devices: list[str] = field(default_factory=list)  # empty: every visible GPU, else one CPU slot
     num_gpus: int | None = None
     models_dir: Path | None = None
+    lora_dir: Path = Path("loras")  # the LoRA library: .safetensors files (subfolders too)
+    lora_cache: int = 16  # LoRA adapters each slot keeps loaded (least recently used out)
     preload: list[str] = field(default_factory=list)
     max_queue: int = 32
     queue_wait_s: float = 10.0  # past --max-queue a job waits this long for a place before a 429; 0 refuses at once
@@ -106,6 +108,8 @@ class Settings:
             devices=_csv(args.devices),
             num_gpus=args.num_gpus,
             models_dir=Path(args.models_dir) if args.models_dir else None,
+            lora_dir=Path(args.lora_dir),
+            lora_cache=args.lora_cache,
             preload=_csv(args.preload),
             max_queue=args.max_queue,
             queue_wait_s=args.queue_wait,
@@ -165,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--devices", default=_env("DEVICES"), help="comma list, e.g. cuda:0,cuda:1 or cpu,cpu")
     parser.add_argument("--num-gpus", type=int, default=_env("NUM_GPUS") and int(_env("NUM_GPUS")))
     parser.add_argument("--models-dir", default=_env("MODELS_DIR"), help="local folder of <model-id>/ pipelines")
+    parser.add_argument("--lora-dir", default=_env("LORA_DIR", "loras"),
+                        help="folder of LoRA .safetensors files (default loras/); GET /v1/loras lists them")
+    parser.add_argument("--lora-cache", type=_at_least(8), default=_env("LORA_CACHE", "16"), metavar="N",
+                        help="LoRAs each slot keeps loaded, least recently used out first (default 16, at least 8)")
     parser.add_argument("--preload", default=_env("PRELOAD"), help="model ids to load and warm at start")
     parser.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")),
                         help="jobs that may wait for a slot (default 32)")
@@ -218,11 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _at_least(low: int):
+    """An argparse type: a whole number of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {low}, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)

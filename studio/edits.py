@@ -19,6 +19,7 @@ Runs in the parent process: never imports torch.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -32,7 +33,7 @@ from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest
 from studio.openai_api import RESPONSE_FORMAT_DOC, answer, request_data, require_api_key, with_extras
 from studio.responses import GENERATION_ERRORS, ImagesResponse
-from studio.schemas import MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, parse_size
+from studio.schemas import MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, parse_size, request_fields, value_type
 
 IMAGE_FIELDS = ("image", "image[]")
 EDIT_FILES = ("image", "mask")  # the files each route takes, "image" standing for "image[]" too
@@ -44,6 +45,25 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the
 # details are drawn anew. Above ~0.8 an empty prompt drifts toward an unrelated image; below ~0.4 the
 # variations barely differ from the input or from each other.
 VARIATION_STRENGTH = 0.6
+
+
+# A list field in a form (loras): repeated `loras=NAME:SCALE` values, or the OpenAI SDK's `extra_body`
+# flattened as `loras[][name]=...&loras[][scale]=...` (or `loras[0][name]`); one value may also be JSON.
+FORM_LIST_ITEM = re.compile(r"(\w+)\[\d*\](?:\[(\w+)\])?")
+LIST_FIELDS = tuple(name for name, info, _ in request_fields() if value_type(info) is tuple)
+
+
+def add_list_item(fields: dict, name: str, key: str | None, value: str) -> None:
+    """Add one form value to the list field ``name``: a whole item, or the ``key`` of the current item (a
+    key the current item already has starts the next one)."""
+    items = fields.get(name)
+    items = fields[name] = items if isinstance(items, list) else ([items] if items is not None else [])
+    if key is None:
+        items.append(value)
+    elif items and isinstance(items[-1], dict) and key not in items[-1]:
+        items[-1][key] = value
+    else:
+        items.append({key: value})
 
 
 def size_or_auto(value: str | None) -> str | None:
@@ -143,6 +163,8 @@ async def read_form(request: Request, schema: type[BaseModel], takes: tuple[str,
                 files.setdefault("image" if key in IMAGE_FIELDS else key, value)  # of several images, the first
             elif key in file_fields:
                 raise InvalidRequest(f"{key}: must be a file upload", field=key)
+            elif (item := FORM_LIST_ITEM.fullmatch(key)) or key in fields and key in LIST_FIELDS:
+                add_list_item(fields, *(item.groups() if item else (key, None)), value)
             else:
                 fields[key] = value
         if "image" not in files:

@@ -22,6 +22,7 @@ import torch
 from studio import families, hub, pngmeta, speed
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled, OutOfMemory, StudioError
+from studio.lorapipe import ResidentLoras
 from studio.schemas import GenerationRequest, JobResult, JobStage
 from studio.speed import EngineOptions
 
@@ -87,6 +88,7 @@ class Engine:
         self.cache_hits = 0  # swaps served from the RAM cache
         self.cache = PipelineCache(self.options.ram_cache_bytes)
         self._task_pipes: dict[str, object] = {}  # edit pipelines made from the resident one
+        self.loras = ResidentLoras(self.options.lora_cache, hotswap=self.options.compile)
         self._on_cpu = torch.device(device).type == "cpu"
 
     @property
@@ -142,6 +144,7 @@ class Engine:
         loaded = self.ensure(spec)
         on_stage(JobStage.GENERATING)
         try:
+            self.loras.apply(self.pipe, request.loras)  # edit pipelines share its modules, so its adapters
             pipe = self.task_pipe(request.task)
             speed.prepare(pipe, request)
             images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))

@@ -37,7 +37,7 @@ from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, S
 from studio.history import History, owner_dir
 from studio.responses import GENERATION_ERRORS, READ_ERRORS, ImageData, ImagesResponse, ModelList, ModelObject
 from studio.schemas import (MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, GenerationRequest, JobResult, allowed_range,
-                            field_bounds, parse_size, request_fields)
+                            field_bounds, parse_size, request_fields, value_type)
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,20 @@ def with_extras(route: str):
 
     def add(cls: type[BaseModel]) -> type[BaseModel]:
         extras = {
-            name: (info.annotation | None, extra_field(name, info))
+            name: (extra_type(info), extra_field(name, info))
             for name, info, faces in request_fields() if route in faces.routes
         }
         return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **extras)
 
     return add
+
+
+def extra_type(info) -> Any:
+    """A field's type as an extra, unset allowed. A list field (``loras``) takes objects or strings
+    (``"NAME:SCALE"``; one string, commas between), which ``GenerationRequest`` checks once, naming the item."""
+    if value_type(info) is tuple:
+        return list[dict | str] | str | None
+    return info.annotation | None
 
 
 def extra_field(name: str, info) -> Any:

@@ -6,13 +6,14 @@ model-specific ones live in the catalog (``ModelSpec.check``).
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Iterator, get_args
+from typing import Annotated, Iterator, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -28,6 +29,9 @@ TASKS = ("text-to-image", "image-to-image", "inpainting")
 DEFAULT_STRENGTH = {"image-to-image": 0.75, "inpainting": 1.0}
 SIZE_PATTERN = re.compile(r"[0-9]{1,5}x[0-9]{1,5}")  # ASCII digits only: "٦٤x٦٤" is no size
 SIZE_SHAPE = "'WIDTHxHEIGHT' (e.g. '1024x1024', no spaces)"
+MAX_LORAS = 8
+# A1111's prompt syntax for a LoRA, which SwarmUI and LocalAI read too: <lora:NAME> or <lora:NAME:WEIGHT>.
+LORA_TAG = re.compile(r"<lora:([^<>]*)>", re.IGNORECASE)
 
 # The REST routes whose request models carry a field as an Image Studio extra (studio.openai_api).
 ALL_ROUTES = ("generations", "edits", "variations")
@@ -46,6 +50,33 @@ class Faces:
     routes: tuple[str, ...] = ALL_ROUTES  # REST routes with it as an extra; () where OpenAI names it (prompt, model)
     flag: str | None = None  # its flag of `python -m studio generate`
     a1111: str | None = None  # its key in the images' A1111 parameters text; None: not written there
+
+
+class LoraUse(BaseModel):
+    """One LoRA of a request: its name in the library (``GET /v1/loras``) and its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=300, description="A LoRA of GET /v1/loras (or a hub `owner/repo`).")
+    scale: float = Field(1.0, ge=-4.0, le=4.0, description="Its weight; 0 leaves the image as without it.")
+    # Set when the catalog resolves the request (never from input): the file and its A1111 hash.
+    _path: str | None = PrivateAttr(None)
+    _hash: str | None = PrivateAttr(None)
+
+    @classmethod
+    def parse(cls, text: str, field: str = "loras", shown: str | None = None) -> "LoraUse":
+        """``"NAME"`` or ``"NAME:SCALE"`` (the CLI's ``--lora``, a form value, a prompt tag's inside)."""
+        name, colon, scale = text.strip().rpartition(":") if ":" in text else (text.strip(), "", "")
+        try:
+            return cls(name=name.strip(), scale=float(scale) if colon else 1.0)
+        except ValueError:  # a weight that is no number, or a bound: say it with the text as given
+            low, high = field_bounds("scale", cls)
+            raise InvalidRequest(f"{field}: '{echo(shown or text)}' must be NAME or NAME:SCALE with SCALE a number in "
+                                 f"{low:g}..{high:g}", field=field) from None
+
+    def tag(self) -> str:
+        """How A1111 writes it in a prompt."""
+        return f"<lora:{self.name}:{self.scale:g}>"
 
 
 class GenerationRequest(BaseModel):
@@ -86,6 +117,11 @@ class GenerationRequest(BaseModel):
     num_images: Annotated[int, Faces("Images", routes=("generations",), flag="--n")] = Field(
         1, ge=1, le=MAX_IMAGES, description="Images generated in one batched call; an alias of `n`."
     )
+    loras: Annotated[tuple[LoraUse, ...], Faces("LoRAs", flag="--lora")] = Field(
+        (), max_length=MAX_LORAS,
+        description=f"LoRAs applied to the model, at most {MAX_LORAS}: [{{\"name\", \"scale\"}}] (scale -4..4, "
+        "default 1), or \"NAME:SCALE\" strings; <lora:NAME:SCALE> tags in the prompt add to them.",
+    )
     # -- edits: an input image makes it image-to-image, a mask too makes it inpainting
     strength: Annotated[float | None, Faces("Strength", routes=EDIT_ROUTES, a1111="Denoising strength")] = Field(
         None, ge=0.0, le=1.0,
@@ -124,12 +160,57 @@ class GenerationRequest(BaseModel):
                 )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_tags(cls, data):
+        """``<lora:NAME:SCALE>`` in the prompt is taken out of its text and acts as a ``loras`` entry."""
+        prompt = data.get("prompt") if isinstance(data, dict) else None
+        if not isinstance(prompt, str) or "<lora:" not in prompt.lower():
+            return data
+        tagged = [LoraUse.parse(inside, field="prompt", shown=f"<lora:{inside}>") for inside in LORA_TAG.findall(prompt)]
+        text = re.sub(r"[ \t]{2,}", " ", LORA_TAG.sub("", prompt)).strip().strip(",").strip()
+        return {**data, "prompt": text, "loras": [*_lora_items(data.get("loras")), *tagged]}
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _lora_items(cls, value):
+        return _lora_items(value)
+
+    @field_validator("loras")
+    @classmethod
+    def _one_each(cls, value: tuple[LoraUse, ...]) -> tuple[LoraUse, ...]:
+        names = [lora.name.removesuffix(".safetensors") for lora in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise PydanticCustomError("duplicate_lora", "names {names} twice; give each LoRA once, with one scale",
+                                       {"names": ", ".join(twice)})
+        return value
+
     @property
     def seeds(self) -> list[int]:
         """One seed per image, so any image can be reproduced alone with n=1."""
         if self.seed is None:
             raise ValueError("seeds of an unresolved request")
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
+
+
+def _lora_items(value):
+    """``loras`` as given: a list of ``{name, scale}``, of ``"NAME:SCALE"`` strings, one such string (commas
+    between LoRAs), or a JSON list in a string (a form field); None is none."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return _lora_items(json.loads(text))
+            except ValueError:
+                raise InvalidRequest("loras: not valid JSON; send [{\"name\": ..., \"scale\": ...}]",
+                                     field="loras") from None
+        value = [part for part in text.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return [LoraUse.parse(item) if isinstance(item, str) else item for item in value]
+    return value
 
 
 def parse_size(text: str, field: str = "size") -> tuple[int, int]:
@@ -157,10 +238,13 @@ def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field"
-    allowed = allowed_range(field_name)
+    if first["loc"][:1] == ("loras",):  # one LoRA's name or scale: its bounds are LoraUse's
+        allowed, field = allowed_range(str(first["loc"][-1]), LoraUse), "loras"
+    else:
+        allowed, field = allowed_range(field_name), field_name
     if allowed:
         message = f"{message} (allowed {allowed})"
-    return InvalidRequest(f"{field_name}: {message}", field=field_name)
+    return InvalidRequest(f"{field_name}: {message}", field=field)
 
 
 def allowed_range(field_name: str, model: type[BaseModel] = GenerationRequest) -> str | None:
@@ -196,7 +280,9 @@ def faces(field_name: str) -> Faces:
 
 
 def value_type(info: FieldInfo) -> type:
-    """The plain type of a field: ``int`` for ``int | None``."""
+    """The plain type of a field: ``int`` for ``int | None``, ``tuple`` for a list of values."""
+    if get_origin(info.annotation) in (tuple, list):
+        return tuple
     kinds = [kind for kind in get_args(info.annotation) if kind is not type(None)] or [info.annotation]
     return kinds[0]
 

@@ -53,7 +53,7 @@ Bearer or as HTTP Basic's password (A1111's shapes, errors included: 422 with `d
 
 
 def create_app(settings: Settings) -> FastAPI:
-    catalog = load_catalog(settings.models_dir)
+    catalog = load_catalog(settings.models_dir, lora_dir=settings.lora_dir)
     backend = make_backend(settings, catalog)
     metrics = StudioMetrics(backend)
     backend.add_observer(metrics.observe)

@@ -25,6 +25,7 @@ from studio import families
 
 log = logging.getLogger(__name__)
 
+HOTSWAP_RANK = 128  # --compile: the largest LoRA rank swapped in without a recompile
 TILED_VAE_ABOVE = 2048  # px on the longer side; a one-piece decode above it needs tens of GB
 GIB = 2**30
 
@@ -40,10 +41,12 @@ class EngineOptions:
     channels_last: bool = True  # CUDA: NHWC convolutions in UNets (tensor-core friendly)
     compile_backend: str = "inductor"  # torch.compile backend; others ("eager") only check the wiring
     step_cache_threshold: float = 0.05  # diffusers' default: higher skips more steps and drifts more
+    lora_cache: int = 16  # LoRA adapters kept loaded per slot (least recently used out; at least MAX_LORAS)
 
     @classmethod
     def from_settings(cls, settings) -> EngineOptions:
-        return cls(ram_cache_gb=settings.ram_cache_gb, compile=settings.compile, step_cache=settings.step_cache)
+        return cls(ram_cache_gb=settings.ram_cache_gb, compile=settings.compile, step_cache=settings.step_cache,
+                   lora_cache=settings.lora_cache)
 
     @property
     def ram_cache_bytes(self) -> int:
@@ -88,6 +91,7 @@ def optimize(pipe, spec, device: str, options: EngineOptions) -> list[str]:
         ("channels_last", options.channels_last and on_cuda, lambda p: channels_last(p, family.denoisers)),
         ("step_cache", options.step_cache and family.step_cache,
          lambda p: step_cache(p, options.step_cache_threshold)),
+        ("lora_hotswap", options.compile and family.takes_loras, lora_hotswap),
         ("compile", options.compile, lambda p: compile_denoiser(p, family.denoisers, options.compile_backend)),
     ]
     applied = []
@@ -161,6 +165,13 @@ def fuse_qkv(pipe, denoisers: tuple[str, ...]) -> bool:
         except Exception as exc:  # "added KV projections" and the like: this module stays unfused
             log.debug("fuse_qkv skipped for %s: %s", type(module).__name__, exc)
     return fused
+
+
+def lora_hotswap(pipe) -> bool:
+    """Before compiling: LoRAs up to ``HOTSWAP_RANK`` can later be swapped in (``studio.lorapipe``) without
+    a recompile."""
+    pipe.enable_lora_hotswap(target_rank=HOTSWAP_RANK)
+    return True
 
 
 def channels_last(pipe, denoisers: tuple[str, ...]) -> bool:

@@ -37,3 +37,16 @@ def tiny_catalog(tiny_models):
         return load_catalog(tiny_models(*ids))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def lora_models(tmp_path_factory) -> Path:
+    """Its own tiny SDXL and FLUX with their tiny LoRAs in ``loras/`` (the shared models folder gains
+    neither: other tests count its models)."""
+    from studio.tiny import build
+    from studio.tiny.lora import build_loras
+
+    folder = tmp_path_factory.mktemp("lora-models")
+    build(folder, ["sdxl-base", "flux-schnell"])
+    build_loras(folder)
+    return folder

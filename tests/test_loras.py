@@ -7,24 +7,17 @@ import shutil
 import pytest
 
 from studio.loras import LoraError, LoraLibrary, family_of, read_header
-from studio.tiny.lora import build_loras
 
 SDXL, FLUX = "sdxl-base", "flux-schnell"
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """Its own tiny SDXL and FLUX, so the session's shared models folder gains neither them nor loras/."""
-    from studio.tiny import build
-
-    folder = tmp_path_factory.mktemp("lora-models")
-    build(folder, [SDXL, FLUX])
-    return folder
+def models_dir(lora_models):
+    return lora_models
 
 
 @pytest.fixture(scope="module")
 def library(models_dir, tmp_path_factory):
-    build_loras(models_dir)
     folder = tmp_path_factory.mktemp("loras")
     for path in (models_dir / "loras").glob("*.safetensors"):
         shutil.copy(path, folder / path.name)

@@ -166,7 +166,7 @@ def test_the_extras_of_each_route_are_the_request_fields_declared_for_it():
         for name in extras:
             assert properties[name]["description"].startswith(GenerationRequest.model_fields[name].description)
             assert model.model_fields[name].default is None  # unset: the model's default
-    assert set(extras) == {"negative_prompt", "steps", "guidance", "seed", "strength"}
+    assert set(extras) == {"negative_prompt", "steps", "guidance", "seed", "loras", "strength"}
     steps = ImageEditRequest.model_json_schema()["properties"]["steps"]
     assert (steps["minimum"], steps["maximum"]) == (1, 150)
     assert "strength" not in ImageGenerationRequest.model_fields  # an edit's field only

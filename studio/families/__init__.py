@@ -108,6 +108,11 @@ FAMILIES: dict[str, Family] = {
     )
 }
 
+def takes_loras(family: str) -> bool:
+    """Whether diffusers has a LoRA loader for the family (none for PixArt, HunyuanDiT, Lumina-Next or
+    Stable Cascade): the catalog's check and the speed options read it."""
+    return FAMILIES[family].takes_loras
+
 
 def tasks(family: str) -> tuple[str, ...]:
     """The tasks a family's models can run, text-to-image first."""

@@ -32,6 +32,7 @@ class ApiHandlers:
         seed: int | None = None,
         num_images: int = 1,
         style: str = NO_STYLE,
+        loras: list | str | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -48,9 +49,10 @@ class ApiHandlers:
             seed: seed of the first image; image i uses seed + i (default: random)
             num_images: 1 to 4 images in one batch
             style: a style preset id, or "none"
+            loras: LoRAs of /loras that fit the model: [{"name": ..., "scale": 0.8}] or "NAME:SCALE, ..."
         """
         spec, resolved = self._resolve_or_error(
-            prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style
+            prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style, loras=loras
         )
         return await self._api_run(spec, resolved, style, request, progress)
 
@@ -69,6 +71,7 @@ class ApiHandlers:
         seed: int | None = None,
         num_images: int = 1,
         style: str = NO_STYLE,
+        loras: list | str | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -88,6 +91,7 @@ class ApiHandlers:
             seed: seed of the first image; image i uses seed + i (default: random)
             num_images: 1 to 4 images in one batch
             style: a style preset id, or "none"
+            loras: LoRAs of /loras that fit the model: [{"name": ..., "scale": 0.8}] or "NAME:SCALE, ..."
         """
         try:
             spec = self.catalog.get(model)
@@ -102,7 +106,7 @@ class ApiHandlers:
             raise user_error(exc.message, exc.status) from None
         spec, resolved = self._resolve_or_error(
             prompt, spec.id, negative_prompt, width, height, steps, guidance, seed, num_images, style,
-            image=data, mask=mask_data, strength=strength,
+            image=data, mask=mask_data, strength=strength, loras=loras,
         )
         return await self._api_run(spec, resolved, style, request, progress)
 

@@ -83,7 +83,7 @@ class Studio(ApiHandlers):
         return self.styles[key]
 
     def resolve(self, prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style,
-                image: bytes | None = None, mask: bytes | None = None, strength=None, previews: int = 0):
+                image: bytes | None = None, mask: bytes | None = None, strength=None, previews: int = 0, loras=None):
         """Validate the inputs once (pydantic limits, then the model's own) into a resolved request.
         An input ``image`` (and ``mask``) makes it an edit (image-to-image, inpainting)."""
         spec = self.catalog.get(model)
@@ -106,6 +106,7 @@ class Studio(ApiHandlers):
                 mask=mask if image is not None else None,
                 strength=as_float(strength) if image is not None else None,
                 previews=previews,
+                loras=loras,
             )
         )
 

@@ -211,6 +211,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                 gr.Number(label="seed", value=None, precision=0),
                 gr.Number(label="num_images", value=1, precision=0),
                 gr.Dropdown([style.id for style in studio.styles.values()], label="style", value=NO_STYLE),
+                gr.JSON(label="loras", value=None),  # [{"name", "scale"}] or "NAME:SCALE, ..."
             ]
             api_outputs = [gr.File(label="images", file_count="multiple"), gr.JSON(label="parameters")]
             api_trigger = gr.Button(visible=False)

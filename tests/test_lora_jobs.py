@@ -1,0 +1,163 @@
+"""LoRAs per request, end to end: the real app (one CPU slot, tiny SDXL and FLUX, their tiny LoRAs) through
+the OpenAI SDK (``extra_body``), plain HTTP, gradio_client and the CLI.
+
+One slot, so every job runs on the same worker: the first base image is the fresh worker's, and a job
+without LoRAs after jobs with them must give exactly its bytes (no bleed).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from studio import cli, pngmeta
+from studio.config import Settings
+from tests.live import serve
+
+SDXL, FLUX = "sdxl-base", "flux-schnell"
+SHAPE = {"size": "64x64"}
+EXTRAS = {"seed": 3, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def lora_dir(lora_models, tmp_path_factory):
+    """The tiny LoRAs, a subfolder, and the broken files the bad-input tests name."""
+    folder = tmp_path_factory.mktemp("loras")
+    for path in (lora_models / "loras").glob("*.safetensors"):
+        shutil.copy(path, folder / path.name)
+    good = (folder / "tiny-sdxl-kohya.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(good[:-9])
+    (folder / "garbage.safetensors").write_bytes(b"\x00\x01 not safetensors" * 4)
+    (folder / "pickled.ckpt").write_bytes(b"\x80\x04 a pickle")
+    (folder / "styles").mkdir()
+    shutil.copy(folder / "tiny-sdxl-diffusers.safetensors", folder / "styles" / "ink.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(lora_models, lora_dir, tmp_path_factory):
+    settings = Settings(host="127.0.0.1", devices=["cpu"], models_dir=lora_models, lora_dir=lora_dir,
+                        outputs_dir=tmp_path_factory.mktemp("outputs"))
+    with serve(settings) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server, timeout=120) as session:
+        yield session
+
+
+def pixels(b64: str) -> bytes:
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
+        return image.convert("RGB").tobytes()
+
+
+def generate(client, model: str, prompt: str = "a red fox", **extras) -> bytes:
+    response = client.images.generate(model=model, prompt=prompt, response_format="b64_json", **SHAPE,
+                                      extra_body=EXTRAS | extras)
+    return response.data[0].b64_json
+
+
+def input_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 60, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("model, family", [(SDXL, "sdxl"), (FLUX, "flux")])
+def test_a_lora_changes_the_image_and_leaves_no_trace(client, model, family):
+    base = pixels(generate(client, model))  # the first job of this model on the fresh worker
+    kohya = pixels(generate(client, model, loras=[{"name": f"tiny-{family}-kohya", "scale": 1}]))
+    diffusers_format = pixels(generate(client, model, loras=[f"tiny-{family}-diffusers"]))
+    tagged = pixels(generate(client, model, prompt=f"a red fox <lora:tiny-{family}-kohya:1>"))
+    zero = pixels(generate(client, model, loras=[{"name": f"tiny-{family}-kohya", "scale": 0}]))
+    after = pixels(generate(client, model))
+    assert kohya != base
+    assert diffusers_format == kohya  # both key formats load, to the same weights
+    assert tagged == kohya  # the prompt tag acts exactly like the field
+    assert zero == base and after == base  # scale 0, and the job after: the fresh worker's bytes
+
+
+def test_two_loras_with_their_weights(client):
+    one = pixels(generate(client, SDXL, loras=["tiny-sdxl-kohya:0.5"]))
+    both = pixels(generate(client, SDXL, loras=["tiny-sdxl-kohya:0.5", "styles/ink:-0.25"]))
+    assert len({one, both, pixels(generate(client, SDXL))}) == 3
+
+
+def test_edits_and_variations_see_the_adapters(client):
+    def edit(**extras):
+        response = client.images.edit(model=SDXL, image=("in.png", input_png(), "image/png"), prompt="a red fox",
+                                      response_format="b64_json", extra_body=EXTRAS | extras)
+        return pixels(response.data[0].b64_json)
+
+    def variation(**extras):
+        response = client.images.create_variation(model=SDXL, image=("in.png", input_png(), "image/png"),
+                                                  response_format="b64_json", extra_body=EXTRAS | extras)
+        return pixels(response.data[0].b64_json)
+
+    plain = edit()
+    # The SDK sends extra_body in a form as loras[][name]=...&loras[][scale]=...
+    assert edit(loras=[{"name": "tiny-sdxl-kohya", "scale": 1.0}]) != plain
+    assert edit() == plain
+    assert variation(loras=["tiny-sdxl-kohya"]) != variation()
+
+
+def test_gradio_client_and_cli_apply_the_same_lora(server, client, lora_models, lora_dir, tmp_path):
+    from gradio_client import Client
+
+    rest = pixels(generate(client, SDXL, loras=["tiny-sdxl-kohya:0.7"]))
+    files, params = Client(server + "/", verbose=False).predict(
+        "a red fox", SDXL, None, 64, 64, 2, None, 3, 1, "none", [{"name": "tiny-sdxl-kohya", "scale": 0.7}],
+        api_name="/generate")
+    with Image.open(files[0]) as image:
+        assert image.convert("RGB").tobytes() == rest
+    assert params["loras"] == [{"name": "tiny-sdxl-kohya", "scale": 0.7}]
+    out = tmp_path / "fox.png"
+    assert cli.main(["generate", "--models-dir", str(lora_models), "--lora-dir", str(lora_dir), "--model", SDXL,
+                     "--prompt", "a red fox", "--size", "64x64", "--steps", "2", "--seed", "3",
+                     "--lora", "tiny-sdxl-kohya:0.7", "-o", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.convert("RGB").tobytes() == rest
+    assert pngmeta.read(out)["loras"] == [{"name": "tiny-sdxl-kohya", "scale": 0.7}]
+
+
+@pytest.mark.parametrize("extras, param, says", [
+    ({"loras": ["tiny-sdxl-kohy"]}, "loras", "unknown LoRA 'tiny-sdxl-kohy'; did you mean tiny-sdxl-kohya"),
+    ({"loras": ["../../etc/passwd"]}, "loras", "climbs out of the LoRA folder"),
+    ({"loras": ["pickled.ckpt"]}, "loras", "is not a .safetensors file"),
+    ({"loras": ["truncated"]}, "loras", "truncated.safetensors is truncated or corrupt"),
+    ({"loras": ["garbage"]}, "loras", "garbage.safetensors is not a safetensors file"),
+    ({"loras": [{"name": "tiny-sdxl-kohya", "scale": 4.5}]}, "loras", "less than or equal to 4 (allowed -4..4)"),
+    ({"loras": [f"x{i}" for i in range(9)]}, "loras", "at most 8"),
+    ({"loras": ["tiny-sdxl-kohya", "tiny-sdxl-kohya:0.5"]}, "loras", "names tiny-sdxl-kohya twice"),
+    ({"prompt": "a fox <lora:tiny-sdxl-kohya:strong>"}, "prompt", "'<lora:tiny-sdxl-kohya:strong>' must be NAME"),
+    ({"loras": ["tiny-flux-kohya"]}, "loras", "'tiny-flux-kohya' is a LoRA for flux, not for sdxl-base (sdxl); "
+                                              "it fits flux-dev, flux-schnell, chroma"),
+    ({"model": "pixart-sigma", "size": "1024x1024", "loras": ["tiny-sdxl-kohya"]}, "loras", "pixart-sigma cannot take LoRAs"),
+])
+def test_bad_loras_are_a_400_naming_the_field(http, extras, param, says):
+    body = {"model": SDXL, "prompt": "a red fox", **SHAPE, **EXTRAS, "response_format": "b64_json"} | extras
+    response = http.post("/v1/images/generations", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and says in error["message"], error
+    if "pixart" in says:
+        assert "models that take LoRAs: " in error["message"] and "flux-schnell" in error["message"]
+
+
+def test_the_worker_lives_on_after_the_bad_loras(http):
+    good = http.post("/v1/images/generations", json={"model": SDXL, "prompt": "a fox", **SHAPE, **EXTRAS})
+    assert good.status_code == 200, good.text
+    assert http.get("/health").json()["slots"][0]["restarts"] == 0
