@@ -5,8 +5,6 @@ A1111's shape (``answers``). Closing the connection cancels the job, as on ``/v1
 
 from __future__ import annotations
 
-import functools
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
