@@ -81,22 +81,25 @@ def step_callback(on_step: OnStep, request: GenerationRequest, spec: ModelSpec):
     return callback
 
 
-def call_arguments(spec: ModelSpec, request: GenerationRequest, on_step: OnStep, negative: bool = True) -> dict:
-    """What the text-to-image pipeline calls share: the prompt (and the negative one, where the family
-    takes it), size, steps, guidance, n images in one batched call, their seeds, and progress."""
+def image_arguments(request: GenerationRequest, negative: bool = True) -> dict:
+    """What every pipeline call names alike: the prompt (and the negative one, where the family takes it),
+    the size, n images in one batched call and their seeds."""
     arguments = dict(
-        prompt=request.prompt,
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images,
-        generator=generators(request),
-        callback_on_step_end=step_callback(on_step, request, spec),
+        prompt=request.prompt, width=request.width, height=request.height,
+        num_images_per_prompt=request.num_images, generator=generators(request),
     )
     if negative:
         arguments["negative_prompt"] = request.negative_prompt
     return arguments
+
+
+def call_arguments(spec: ModelSpec, request: GenerationRequest, on_step: OnStep, negative: bool = True) -> dict:
+    """What the one-stage text-to-image pipeline calls share: ``image_arguments``, steps, guidance, progress."""
+    return image_arguments(request, negative) | dict(
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        callback_on_step_end=step_callback(on_step, request, spec),
+    )
 
 
 def edit_arguments(request: GenerationRequest, size: bool = True) -> dict:

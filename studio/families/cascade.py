@@ -61,17 +61,9 @@ def load(spec: ModelSpec, device: str) -> StableCascadeCombinedPipeline:
     )
     decoder = _load_decoder(decoder_source, prior, kwargs)
 
-    pipe = StableCascadeCombinedPipeline(
-        tokenizer=decoder.tokenizer,
-        text_encoder=decoder.text_encoder,
-        decoder=decoder.decoder,
-        scheduler=decoder.scheduler,
-        vqgan=decoder.vqgan,
-        prior_prior=prior.prior,
-        prior_text_encoder=prior.text_encoder,
-        prior_tokenizer=prior.tokenizer,
-        prior_scheduler=prior.scheduler,
-    )
+    # The combined pipeline takes the decoder's parts by their names and the prior's as prior_<name>.
+    prior_parts = {f"prior_{name}": part for name, part in prior.components.items()}
+    pipe = StableCascadeCombinedPipeline(**decoder.components, **prior_parts)
     # The combined pipeline builds fresh stage pipelines with default settings; run the loaded
     # ones, which carry their repos' resolution_multiple and latent_dim_scale.
     pipe.prior_pipe, pipe.decoder_pipe = prior, decoder
@@ -107,16 +99,11 @@ def generate(
 ) -> list:
     total = request.steps + spec.decoder_steps
     result = pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        width=request.width,
-        height=request.height,
+        **base.image_arguments(request),  # n images are one batched call through both stages
         prior_num_inference_steps=request.steps,
         prior_guidance_scale=request.guidance,
         num_inference_steps=spec.decoder_steps,
         decoder_guidance_scale=DECODER_GUIDANCE,
-        num_images_per_prompt=request.num_images,  # n images are one batched call through both stages
-        generator=base.generators(request),
         prior_callback_on_step_end=_stage_callback(on_step, done=0, total=total),
         callback_on_step_end=_stage_callback(on_step, done=request.steps, total=total),
         output_type="pil",
