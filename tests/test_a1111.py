@@ -34,12 +34,13 @@ MODELS = ("sdxl-base", "sdxl-turbo")  # sdxl-base: negative prompt and CFG; sdxl
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
+def server(tiny_models, lora_models, tmp_path_factory):
     models = tiny_models(*MODELS)
     settings = Settings(
         host="127.0.0.1",
         devices=["cpu"],
         models_dir=models,
+        lora_dir=lora_models / "loras",  # tiny LoRAs for the tiny SDXL (the same weights in both folders)
         job_timeout_s=120.0,
         api_key=f"ann:{ANN_KEY},bob:{BOB_KEY}",
         outputs_dir=tmp_path_factory.mktemp("outputs"),
@@ -217,6 +218,20 @@ def test_each_key_has_its_own_checkpoint(ann, bob):
     assert response.status_code == 200, response.text[:300]
     info = json.loads(response.json()["info"])
     assert info["sd_model_name"] == "sdxl-turbo" and info["all_seeds"] == [11]
+
+
+def test_a_lora_in_the_prompt_as_a1111_writes_it(ann):
+    listed = {lora["name"]: lora for lora in ann.get("/sdapi/v1/loras").json()}
+    assert listed["tiny-sdxl-kohya"]["path"] == "tiny-sdxl-kohya.safetensors"  # never a machine path
+    plain = ann.post("/sdapi/v1/txt2img", json=txt2img(seed=3))
+    tagged = ann.post("/sdapi/v1/txt2img", json=txt2img(seed=3, prompt="a fox <lora:tiny-sdxl-kohya:0.8>"))
+    assert plain.status_code == tagged.status_code == 200, tagged.text[:300]
+    (plain_b64,), (tagged_b64,) = plain.json()["images"], tagged.json()["images"]
+    params = pngmeta.read(base64.b64decode(tagged_b64))
+    assert params["prompt"] == "a fox" and params["loras"] == [{"name": "tiny-sdxl-kohya", "scale": 0.8}]
+    assert decode(plain_b64).tobytes() != decode(tagged_b64).tobytes()
+    unknown = ann.post("/sdapi/v1/txt2img", json=txt2img(prompt="a fox <lora:no-such-lora:1>"))
+    assert_refused(unknown, "prompt", "unknown LoRA")
 
 
 # ---------------------------------------------------------------- img2img

@@ -115,6 +115,11 @@ async def upscalers():
     return answers.UPSCALERS
 
 
+@router.get("/loras", summary="LoRAs of --lora-dir, for <lora:NAME:WEIGHT> in prompts (A1111 API)")
+async def loras(request: Request):
+    return await run_in_threadpool(answers.loras, request.app.state.catalog)  # reads (and hashes) new files
+
+
 def empty_list(what: str):
     async def route() -> list:
         return []
@@ -124,7 +129,7 @@ def empty_list(what: str):
 
 
 for path, what in (("latent-upscale-modes", "Latent upscale modes"), ("sd-vae", "VAEs"),
-                   ("sd-modules", "Text encoder and VAE modules"), ("loras", "LoRAs")):
+                   ("sd-modules", "Text encoder and VAE modules")):
     router.add_api_route(f"/{path}", empty_list(what), methods=["GET"], summary=f"{what} (A1111 API)")
 
 

@@ -24,7 +24,8 @@ PREVIEWS = MAX_PREVIEWS  # preview images per job, for GET progress's current_im
 CHECKPOINT = "sd_model_checkpoint"
 # GenerationRequest's names -> A1111's, for the errors the catalog raises.
 A1111_NAMES = {"guidance": "cfg_scale", "num_images": "batch_size", "strength": "denoising_strength",
-               "sampler": "sampler_name", "model": CHECKPOINT, "image": "init_images", "size": "width"}
+               "sampler": "sampler_name", "model": CHECKPOINT, "image": "init_images", "size": "width",
+               "loras": "prompt"}  # A1111 names LoRAs only in the prompt: <lora:NAME:WEIGHT>
 WHY_MAX_IMAGES = (f"one call runs as one batch on one slot, and at most {MAX_IMAGES} images keep a slot's turn "
                   "short for the other callers; send more calls for more images")
 
