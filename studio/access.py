@@ -14,7 +14,7 @@ which ones changes between versions, so the studio does not rely on it:
   handed a file can name it.
 
 The REST routes and every other FastAPI route of the app pass untouched (``--api-key`` guards
-``/v1``). Without ``--ui-auth`` the middleware does nothing: there is nobody to tell apart.
+``/v1``); a login they carry is only noted, for ``/health`` and the access log. Without ``--ui-auth`` the middleware does nothing: there is nobody to tell apart.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from starlette.requests import HTTPConnection
 from starlette.routing import Match, Mount
 
 from studio.history import owner_dir
+from studio.owners import note_owner
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ NO_API = b'{"named_endpoints": {}, "unnamed_endpoints": {}}'  # empty, not null:
 FILE_ROUTE = re.compile(r"^/gradio_api/file[=/](?P<path>.+)$")
 SESSION_IN_PATH = re.compile(r"^/gradio_api/(?:heartbeat/(?P<beat>[^/]+)/?|stream/(?P<stream>[^/]+)/[^/]+/[^/]+/.+)$")
 EVENT_IN_PATH = re.compile(r"^/gradio_api/(?:call(?:/v2)?/[^/]+|stream)/(?P<id>[^/]+)(?:/close)?$")
+LOGIN_KEY = "login"  # where the login of a request is noted in its scope's state (request.state.login)
 RECORDS_EVENT = re.compile(r"^/gradio_api/(?:queue/join|call(?:/v2)?/[^/]+)/?$")
 
 
@@ -83,10 +85,15 @@ class GradioAccess:
         self.events = Owners()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket") or not self.logins or not served_by_gradio(scope):
+        if scope["type"] not in ("http", "websocket") or not self.logins:
+            return await self.app(scope, receive, send)
+        user = self.login_of(scope)
+        if user is not None:
+            scope.setdefault("state", {})[LOGIN_KEY] = user  # /health shows owners to an admin's login
+            note_owner(scope, user)  # the access log names the login
+        if not served_by_gradio(scope):
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope.get("method", "GET")
-        user = self.login_of(scope)
         if user is None:
             if path == "/" and method in ("GET", "HEAD"):
                 return await self.login_page(scope, receive, send)

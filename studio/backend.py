@@ -6,8 +6,8 @@ A backend:
 
 - ``start()`` blocks until it can run jobs (or raises ``WorkerFailed``); ``shutdown()`` cancels
   what is queued and running and releases everything; both are idempotent enough to call twice.
-- ``submit(spec, request) -> Job`` takes a request already resolved by ``spec.check`` and never
-  blocks; it raises ``QueueFull`` / ``WorkerFailed`` when it refuses (observers see refusals too).
+- ``submit(spec, request, owner) -> Job`` takes a request already resolved by ``spec.check`` and
+  the job's owner (``studio.owners``), and never blocks; it raises ``QueueFull`` / ``WorkerFailed`` when it refuses (observers see refusals too).
 - ``status() -> BackendStatus`` is a typed snapshot; ``as_dict()`` is the JSON of ``/health`` and
   of the Gradio ``/status`` endpoint.
 - ``add_observer(observer)``: ``observer(job, result_or_exception, duration_s)`` runs once per
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 from studio.catalog import ModelSpec
-from studio.jobs import Job, Observer
+from studio.jobs import ANONYMOUS, Job, Observer
 from studio.schemas import GenerationRequest
 
 
@@ -80,6 +80,16 @@ class ModelError:
 
 
 @dataclass(frozen=True)
+class OwnerStatus:
+    """One owner's jobs (``studio.owners``): how many wait in the queue, run, or wait for a download."""
+
+    owner: str
+    queued: int = 0
+    running: int = 0
+    downloading: int = 0
+
+
+@dataclass(frozen=True)
 class BackendStatus:
     """A snapshot of the backend: its slots and its queue."""
 
@@ -88,6 +98,7 @@ class BackendStatus:
     max_queue: int = 0
     waiting_room: int = 0  # jobs over max_queue waiting (up to --queue-wait) for a place in the queue
     accepting: bool = False  # running (not starting up or shutting down)
+    owners: tuple[OwnerStatus, ...] = ()  # each owner with jobs queued, running or downloading
     # Filled by the download phase in front of the backend (studio.downloads.DownloadGate):
     downloads: tuple[DownloadStatus, ...] = ()
     model_errors: tuple[ModelError, ...] = ()
@@ -104,6 +115,13 @@ class BackendStatus:
             slot["cached"] = list(slot["cached"])
         data["slots"] = list(data["slots"])
         data["downloads"], data["model_errors"] = list(data["downloads"]), list(data["model_errors"])
+        data["owners"] = list(data["owners"])
+        return data
+
+    def without_owners(self) -> dict:
+        """``as_dict`` for viewers who may not see who is using the studio."""
+        data = self.as_dict()
+        del data["owners"]
         return data
 
 
@@ -115,7 +133,7 @@ class Backend(Protocol):
 
     def shutdown(self) -> None: ...
 
-    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job: ...
+    def submit(self, spec: ModelSpec, request: GenerationRequest, owner: str = ANONYMOUS) -> Job: ...
 
     def status(self) -> BackendStatus: ...
 

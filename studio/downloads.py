@@ -30,8 +30,9 @@ from studio.admission import Admission, Line, Verdict
 from studio.backend import Backend, BackendStatus, DownloadStatus, ModelError, Observer
 from studio.catalog import Catalog, ModelSpec
 from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, QueueFull, StudioError
-from studio.jobs import Job
+from studio.jobs import ANONYMOUS, Job
 from studio.memory import Weights
+from studio.owners import tally
 from studio.schemas import GenerationRequest, JobResult, JobStage, Progress
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,10 @@ class DownloadGate:
             self._observers.append(observer)
         self.backend.add_observer(observer)
 
-    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
+    def submit(self, spec: ModelSpec, request: GenerationRequest, owner: str = ANONYMOUS) -> Job:
         if self._on_disk(spec):
-            return self.backend.submit(spec, request)
-        job = Job(spec, request, on_cancel=self._cancel)
+            return self.backend.submit(spec, request, owner)
+        job = Job(spec, request, on_cancel=self._cancel, owner=owner)
         if self.offline:
             error = hub.explain(FileNotFoundError(spec.id), spec, online=False)
             self._record_error(spec.id, error.message)
@@ -154,7 +155,9 @@ class DownloadGate:
         with self._lock:
             downloads = tuple(DownloadStatus.of(d.progress, jobs_waiting=len(d.waiting)) for d in self._downloads.values())
             errors = tuple(ModelError(model, message) for model, message in self._errors.items())
-        return dataclasses.replace(status, downloads=downloads, model_errors=errors)
+            waiting = [job for download in self._downloads.values() for job in download.waiting]
+        return dataclasses.replace(status, downloads=downloads, model_errors=errors,
+                                   owners=tally(downloading=waiting, also=status.owners))
 
     # -- what the catalog's models need --------------------------------------------------
 
@@ -280,7 +283,7 @@ class DownloadGate:
         if job.done():  # cancelled as its download ended
             return
         try:
-            inner = self.backend.submit(job.spec, job.request)
+            inner = self.backend.submit(job.spec, job.request, job.owner)
         except StudioError as exc:  # the backend's observers have counted this refusal
             job.finish(exc)
             return

@@ -31,6 +31,7 @@ from starlette.datastructures import UploadFile
 from studio import streaming, uploads
 from studio.catalog import ModelSpec
 from studio.errors import InvalidRequest
+from studio.owners import rest_owner
 from studio.openai_api import RESPONSE_FORMAT_DOC, answer, request_data, require_api_key, with_extras
 from studio.responses import GENERATION_ERRORS, ImagesResponse
 from studio.schemas import MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, parse_size, request_fields, value_type
@@ -234,7 +235,7 @@ async def create_image_edit(request: Request):
     state = request.app.state
     body, image, mask = await read_form(request, ImageEditRequest, EDIT_FILES)
     spec, resolved = resolve_edit(state.catalog, body, image, mask)
-    return await answer(state.backend.submit(spec, resolved), "image_edit", body, request)
+    return await answer(state.backend.submit(spec, resolved, rest_owner(request)), "image_edit", body, request)
 
 
 @router.post(
@@ -252,4 +253,4 @@ async def create_image_variation(request: Request):
     state = request.app.state
     body, image, _ = await read_form(request, ImageVariationRequest, VARIATION_FILES)
     spec, resolved = resolve_edit(state.catalog, body, image, default_strength=VARIATION_STRENGTH)
-    return await answer(state.backend.submit(spec, resolved), "image_edit", body, request)
+    return await answer(state.backend.submit(spec, resolved, rest_owner(request)), "image_edit", body, request)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CancelHook = Callable[["Job"], bool]
 Observer = Callable[["Job", object, float], None]  # (job, its result or exception, seconds since submitted)
+ANONYMOUS = "anonymous"  # the owner of a job whose face named none (see studio.owners)
 
 
 class Job:
@@ -36,10 +37,11 @@ class Job:
     """
 
     def __init__(self, spec: ModelSpec, request: GenerationRequest, on_cancel: CancelHook | None = None,
-                 seq: int = 0):
+                 seq: int = 0, owner: str = ANONYMOUS):
         self.id = uuid.uuid4().hex
         self.spec = spec
         self.request = request
+        self.owner = owner  # an API key's name, a UI login or a client's address: fair share and limits go by it
         self.seq = seq  # submission order: a backend's queue stays sorted by it
         self.submitted_at = time.time()
         self.queued_at = time.monotonic()

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app: jobs by outcome, durations, queue depth, busy slots, model loads.
+"""Prometheus metrics of one app: jobs by outcome, durations, queue depth, busy slots, model loads, each
+owner's jobs (a bounded label: ``owners.labelled``).
 
 Each app owns its ``CollectorRegistry`` (two apps in one process, as in the tests, must not
 share counters). Job counters are fed by a backend observer, so UI, Gradio API and REST
@@ -13,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from studio.backend import Backend
 from studio.errors import QueueFull, StudioError
+from studio.owners import METRIC_OWNERS, OTHER, labelled
 
 # Seconds; tiny CPU jobs finish in well under a second, big GPU renders take minutes.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -73,7 +75,7 @@ class _SlotCollector:
         return _families()
 
     def collect(self):
-        queue, room, busy, alive, loads, done, total = _families()
+        queue, room, busy, alive, loads, done, total, owner_jobs = _families()
         try:
             status = self.backend.status()
         except Exception:  # a backend not started or shutting down: report nothing rather than fail the scrape
@@ -88,7 +90,17 @@ class _SlotCollector:
         for download in status.downloads:
             done.add_metric([download.model], float(download.bytes_done))
             total.add_metric([download.model], float(download.bytes_total))
-        return [queue, room, busy, alive, loads, done, total]
+        # Each owner's jobs, for the top owners by name and the rest as "other" (a bounded label).
+        jobs = {owner.owner: (owner.queued, owner.running, owner.downloading) for owner in status.owners}
+        shown = set(labelled({owner: float(sum(counts)) for owner, counts in jobs.items()}))
+        for state, index in (("queued", 0), ("running", 1), ("downloading", 2)):
+            by_label: dict[str, float] = {}
+            for owner, counts in jobs.items():
+                label = owner if owner in shown else OTHER
+                by_label[label] = by_label.get(label, 0.0) + counts[index]
+            for label, count in by_label.items():
+                owner_jobs.add_metric([label, state], count)
+        return [queue, room, busy, alive, loads, done, total, owner_jobs]
 
 
 def _families():
@@ -103,4 +115,7 @@ def _families():
                           labels=["model"]),
         GaugeMetricFamily("studio_download_bytes_total", "Bytes of a model's files to have, while it downloads.",
                           labels=["model"]),
+        GaugeMetricFamily("studio_owner_jobs", f"Each owner's jobs (an API key's name, a login or an address; the "
+                          f"top {METRIC_OWNERS} by name, the rest as '{OTHER}') queued, running or downloading.",
+                          labels=["owner", "state"]),
     ]

@@ -35,6 +35,7 @@ from studio.catalog import ModelSpec
 from studio.config import api_keys
 from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized, echo
 from studio.history import History, owner_dir
+from studio.owners import note_owner, rest_owner
 from studio.responses import GENERATION_ERRORS, READ_ERRORS, ImageData, ImagesResponse, ModelList, ModelObject
 from studio.schemas import (MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, GenerationRequest, JobResult, allowed_range,
                             field_bounds, parse_size, request_fields, value_type)
@@ -232,6 +233,7 @@ async def require_api_key(
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
     request.state.api_owner = key_owner(keys, credentials.credentials)
+    note_owner(request.scope, request.state.api_owner)  # the access log names the key's owner
 
 
 def key_owner(keys: dict[str, str | None], sent: str) -> str | None:
@@ -400,7 +402,7 @@ async def create_images(body: ImageGenerationRequest, request: Request):
     """Generate `n` images in one batch on one slot. Closing the connection cancels the job."""
     state = request.app.state
     spec, resolved = resolve(state.catalog, body)
-    return await answer(state.backend.submit(spec, resolved), "image_generation", body, request)
+    return await answer(state.backend.submit(spec, resolved, rest_owner(request)), "image_generation", body, request)
 
 
 def save_images(folder, result: JobResult) -> None:

@@ -42,7 +42,8 @@ from studio.backend import BackendStatus, Observer, SlotStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
-from studio.jobs import Job
+from studio.jobs import ANONYMOUS, Job
+from studio.owners import tally
 from studio.protocol import Done, Failed, Preview, Stage, Step
 from studio.ray_replica import Placed, census, replica_application
 from studio.schemas import GenerationRequest, JobStage, Progress
@@ -193,9 +194,9 @@ class RayBackend:
 
     # -- the public API ------------------------------------------------------------
 
-    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
-        """Send a job to the deployment; ``QueueFull`` when ``settings.max_queue`` jobs already wait."""
-        job = Job(spec, request, on_cancel=self.cancel)
+    def submit(self, spec: ModelSpec, request: GenerationRequest, owner: str = ANONYMOUS) -> Job:
+        """Send ``owner``'s job to the deployment; ``QueueFull`` when ``settings.max_queue`` jobs already wait."""
+        job = Job(spec, request, on_cancel=self.cancel, owner=owner)
         with self._lock:
             refusal = None
             if self._phase != "running":
@@ -229,6 +230,9 @@ class RayBackend:
         with self._lock:
             census, phase = self._census, self._phase
             in_flight = len(self._running)
+            jobs = [job for job, _ in self._running.values()]
+        # A job is running once a replica has taken it (its slot is known), else waiting in Serve's queue.
+        owners = tally(queued=[job for job in jobs if job.slot is None], running=[job for job in jobs if job.slot is not None])
         if phase in ("new", "starting"):  # not connected yet: the replicas that are planned
             planned = self.settings.max_replicas or self.settings.replicas or PLANNED_REPLICAS
             slots = tuple(SlotStatus(index, "ray", "starting", alive=False) for index in range(planned))
@@ -245,7 +249,7 @@ class RayBackend:
             self._replica_count = len(alive)
         busy = sum(1 for slot in alive if slot.busy)
         return BackendStatus(slots=slots, queue_depth=max(0, in_flight - busy),
-                             max_queue=self.settings.max_queue, accepting=phase == "running")
+                             max_queue=self.settings.max_queue, accepting=phase == "running", owners=owners)
 
     # -- following one job ---------------------------------------------------------
 

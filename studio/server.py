@@ -30,12 +30,13 @@ from studio import edits, openai_api
 from studio.a1111 import errors as a1111_errors
 from studio.a1111 import routes as a1111
 from studio.a1111.callers import Callers
-from studio.access import GradioAccess
+from studio.access import LOGIN_KEY, GradioAccess
 from studio.catalog import load_catalog
-from studio.config import Settings
+from studio.config import Settings, api_keys
 from studio.downloads import DownloadGate
 from studio.errors import StudioError, echo
 from studio.metrics import StudioMetrics
+from studio.owners import OwnerInAccessLog, may_see_owners
 from studio.backend import Backend
 from studio.catalog import Catalog
 
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(WrongMethod)
     app.add_middleware(EndCancelledResponses)
+    app.add_middleware(OwnerInAccessLog)  # outermost: it sees the answer start as uvicorn logs it
     if settings.api_key and not settings.ui_auth:
         log.warning("--api-key guards /v1 and /sdapi only: the web UI and the Gradio API are open (--ui-auth closes them)")
     if settings.ui_auth and not settings.api_key:
@@ -242,7 +244,8 @@ def known_routes(app: FastAPI) -> list[tuple[re.Pattern, set[str]]]:
 
 async def health(request: Request) -> JSONResponse:
     """200 while at least one worker is alive (``degraded`` when some are down or a model fails to
-    download or load: ``model_errors`` says which and why), else 503; with the slots and downloads."""
+    download or load: ``model_errors`` says which and why), else 503; with the slots and downloads,
+    and each owner's jobs for an API key or a ``--ui-admin`` login (``owners.may_see_owners``)."""
     backend: Backend = request.app.state.backend
     try:
         snapshot = await run_in_threadpool(backend.status)
@@ -255,10 +258,24 @@ async def health(request: Request) -> JSONResponse:
         status, code = "degraded", 200
     else:
         status, code = "unavailable", 503
-    return JSONResponse({"status": status, **snapshot.as_dict()}, status_code=code)
+    settings = request.app.state.settings
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    keyed = scheme.lower() == "bearer" and bool(token) and knows_key(api_keys(settings.api_key), token)
+    shown = may_see_owners(settings, keyed, getattr(request.state, LOGIN_KEY, None))
+    body = snapshot.as_dict() if shown else snapshot.without_owners()
+    return JSONResponse({"status": status, **body}, status_code=code)
 
 
 async def prometheus_metrics(request: Request) -> Response:
     metrics: StudioMetrics = request.app.state.metrics
     body = await run_in_threadpool(metrics.render)
     return Response(body, media_type=metrics.content_type)
+
+
+def knows_key(keys: dict[str, str | None], sent: str) -> bool:
+    """Whether ``sent`` is one of the server's API keys."""
+    try:
+        openai_api.key_owner(keys, sent)
+    except StudioError:
+        return False
+    return bool(keys)

@@ -40,7 +40,8 @@ from studio.admission import Admission, Line, Verdict
 from studio.config import Settings
 from studio.devices import cpu_threads, preload_plan, resolve_devices
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
-from studio.jobs import Job
+from studio.jobs import ANONYMOUS, Job
+from studio.owners import tally
 from studio.protocol import (
     CancelJob,
     Done,
@@ -228,8 +229,8 @@ class SlotManager:
 
     # -- the public API ----------------------------------------------------------------
 
-    def submit(self, spec: ModelSpec, request: GenerationRequest) -> Job:
-        """Queue a job (``request`` already resolved by ``spec.check``); never blocks.
+    def submit(self, spec: ModelSpec, request: GenerationRequest, owner: str = ANONYMOUS) -> Job:
+        """Queue ``owner``'s job (``request`` already resolved by ``spec.check``); never blocks.
 
         Past ``settings.max_queue`` waiting jobs the job waits in the waiting room for a place (its
         ``wait()`` may then raise ``QueueFull``). Raises ``QueueFull`` when the waiting room is full
@@ -240,7 +241,7 @@ class SlotManager:
             if self._phase != "running":
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
             now = time.monotonic()
-            job, refusal = Job(spec, request, self.cancel, next(self._seq)), None
+            job, refusal = Job(spec, request, self.cancel, next(self._seq), owner=owner), None
             down = self._down_reason(now)
             if down:
                 refusal = WorkerFailed(down)
@@ -303,6 +304,8 @@ class SlotManager:
                 max_queue=self.settings.max_queue,
                 waiting_room=len(self.admission.room),
                 accepting=self._phase == "running",
+                owners=tally(queued=[*self._queue, *self.admission.room],
+                             running=[slot.job for slot in self._slots if slot.job is not None]),
             )
 
     # -- locking and ending jobs ---------------------------------------------------------

@@ -18,6 +18,7 @@ import logging
 import warnings
 
 from studio.catalog import Catalog
+from studio.owners import AccessLogOwner
 
 LOG_FORMAT = "%(levelname)s:     %(name)s: %(message)s"  # uvicorn's own layout, with the logger's name
 
@@ -50,6 +51,7 @@ def setup_logging() -> None:
     logging.basicConfig(format=LOG_FORMAT)
     logging.getLogger("studio").setLevel(logging.INFO)  # slot starts, restarts, refusals; libraries stay quiet
     logging.getLogger("uvicorn.access").addFilter(QuietUiTraffic())
+    logging.getLogger("uvicorn.access").addFilter(AccessLogOwner())  # who sent it: a key's name, a login
 
 
 def quiet_libraries() -> None:

@@ -126,6 +126,56 @@ def test_only_the_login_that_started_a_job_can_cancel_it(server):
     ann.close()
 
 
+def test_each_job_has_an_owner_shown_to_keys_and_admins_only(server):
+    """ann's job is ann's in /health (for the API key and the admin login, not for anonymous or bob),
+    in /metrics, in the Gradio /status of the admin, and in the access log of her requests."""
+    import logging
+
+    from studio.owners import AccessLogOwner
+
+    base_url, _ = server
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    access_log, owner_filter = logging.getLogger("uvicorn.access"), AccessLogOwner()
+    level = access_log.level
+    access_log.setLevel(logging.INFO)  # the test server logs warnings only
+    access_log.addHandler(handler)
+    access_log.addFilter(owner_filter)
+    ann, root, bob = gradio_client(base_url, ANN), gradio_client(base_url, ROOT), gradio_client(base_url, BOB)
+    try:
+        job = ann.submit(**LONG_JOB, api_name="/generate")
+        wait_until(lambda: ann.predict(api_name="/status")["slots"][0].get("busy"), GRADIO_WAIT_S, "ann's job running")
+        with httpx.Client(base_url=base_url, timeout=30) as anonymous:
+            assert "owners" not in anonymous.get("/health").json()
+            keyed = anonymous.get("/health", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+            wrong = anonymous.get("/health", headers={"Authorization": "Bearer not-a-key"}).json()
+            metrics = anonymous.get("/metrics").text
+        assert keyed["owners"] == [{"owner": "ann", "queued": 0, "running": 1, "downloading": 0}]
+        assert "owners" not in wrong
+        assert 'studio_owner_jobs{owner="ann",state="running"} 1.0' in metrics
+        with login(base_url, ROOT) as admin, login(base_url, BOB) as other:
+            assert admin.get("/health").json()["owners"][0]["owner"] == "ann"
+            assert "owners" not in other.get("/health").json()
+        assert root.predict(api_name="/status")["owners"][0]["owner"] == "ann"
+        assert "owners" not in bob.predict(api_name="/status")
+        assert job.cancel()
+        wait_until(lambda: not ann.predict(api_name="/status")["slots"][0].get("busy"), GRADIO_WAIT_S, "the slot to free")
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as ci:
+            assert ci.get("/v1/models").status_code == 200
+            assert ci.get("/health").json()["owners"] == []  # nobody has jobs any more
+    finally:
+        access_log.removeHandler(handler)
+        access_log.removeFilter(owner_filter)
+        access_log.setLevel(level)
+        for client in (ann, root, bob):
+            client.close()
+    assert any('(ci) - "GET /v1/models' in line for line in lines), lines[-5:]
+    assert any('(ann) - "POST /gradio_api/' in line for line in lines), lines[-5:]
+    assert any('(root) - "GET /health' in line for line in lines), lines[-5:]
+    assert any('"GET /health' in line and "(" not in line.split(" - ")[0] for line in lines)  # anonymous: no name
+
+
 def test_a_login_reads_only_its_own_images_an_admin_all(server):
     base_url, outputs = server
     png = b"\x89PNG\r\n\x1a\n" + b"0" * 64

@@ -17,6 +17,7 @@ from fastapi import Request
 from studio.config import api_keys
 from studio.errors import Unauthorized
 from studio.openai_api import key_owner
+from studio.owners import note_owner
 
 ASK = "send 'Authorization: Bearer <key>', or HTTP Basic auth with the key as password (any user name)"
 
@@ -40,6 +41,7 @@ async def require_caller(request: Request) -> Caller:
         raise Unauthorized(f"missing API key: {ASK}")
     owner = key_owner(keys, key)
     request.state.api_owner = owner
+    note_owner(request.scope, owner)  # the access log names the key's owner
     return Caller(options=f"key:{owner or ''}", jobs=f"key:{owner or ''}", owner=owner)
 
 

@@ -11,6 +11,7 @@ import gradio as gr
 from studio import editor, uploads
 from studio.catalog import ModelSpec
 from studio.errors import StudioError
+from studio.owners import may_see_owners
 from studio.schemas import GenerationRequest, Progress
 from studio.ui.inputs import as_int, result_params, user_error
 from studio.ui.styles import NO_STYLE
@@ -114,9 +115,11 @@ class ApiHandlers:
         """The catalog in rank order: each model's ranking, recommendation, capabilities, defaults and limits."""
         return [spec.listing(self.sizes(spec)) | self.disk(spec) for spec in self.catalog]
 
-    def api_status(self) -> dict:
-        """The slots (device, model, busy) and how many jobs wait in the queue."""
-        return self.backend.status().as_dict()
+    def api_status(self, request: gr.Request = None) -> dict:
+        """The slots (device, model, busy) and how many jobs wait in the queue; each owner's jobs for an admin."""
+        status = self.backend.status()
+        login = self.owner(request)
+        return status.as_dict() if may_see_owners(self.settings, False, login) else status.without_owners()
 
     async def _api_run(self, spec: ModelSpec, resolved: GenerationRequest, style: str | None,
                        request: gr.Request | None, progress: gr.Progress) -> tuple[list[str], dict]:
@@ -124,7 +127,7 @@ class ApiHandlers:
         then the saved PNG files and their parameters."""
         try:
             session = request.session_hash if request else None
-            async for item in self.run(spec, resolved, session, self.saved_history(request)):
+            async for item in self.run(spec, resolved, session, self.saved_history(request), self.job_owner(request)):
                 if isinstance(item, Progress):
                     text, fraction = describe(item, spec)
                     progress(fraction, desc=text)

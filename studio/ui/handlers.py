@@ -18,6 +18,8 @@ from studio.catalog import DEFAULT_STRENGTH, Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import InvalidRequest, JobCancelled, StudioError
 from studio.history import History, owner_dir
+from studio.jobs import ANONYMOUS
+from studio.owners import address_owner
 from studio.schemas import MAX_SEED, GenerationRequest, Progress, parse_size
 from studio.ui.api import ApiHandlers
 from studio.ui.inputs import as_float, as_int, int_or_none, path_of, refused, result_params, user_error
@@ -60,6 +62,10 @@ class Studio(ApiHandlers):
         if not self.settings.ui_auth or request is None:
             return None
         return getattr(request, "username", None)
+
+    def job_owner(self, request: gr.Request | None) -> str:
+        """Whose job a request submits (``studio.owners``): its login, else its client's address."""
+        return self.owner(request) or address_owner(getattr(request, "client", None) if request else None)
 
     def saved_history(self, request: gr.Request | None) -> History:
         """Where this request's images go: its login's folder (``history.owner_dir``)."""
@@ -110,12 +116,13 @@ class Studio(ApiHandlers):
             )
         )
 
-    async def run(self, spec: ModelSpec, request: GenerationRequest, session: str | None, history: History):
-        """Submit and follow one job: yields ``Progress`` events, then ``(files, result)`` saved in ``history``.
+    async def run(self, spec: ModelSpec, request: GenerationRequest, session: str | None, history: History,
+                  owner: str = ANONYMOUS):
+        """Submit and follow ``owner``'s job: yields ``Progress`` events, then ``(files, result)`` saved in ``history``.
 
         Leaving early (Gradio cancelled the event, the browser went away) cancels the job in its worker.
         """
-        job = self.backend.submit(spec, request)
+        job = self.backend.submit(spec, request, owner)
         self._jobs.setdefault(session, set()).add(job)
         try:
             async for event in job.events():
@@ -171,7 +178,7 @@ class Studio(ApiHandlers):
         yield status_html("Starting the edit" if edit else "Starting", 0.0, running=True), *keep
         try:
             session = request.session_hash if request else None
-            async for item in self.run(spec, resolved, session, self.saved_history(request)):
+            async for item in self.run(spec, resolved, session, self.saved_history(request), self.job_owner(request)):
                 if isinstance(item, Progress):
                     preview = editor.preview_image(item)
                     if preview is not None:

@@ -43,12 +43,16 @@ def mount_options(settings: Settings) -> dict:
 
 
 def returning(fn, kind):
-    """``fn`` with a real return annotation (this module's are strings), which ``gr.api`` shows as the type."""
-    def call():
-        return fn()
+    """``fn`` with a real return annotation (this module's are strings), which ``gr.api`` shows as the type;
+    the caller's ``gr.Request`` goes to ``fn`` when it takes one (what it shows depends on who asks)."""
+    takes_request = "request" in inspect.signature(fn).parameters
+
+    def call(request: gr.Request):
+        return fn(request) if takes_request else fn()
 
     call.__name__, call.__doc__ = fn.__name__, fn.__doc__
-    call.__signature__ = inspect.Signature(return_annotation=kind)
+    asked = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
+    call.__signature__ = inspect.Signature([asked], return_annotation=kind)
     return call
 
 
