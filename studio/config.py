@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio import memory
+
 
 BACKENDS = ("local", "ray")
 
@@ -79,6 +81,8 @@ class Settings:
     ram_cache_gb: float = 0.0
     compile: bool = False
     step_cache: bool = False
+    memory_plan: str = "auto"  # studio/memory.py: auto picks per model and device; a named plan for every model
+    gpu_memory_gb: float | None = None  # the most device memory the studio may use on each GPU; None: all of it
     backend: str = "local"  # "local": one worker process per device here; "ray": replicas on a Ray cluster
     ray_address: str | None = None  # "auto" (a running cluster), "ray://host:10001"; None: a local Ray
     replicas: int | None = None  # Ray: this many replicas (default: one per GPU of the cluster, else one)
@@ -98,6 +102,8 @@ class Settings:
         problem = models_dir_problem(args.models_dir)
         if problem:  # one line and exit 2, like any bad flag, before anything starts
             parser.exit(2, f"{parser.prog}: error: {problem}\n")
+        if args.memory_plan not in memory.CHOICES:  # STUDIO_MEMORY_PLAN skips argparse's check of choices
+            parser.error(f"--memory-plan: {args.memory_plan!r} is not one of {', '.join(memory.CHOICES)}")
         admins = _csv(args.ui_admin)
         unknown = sorted(set(admins) - {user for user, _ in args.ui_auth or []})
         if unknown:
@@ -122,6 +128,8 @@ class Settings:
             ram_cache_gb=args.ram_cache_gb,
             compile=args.compile,
             step_cache=args.step_cache,
+            memory_plan=args.memory_plan,
+            gpu_memory_gb=args.gpu_memory_gb or None,
             backend=args.backend,
             ray_address=args.ray_address or None,
             replicas=args.replicas,
@@ -209,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep only the newest N images in each owner's outputs folder; 0 keeps them all (default)",
     )
     parser.add_argument("--step-cache", action="store_true", default=_flag(_env("STEP_CACHE")), help="first-block cache")
+    parser.add_argument(
+        "--memory-plan", choices=memory.CHOICES, default=_env("MEMORY_PLAN", memory.AUTO),
+        help="how weights sit on a device: auto (the first plan that fits each model), full, offload-encoders, fp8, "
+        "group-offload, sequential (the last two: CUDA only); a model's memory_plan in the catalog wins",
+    )
+    parser.add_argument(
+        "--gpu-memory-gb", type=_non_negative(float), default=_env("GPU_MEMORY_GB", "0"), metavar="GB",
+        help="use at most GB GiB of each GPU (enforced with torch.cuda.set_per_process_memory_fraction); 0: all",
+    )
     parser.add_argument(
         "--backend", choices=BACKENDS, default=_env("BACKEND", "local"),
         help="local: one worker process per device; ray: Ray Serve replicas, one GPU each (needs ray[serve])",

@@ -13,16 +13,18 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 
-from studio import families, hub, pngmeta, speed
+from studio import families, hub, memory, placement, pngmeta, speed, weights
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled, OutOfMemory, StudioError
 from studio.lorapipe import ResidentLoras
+from studio.memory import Plan
 from studio.schemas import GenerationRequest, JobResult, JobStage
 from studio.speed import EngineOptions
 
@@ -38,7 +40,8 @@ def _ignore(*_args) -> None:
 
 
 class PipelineCache:
-    """Pipelines parked in CPU RAM, keyed by spec, at most ``max_bytes`` in all; least recently used leave first."""
+    """Pipelines parked in CPU RAM (each with its memory plan), keyed by spec, at most ``max_bytes`` in all
+    (an fp8 denoiser counted at its fp8 size); least recently used leave first."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -90,25 +93,59 @@ class Engine:
         self._task_pipes: dict[str, object] = {}  # edit pipelines made from the resident one
         self.loras = ResidentLoras(self.options.lora_cache, hotswap=self.options.compile)
         self._on_cpu = torch.device(device).type == "cpu"
+        self.plan: Plan | None = None  # the memory plan of the resident pipeline
+        self.kept_plans: dict[str, Plan] = {}  # model -> the smaller plan an out-of-memory moved it to
+        limit_gpu_memory(device, self.options.gpu_memory_gb)
 
     @property
     def model_id(self) -> str | None:
         return self.spec.id if self.spec else None
 
-    def ensure(self, spec: ModelSpec) -> bool:
-        """Make ``spec`` the resident model; True when that took a swap (from the RAM cache or the disk)."""
+    def ensure(self, spec: ModelSpec, request: GenerationRequest | None = None) -> bool:
+        """Make ``spec`` the resident model; True when that took a swap (from the RAM cache or the disk).
+        ``request``'s size and batch size the memory plan's headroom (default: the model's default size)."""
         if self.spec == spec and self.pipe is not None:
             return False
         parked = self.cache.take(spec)  # before parking the old one, which could otherwise evict it
         self._park()  # the old pipeline leaves the device first: two resident models rarely fit
         if parked is not None:
-            self.pipe = self._to_device(parked, spec)
+            pipe, plan = parked
+            self.pipe, self.plan = self._to_device(pipe, spec), plan
             self.cache_hits += 1
         else:
-            self.pipe = self._load(spec)
+            self.plan = self.plan_for(spec, request)
+            self.pipe = self._load(spec, self.plan)
             self.loads += 1
         self.spec = spec
         return True
+
+    def plan_for(self, spec: ModelSpec, request: GenerationRequest | None = None) -> Plan:
+        """The memory plan ``spec`` loads with here: the catalog's or ``--memory-plan``, else the plan an
+        out-of-memory left it on, else the first that fits the device's free memory (``memory.choose``)."""
+        wanted = spec.memory_plan or self.options.memory_plan
+        if wanted != memory.AUTO:
+            placement.check(Plan(wanted), self.device, spec.family)
+        elif spec.id in self.kept_plans:
+            return self.kept_plans[spec.id]
+        width, height, batch = ((request.width, request.height, request.num_images) if request
+                                else (spec.defaults.width, spec.defaults.height, 1))
+        choice = memory.choose(weights.measure(spec), self.device_memory(), width, height, batch, wanted,
+                               memory.plans_for(spec.family))
+        if choice.plan is None:
+            raise OutOfMemory(f"{spec.id} cannot load on {self.device}: {choice.reason}")
+        if choice.plan is not Plan.FULL or wanted != memory.AUTO:
+            log.info("%s on %s: memory plan %s", spec.id, self.device, choice.reason)
+        return choice.plan
+
+    def device_memory(self) -> memory.Device:
+        """What this engine's device has free for a load (capped by ``--gpu-memory-gb``), and the host's RAM."""
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if self._on_cpu or torch.device(self.device).type != "cuda":
+            return memory.Device("cpu", host, host)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if self.options.gpu_memory_gb:
+            free = min(free, int(self.options.gpu_memory_gb * memory.GIB) - torch.cuda.memory_reserved(self.device))
+        return memory.Device("cuda", max(0, free), host)
 
     def task_pipe(self, task: str):
         """The resident model's pipeline for ``task``, made once per load with ``from_pipe`` (shared weights)."""
@@ -118,7 +155,7 @@ class Engine:
 
     def unload(self) -> None:
         """Drop the resident pipeline (the RAM cache keeps its own) and give its memory back."""
-        self.pipe, self.spec = None, None
+        self.pipe, self.spec, self.plan = None, None, None
         self._task_pipes.clear()
         self._free()
 
@@ -141,7 +178,7 @@ class Engine:
         started = time.perf_counter()
         if self.spec != spec:
             on_stage(JobStage.LOADING)
-        loaded = self.ensure(spec)
+        loaded = self.ensure(spec, request)
         on_stage(JobStage.GENERATING)
         try:
             self.loras.apply(self.pipe, request.loras)  # edit pipelines share its modules, so its adapters
@@ -160,16 +197,18 @@ class Engine:
                 f"on {self.device}; try a smaller size or fewer images"
             ) from None
         on_stage(JobStage.ENCODING)
-        pngs = [pngmeta.encode(image, request, seed, spec.label) for image, seed in zip(images, request.seeds)]
+        changed = self.plan.value if self.plan in memory.CHANGES_WEIGHTS else None  # recorded where images differ
+        pngs = [pngmeta.encode(image, request, seed, spec.label, changed) for image, seed in zip(images, request.seeds)]
         return JobResult(request=request, images=pngs, duration_s=time.perf_counter() - started, loaded_model=loaded)
 
     # -- swapping -------------------------------------------------------------------------
 
-    def _load(self, spec: ModelSpec):
-        """Read ``spec`` from disk onto the device and apply the speed options."""
+    def _load(self, spec: ModelSpec, plan: Plan):
+        """Read ``spec`` from disk, apply the speed options, place it on the device as ``plan`` says."""
         try:
-            pipe = families.load_pipeline(spec, self.device)
+            pipe = placement.read(spec, self.device, plan)
             speed.optimize(pipe, spec, self.device, self.options)
+            placement.place(pipe, plan, self.device, spec.family)
             return pipe
         except (torch.OutOfMemoryError, MemoryError) as exc:
             self.unload()
@@ -194,19 +233,20 @@ class Engine:
             raise OutOfMemory(f"out of memory while moving {spec.id} from RAM to {self.device}") from None
 
     def _park(self) -> None:
-        """Move the resident pipeline into the RAM cache when it fits there, else drop it."""
-        pipe, spec = self.pipe, self.spec
-        self.pipe, self.spec = None, None
+        """Move the resident pipeline into the RAM cache when it fits there, else drop it. An offloaded
+        pipeline on a GPU is dropped: its hooks tie it to the device, and its bulk is in host RAM already."""
+        pipe, spec, plan = self.pipe, self.spec, self.plan
+        self.pipe, self.spec, self.plan = None, None, None
         self._task_pipes.clear()  # they hold the old model's components
         if pipe is None:
             return
-        if self.cache.max_bytes > 0:
+        if self.cache.max_bytes > 0 and (self._on_cpu or plan is Plan.FULL):
             size = speed.pipeline_bytes(pipe)
             if self.cache.fits(size):
                 try:
                     if not self._on_cpu:
                         pipe.to("cpu")
-                    evicted = self.cache.put(spec, pipe, size)
+                    evicted = self.cache.put(spec, (pipe, plan), size)
                 except MemoryError:
                     self.clear_cache()
                     evicted = []
@@ -224,6 +264,17 @@ class Engine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+
+
+def limit_gpu_memory(device: str, gib: float | None) -> None:
+    """``--gpu-memory-gb``: the CUDA allocator refuses this process more than ``gib`` of the device (a 24 GB
+    card tried on a bigger one, or a card shared with another program)."""
+    target = torch.device(device)
+    if not gib or target.type != "cuda" or not torch.cuda.is_available():
+        return
+    total = torch.cuda.get_device_properties(target).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * memory.GIB / total), target)
+    log.info("%s: at most %.1f GiB of %.1f GiB (--gpu-memory-gb)", device, gib, total / memory.GIB)
 
 
 def preview_steps(count: int, total: int) -> set[int]:

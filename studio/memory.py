@@ -46,7 +46,14 @@ CARD_RESERVE = 3 * GIB // 4  # of a card's memory, what the driver and CUDA cont
 CARDS_GB = (80, 48, 24, 16, 12)  # the README table's cards (GiB, as vendors count them)
 TABLE_HOST_RAM_GB = 64  # the README table assumes a machine with this much RAM
 
+# Families whose pipelines cannot run on a plan, and why.
+NO_FP8 = {"cascade": "its pipelines draw the initial noise in the prior's dtype, which fp8 storage makes float8"}
 DENOISERS = ("transformer", "unet", "prior", "decoder")  # component folders that hold a denoising network
+
+
+def plans_for(family: str) -> tuple[Plan, ...]:
+    """The plans a family's models can run on, in auto's order."""
+    return tuple(plan for plan in PLANS if not (plan is Plan.FP8 and family in NO_FP8))
 
 
 def role(component: str) -> str:
@@ -123,8 +130,10 @@ def need(plan: Plan, weights: Weights, width: int, height: int, batch: int = 1) 
     return Need(plan, device + activations, host)
 
 
-def choose(weights: Weights, device: Device, width: int, height: int, batch: int = 1, wanted: str = AUTO) -> Choice:
-    """The plan for this model on this device: ``wanted`` when named, else the first of ``PLANS`` that fits."""
+def choose(weights: Weights, device: Device, width: int, height: int, batch: int = 1, wanted: str = AUTO,
+           plans: tuple[Plan, ...] = PLANS) -> Choice:
+    """The plan for this model on this device: ``wanted`` when named, else the first of ``plans`` (the model's
+    family's, ``plans_for``) that fits."""
     if wanted != AUTO:
         plan = Plan(wanted)
         if plan in GPU_ONLY and device.kind != "cuda":
@@ -136,7 +145,7 @@ def choose(weights: Weights, device: Device, width: int, height: int, batch: int
     if device.kind != "cuda":  # the weights are in RAM already: nothing to offload to
         return Choice(Plan.FULL, need(Plan.FULL, weights, width, height, batch), "full: on the CPU, RAM is the memory")
     short_of_ram = []
-    for plan in PLANS:
+    for plan in plans:
         planned = need(plan, weights, width, height, batch)
         if planned.host > device.host_ram:
             short_of_ram.append(planned)
@@ -156,11 +165,13 @@ def host_short(planned: Need, device: Device) -> str:
             f"not used")
 
 
-def next_plan(plan: Plan, device_kind: str) -> Plan | None:
-    """The plan after ``plan`` that needs less device memory, for a retry after an out-of-memory; None on a CPU."""
-    if device_kind != "cuda" or plan is PLANS[-1]:
-        return None
-    return PLANS[PLANS.index(plan) + 1]
+def next_plan(plan: Plan, device_kind: str, plans: tuple[Plan, ...] = PLANS) -> Plan | None:
+    """The plan after ``plan`` that needs less memory, for a retry after an out-of-memory (None: no smaller one).
+    On a CPU only fp8 storage makes the weights smaller (RAM is the device: offloading moves nothing)."""
+    later = [other for other in plans if PLANS.index(other) > PLANS.index(plan)]
+    if device_kind != "cuda":
+        later = [other for other in later if other is Plan.FP8]
+    return later[0] if later else None
 
 
 def describe(listed: dict) -> str:
@@ -184,14 +195,14 @@ def card(size_gb: float, host_ram_gb: float = TABLE_HOST_RAM_GB) -> Device:
 # ---------------------------------------------------------------- the README table
 
 
-def table(rows: list[tuple[str, Weights, int, int]], cards: tuple[int, ...] = CARDS_GB) -> str:
-    """Markdown: for each (model, weights, width, height), the plan auto picks on each card (— : none)."""
+def table(rows: list[tuple[str, Weights, int, int, tuple[Plan, ...]]], cards: tuple[int, ...] = CARDS_GB) -> str:
+    """Markdown: for each (model, weights, width, height, its plans), the plan auto picks on each card (—: none)."""
     header = "| model | weights (bf16) | " + " | ".join(f"{size} GB" for size in cards) + " |"
     lines = [header, "|" + "---|" * (len(cards) + 2)]
-    for model, weights, width, height in rows:
+    for model, weights, width, height, plans in rows:
         cells = []
         for size in cards:
-            choice = choose(weights, card(size), width, height)
+            choice = choose(weights, card(size), width, height, plans=plans)
             cells.append(str(choice.plan) if choice.plan else "—")
         mark = " (estimate)" if weights.estimate else ""
         lines.append(f"| {model} | {gb(weights.total)}{mark} | " + " | ".join(cells) + " |")
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     from studio.catalog import load_catalog
 
     catalog = load_catalog(args.models_dir)
-    rows = [(spec.id, weights.measure(spec), spec.defaults.width, spec.defaults.height) for spec in catalog]
+    rows = [(spec.id, weights.measure(spec), spec.defaults.width, spec.defaults.height, plans_for(spec.family))
+            for spec in catalog]
     print(table(rows))
     print(f"\nAt each model's default size, one image, on a machine with {TABLE_HOST_RAM_GB} GB of RAM "
           f"(python -m studio.memory --table).")

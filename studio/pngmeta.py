@@ -22,7 +22,7 @@ FORMATS = ("png", "jpeg", "webp")
 USER_COMMENT_UNICODE = b"UNICODE\0"  # EXIF's character-code prefix for UTF-16 text
 
 
-def parameters_text(request: GenerationRequest, seed: int, label: str) -> str:
+def parameters_text(request: GenerationRequest, seed: int, label: str, memory_plan: str | None = None) -> str:
     """The A1111 ``parameters`` text: prompt, negative prompt line, then ``key: value`` pairs: each request
     field that declares its A1111 key (``Faces.a1111``), in declaration order, then the model and the task."""
     lines = [request.prompt]
@@ -38,7 +38,10 @@ def parameters_text(request: GenerationRequest, seed: int, label: str) -> str:
         pairs.append((faces.a1111, f"{value:g}" if isinstance(value, float) else value))
     if request.image:
         pairs.append(("Task", request.task))
-    pairs += [("Model", label), ("Model id", request.model), ("Version", "Image Studio")]
+    pairs += [("Model", label), ("Model id", request.model)]
+    if memory_plan:  # a plan that changed the weights (fp8): the same seed gives another image at full precision
+        pairs.append(("Memory plan", memory_plan))
+    pairs.append(("Version", "Image Studio"))
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
 
@@ -51,10 +54,13 @@ def metadata(request: GenerationRequest, seed: int) -> dict:
     return data
 
 
-def encode(image: Image.Image, request: GenerationRequest, seed: int, label: str) -> bytes:
+def encode(image: Image.Image, request: GenerationRequest, seed: int, label: str,
+           memory_plan: str | None = None) -> bytes:
+    """``memory_plan``: the plan that ran it, recorded only when it changes the weights (fp8)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(A1111_KEY, parameters_text(request, seed, label))
-    info.add_text(JSON_KEY, json.dumps(metadata(request, seed)))
+    info.add_text(A1111_KEY, parameters_text(request, seed, label, memory_plan))
+    data = metadata(request, seed) | ({"memory_plan": memory_plan} if memory_plan else {})
+    info.add_text(JSON_KEY, json.dumps(data))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

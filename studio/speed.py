@@ -42,11 +42,14 @@ class EngineOptions:
     compile_backend: str = "inductor"  # torch.compile backend; others ("eager") only check the wiring
     step_cache_threshold: float = 0.05  # diffusers' default: higher skips more steps and drifts more
     lora_cache: int = 16  # LoRA adapters kept loaded per slot (least recently used out; at least MAX_LORAS)
+    memory_plan: str = "auto"  # studio/memory.py; a model's own memory_plan in the catalog wins
+    gpu_memory_gb: float | None = None  # GiB of each GPU the engine may use; None: all
 
     @classmethod
     def from_settings(cls, settings) -> EngineOptions:
         return cls(ram_cache_gb=settings.ram_cache_gb, compile=settings.compile, step_cache=settings.step_cache,
-                   lora_cache=settings.lora_cache)
+                   lora_cache=settings.lora_cache, memory_plan=settings.memory_plan,
+                   gpu_memory_gb=settings.gpu_memory_gb)
 
     @property
     def ram_cache_bytes(self) -> int:

@@ -52,11 +52,11 @@ def install(slot_index: int, device: str) -> None:
 
     real_ensure = Engine.ensure
 
-    def ensure(engine, spec):
+    def ensure(engine, spec, *args, **kwargs):
         marker = os.environ.get(HANG_LOAD_MARKER_ENV)
         if marker and os.path.exists(marker) and engine.spec != spec:
             time.sleep(3600)  # a load stuck on a dead disk: no step, so no cancel, ever
-        return real_ensure(engine, spec)
+        return real_ensure(engine, spec, *args, **kwargs)
 
     Engine.ensure = ensure
 

@@ -75,3 +75,20 @@ def test_a_login_without_an_api_key_warns_that_rest_is_open(tiny_models, caplog)
 
     create_app(Settings(devices=["cpu"], models_dir=tiny_models("sdxl-turbo"), ui_auth=[("ann", "pw")]))
     assert "REST API (/v1) is open to anyone" in caplog.text
+
+
+def test_the_memory_flags_and_their_environment(monkeypatch, capsys):
+    default = Settings.from_args([])
+    assert (default.memory_plan, default.gpu_memory_gb) == ("auto", None)
+    flagged = Settings.from_args(["--memory-plan", "fp8", "--gpu-memory-gb", "16"])
+    assert (flagged.memory_plan, flagged.gpu_memory_gb) == ("fp8", 16.0)
+    monkeypatch.setenv("STUDIO_MEMORY_PLAN", "group-offload")
+    monkeypatch.setenv("STUDIO_GPU_MEMORY_GB", "24")
+    from_env = Settings.from_args([])
+    assert (from_env.memory_plan, from_env.gpu_memory_gb) == ("group-offload", 24.0)
+    monkeypatch.setenv("STUDIO_MEMORY_PLAN", "lowvram")
+    with pytest.raises(SystemExit):
+        Settings.from_args([])
+    assert "--memory-plan: 'lowvram' is not one of auto, full, offload-encoders, fp8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--gpu-memory-gb", "-1"])

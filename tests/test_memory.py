@@ -17,7 +17,7 @@ EXPECTED = {
     "flux-dev": FLUX, "flux-schnell": FLUX,
     "chroma": {80: FULL, 48: FULL, 24: ENC, 16: FP8, 12: GROUP},
     "pixart-sigma": {80: FULL, 48: FULL, 24: FULL, 16: FULL, 12: ENC},
-    "stable-cascade": {80: FULL, 48: FULL, 24: FULL, 16: FULL, 12: FP8},
+    "stable-cascade": {80: FULL, 48: FULL, 24: FULL, 16: FULL, 12: GROUP},  # no fp8: see memory.NO_FP8
     "sana-1.5": SDXL, "hunyuan-dit": SDXL, "lumina-next": SDXL,
     **{model: SDXL for model in ("playground-v2.5", "animagine-xl-4", "dreamshaper-xl", "juggernaut-xl-9",
                                  "realvis-xl-4", "sdxl-base", "sdxl-turbo")},
@@ -37,12 +37,13 @@ def test_the_table_covers_the_catalog():
 def test_auto_takes_the_first_plan_that_fits(model, card):
     spec = CATALOG.get(model)
     sizes = spec.catalog_weights()
-    choice = memory.choose(sizes, memory.card(card), spec.defaults.width, spec.defaults.height)
+    plans = memory.plans_for(spec.family)
+    choice = memory.choose(sizes, memory.card(card), spec.defaults.width, spec.defaults.height, plans=plans)
     assert choice.plan == EXPECTED[model][card], choice.reason
     device = memory.card(card)
     assert choice.need.device <= device.free and choice.need.host <= device.host_ram
     # Every plan before it would not have fitted: auto takes the first that fits, not any that fits.
-    for earlier in memory.PLANS[: memory.PLANS.index(choice.plan)]:
+    for earlier in plans[: plans.index(choice.plan)]:
         assert memory.need(earlier, sizes, spec.defaults.width, spec.defaults.height).device > device.free
 
 
@@ -97,7 +98,8 @@ def test_on_a_cpu_auto_is_full_and_the_streaming_plans_say_they_need_cuda():
 
 def test_the_retry_plan_is_the_next_smaller_one_and_none_after_the_last():
     assert [memory.next_plan(plan, "cuda") for plan in memory.PLANS] == [*memory.PLANS[1:], None]
-    assert memory.next_plan(FULL, "cpu") is None
+    assert memory.next_plan(ENC, "cuda", memory.plans_for("cascade")) is GROUP  # Stable Cascade has no fp8
+    assert memory.next_plan(FULL, "cpu") is FP8 and memory.next_plan(FP8, "cpu") is None  # on a CPU fp8 alone
 
 
 def test_the_listing_shows_the_bf16_size_and_the_smallest_plans_need():

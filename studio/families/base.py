@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Callable
 
 import diffusers
@@ -15,9 +17,24 @@ from studio.schemas import GenerationRequest
 
 OnStep = Callable[[int, int], None]
 
+# Set while a memory plan reads a pipeline into host RAM for another device (studio.placement):
+# the weights then take that device's dtype, not the CPU's float32.
+_dtype_device: contextvars.ContextVar[str | None] = contextvars.ContextVar("dtype_device", default=None)
+
+
+@contextlib.contextmanager
+def weights_dtype_of(device: str):
+    """Within it, pipelines loaded for the CPU take ``device``'s dtype."""
+    token = _dtype_device.set(device)
+    try:
+        yield
+    finally:
+        _dtype_device.reset(token)
+
 
 def torch_dtype(spec: ModelSpec, device: str) -> torch.dtype:
     """The catalog's half-precision dtype on accelerators; float32 on CPU, where half is slow or missing."""
+    device = _dtype_device.get() or device
     if torch.device(device).type == "cpu":
         return torch.float32
     return getattr(torch, spec.dtype)
