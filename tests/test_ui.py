@@ -374,9 +374,10 @@ def studio(tmp_path):
 
 
 def _controls(studio, model_id):
-    card, negative, size, width, height, steps, guidance, note, _message = studio.on_model_change(model_id)
-    return SimpleNamespace(card=card, negative=negative, size=size, width=width, height=height, steps=steps,
-                           guidance=guidance, note=note)
+    updates = studio.on_model_change(model_id)
+    return SimpleNamespace(card=updates["card"]["value"], negative=updates["negative_prompt"], size=updates["size"],
+                           width=updates["width"], height=updates["height"], steps=updates["steps"],
+                           guidance=updates["guidance"], note=updates["guidance_note"])
 
 
 def test_each_model_shows_only_the_controls_it_supports(studio):
@@ -408,19 +409,19 @@ def test_reuse_fills_every_control_from_the_png(studio, tmp_path):
     path = tmp_path / "castle.png"
     path.write_bytes(pngmeta.encode(Image.new("RGB", (8, 8)), request, 77, "SDXL Base 1.0"))
 
-    model, card, negative, size, width, height, steps, guidance, note, prompt, style, seed, count, tabs, message = (
-        studio.on_reuse_click(str(path))
-    )
+    updates = studio.on_reuse_click(str(path))
 
-    assert (model, prompt, style, seed, count) == ("sdxl-base", "a castle", NO_STYLE, 77, 1)
-    assert (negative["value"], width["value"], height["value"]) == ("fog", 832, 1216)
-    assert (steps["value"], guidance["value"]) == (33, 6.5)
-    assert size["value"] is None or size["value"] == "832x1216"
-    assert tabs.selected == "create"
+    assert [updates[name] for name in ("model", "prompt", "style", "seed", "num_images")] == [
+        "sdxl-base", "a castle", NO_STYLE, 77, 1]
+    assert [updates[name]["value"] for name in ("negative_prompt", "width", "height")] == ["fog", 832, 1216]
+    assert (updates["steps"]["value"], updates["guidance"]["value"]) == (33, 6.5)
+    assert updates["size"]["value"] is None or updates["size"]["value"] == "832x1216"
+    assert updates["tabs"].selected == "create"
 
 
 def test_ui_values_resolve_like_the_api(studio):
-    spec, request = studio.resolve("a fox", "sdxl-base", "", 512, 768, 20.0, 5.0, RANDOM_SEED, 2.0, "anime")
+    spec, request = studio.resolve(dict(prompt="a fox", model="sdxl-base", negative_prompt="", width=512, height=768,
+                                        steps=20.0, guidance=5.0, seed=RANDOM_SEED, num_images=2.0, style="anime"))
 
     assert request.prompt.startswith("anime artwork of a fox")
     assert request.negative_prompt == load_styles()["anime"].negative  # the style's negative, model takes one
@@ -442,7 +443,7 @@ def test_history_tab_lists_images_from_before_a_restart(server, client, tmp_path
     shutil.copytree(server.outputs, copy)
 
     fresh = Studio(load_catalog(), backend=None, settings=Settings(outputs_dir=copy))  # as after a restart
-    _, items = fresh.on_history_refresh("", None)
+    items = fresh.on_history_refresh("", None)["history_items"]
 
     assert len(items) == len(list(copy.glob("*.png")))
     assert pngmeta.read(items[0][0])["prompt"] == "remember me"
@@ -489,21 +490,22 @@ def test_the_edit_panel_makes_the_mask_from_the_paint(studio):
     assert repaint.getpixel((2, 2)) == 255 and repaint.getpixel((40, 2)) == 0  # white = repaint
     assert editor.edit_files({"background": background, "layers": [Image.new("RGBA", (64, 48))]})[1] is None
     assert editor.edit_files({"background": None, "layers": []}) == (None, None)
-    spec, resolved = studio.resolve("a cat", "sdxl-base", "", 512, 512, 2, None, 1, 1, NO_STYLE,
-                                    image=image, mask=mask, strength=0.6)
+    spec, resolved = studio.resolve(dict(prompt="a cat", model="sdxl-base", negative_prompt="", width=512, height=512,
+                                         steps=2, guidance=None, seed=1, num_images=1, style=NO_STYLE, strength=0.6),
+                                    image=image, mask=mask)
     assert (resolved.task, resolved.strength) == ("inpainting", 0.6)
-    assert studio.on_model_edit_support("pixart-sigma", None, False)[0].visible is False
+    assert studio.on_model_edit_support("pixart-sigma", None, False)["edit_panel"].visible is False
 
 
 def test_send_to_edit_puts_the_image_in_the_edit_panel(studio, tmp_path):
     path = tmp_path / "made.png"
     Image.new("RGB", (1024, 768), "green").save(path)
-    value, panel, panel_open, width, height, size, tabs, editing, button, clear, message = (
-        studio.on_send_to_edit("sdxl-base", str(path)))
-    assert value["background"].size == (1024, 768) and panel.open is True
-    assert (width, height) == (1024, 768)  # already valid for SDXL: kept
-    assert editing is True and button.value == "Edit" and clear.visible is True
-    assert studio.on_send_to_edit("flux-schnell", str(path))[3:5] == (1024, 768)
+    updates = studio.on_send_to_edit("sdxl-base", str(path))
+    assert updates["edit_image"]["background"].size == (1024, 768) and updates["edit_panel"].open is True
+    assert (updates["width"], updates["height"]) == (1024, 768)  # already valid for SDXL: kept
+    assert updates["editing"] is True and updates["generate"].value == "Edit" and updates["edit_clear"].visible is True
+    flux = studio.on_send_to_edit("flux-schnell", str(path))
+    assert (flux["width"], flux["height"]) == (1024, 768)
 
 
 def test_an_admin_login_sees_every_folder_and_deletes_only_inside_a_history(tmp_path):
@@ -516,9 +518,9 @@ def test_an_admin_login_sees_every_folder_and_deletes_only_inside_a_history(tmp_
     ann_file = studio.saved_history(as_user["ann"]).save(png)
 
     assert ann_file.parent == tmp_path / "users" / "ann"
-    assert [item[0] for item in studio.on_history_refresh("", as_user["bob"])[1]] == []
-    assert [item[0] for item in studio.on_history_refresh("mine", as_user["root"])[1]] == [str(ann_file)]
-    assert "not in your history" in studio.on_history_delete(str(ann_file), "", as_user["bob"])[-1]
+    assert [item[0] for item in studio.on_history_refresh("", as_user["bob"])["history_items"]] == []
+    assert [item[0] for item in studio.on_history_refresh("mine", as_user["root"])["history_items"]] == [str(ann_file)]
+    assert "not in your history" in studio.on_history_delete(str(ann_file), "", as_user["bob"])["history_status"]
     assert ann_file.exists()
     studio.on_history_delete(str(ann_file), "", as_user["ann"])
     assert not ann_file.exists()
@@ -532,10 +534,12 @@ def test_strength_follows_the_task_s_default_of_every_face_unless_moved(studio):
     painted_layer = Image.new("RGBA", (64, 64))
     painted_layer.paste((255, 59, 48, 255), (10, 10, 30, 30))
     painted = {"background": photo, "layers": [painted_layer], "composite": photo}
-    assert studio.on_edit_change(painted, DEFAULT_STRENGTH["image-to-image"]) == DEFAULT_STRENGTH["inpainting"] == 1.0
-    assert studio.on_edit_change(unpainted, DEFAULT_STRENGTH["inpainting"]) == DEFAULT_STRENGTH["image-to-image"]
-    assert studio.on_edit_change(painted, 0.4).__class__.__name__ != "float"  # the user's own value stays
-    assert studio.on_edit_change(None, 1.0).__class__.__name__ != "float"  # no image: nothing to follow
+    assert studio.on_edit_change(painted, DEFAULT_STRENGTH["image-to-image"]) == {"strength": 1.0}
+    assert DEFAULT_STRENGTH["inpainting"] == 1.0
+    assert studio.on_edit_change(unpainted, DEFAULT_STRENGTH["inpainting"]) == {
+        "strength": DEFAULT_STRENGTH["image-to-image"]}
+    assert "strength" not in studio.on_edit_change(painted, 0.4)  # the user's own value stays
+    assert "strength" not in studio.on_edit_change(None, 1.0)  # no image: nothing to follow
 
 
 def test_an_empty_prompt_is_one_plain_message_and_the_header_shows_the_live_slots(page):

@@ -8,7 +8,8 @@
 Never imports torch: this runs in the parent process.
 """
 
-from studio.ui.handlers import RANDOM_SEED, Studio
+from studio.ui.controls import RANDOM_SEED
+from studio.ui.handlers import Studio
 from studio.ui.layout import build_ui, mount_options
 from studio.ui.styles import NO_STYLE, load_styles
 

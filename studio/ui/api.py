@@ -6,16 +6,25 @@ parameters and docs from the method's signature and docstring.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import gradio as gr
 
 from studio import editor, uploads
 from studio.catalog import ModelSpec
 from studio.errors import StudioError
 from studio.owners import may_see_owners
-from studio.schemas import GenerationRequest, Progress
+from studio.schemas import GenerationRequest, Progress, value_type
 from studio.ui.inputs import as_int, result_params, user_error
 from studio.ui.styles import NO_STYLE
 from studio.ui.text import describe
+
+
+def arguments(names: dict[str, Any]) -> dict[str, Any]:
+    """An endpoint's values by name (its ``locals()`` on entry): its parameters are the request fields'
+    names, and ``style``."""
+    return {name: value for name, value in names.items() if name not in ("self", "request", "progress")}
 
 
 class ApiHandlers:
@@ -52,9 +61,7 @@ class ApiHandlers:
             style: a style preset id, or "none"
             loras: LoRAs of /loras that fit the model: [{"name": ..., "scale": 0.8}] or "NAME:SCALE, ..."
         """
-        spec, resolved = self._resolve_or_error(
-            prompt, model, negative_prompt, width, height, steps, guidance, seed, num_images, style, loras=loras
-        )
+        spec, resolved = self._resolve_or_error(arguments(locals()))
         return await self._api_run(spec, resolved, style, request, progress)
 
     async def on_api_edit(
@@ -94,6 +101,7 @@ class ApiHandlers:
             style: a style preset id, or "none"
             loras: LoRAs of /loras that fit the model: [{"name": ..., "scale": 0.8}] or "NAME:SCALE, ..."
         """
+        values = arguments(locals())
         try:
             spec = self.catalog.get(model)
             data = editor.read_file(image, "image")
@@ -102,14 +110,35 @@ class ApiHandlers:
             if mask_data is not None:
                 uploads.check_mask(mask_data, upload)
             if as_int(width, "width") is None and as_int(height, "height") is None:
-                width, height = spec.fit_size(upload.width, upload.height)
+                values["width"], values["height"] = spec.fit_size(upload.width, upload.height)
         except StudioError as exc:
             raise user_error(exc.message, exc.status) from None
-        spec, resolved = self._resolve_or_error(
-            prompt, spec.id, negative_prompt, width, height, steps, guidance, seed, num_images, style,
-            image=data, mask=mask_data, strength=strength, loras=loras,
-        )
+        values["model"] = spec.id
+        spec, resolved = self._resolve_or_error(values, image=data, mask=mask_data)
         return await self._api_run(spec, resolved, style, request, progress)
+
+    def api_inputs(self, endpoint) -> list[gr.components.Component]:
+        """The (hidden) input components of an endpoint, one per parameter, in the order of its signature;
+        each defaults to the parameter's default, so each model's defaults apply."""
+        components = []
+        for name, parameter in inspect.signature(endpoint).parameters.items():
+            default = None if parameter.default is inspect.Parameter.empty else parameter.default
+            if name in ("image", "mask"):
+                components.append(gr.Image(label=name, type="filepath"))
+            elif name == "model":
+                components.append(gr.Dropdown([spec.id for spec in self.catalog], value=None, allow_custom_value=True,
+                                              label=f"model (none: the default, {self.catalog.get(None).id})"))
+            elif name == "style":
+                components.append(gr.Dropdown(list(self.styles), label=name, value=default))
+            elif name in GenerationRequest.model_fields:
+                kind = value_type(GenerationRequest.model_fields[name])
+                if kind is str:
+                    components.append(gr.Textbox(label=name, value=default))
+                elif kind in (int, float):
+                    components.append(gr.Number(label=name, value=default, precision=0 if kind is int else None))
+                else:  # a list (loras): JSON, or the field's own text form
+                    components.append(gr.JSON(label=name, value=default))
+        return components
 
     def api_models(self) -> list[dict]:
         """The catalog in rank order: each model's ranking, recommendation, capabilities, defaults and limits."""

@@ -6,6 +6,7 @@ has two faces on one queue: the browser UI (private events) and the Gradio API (
 
 from __future__ import annotations
 
+import functools
 import html
 import inspect
 from pathlib import Path
@@ -13,13 +14,12 @@ from pathlib import Path
 import gradio as gr
 
 from studio.backend import Backend, BackendStatus
-from studio.catalog import DEFAULT_STRENGTH, Catalog, ModelListing
+from studio.catalog import Catalog, ModelListing
 from studio.config import Settings
-from studio.schemas import MAX_IMAGES, MAX_SEED
-from studio.ui.handlers import RANDOM_SEED, Studio, edit_mode
-from studio.ui.styles import NO_STYLE
-from studio.ui.text import (card_html, guidance_hint, negative_placeholder, size_choices, size_hint, size_value,
-                            stars_text, status_html, steps_hint)
+from studio.ui.controls import FOLLOWERS
+from studio.ui.handlers import Studio, model_card
+from studio.ui.text import card_html, status_html
+from studio.ui.wiring import Page
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets"
 STATUS_EVERY_S = 2.0
@@ -69,12 +69,10 @@ def slot_count(backend: Backend | None, settings: Settings) -> int:
 
 def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Blocks:
     studio = Studio(catalog, backend, settings)
-    default = catalog.get(None)
+    page = Page(studio, catalog.get(None))
     slots = slot_count(backend, settings)
     # Instant events: no Gradio timer or spinner over the status line and the boxes they update.
     private = dict(api_visibility="private", queue=False, show_progress="hidden")
-    model_choices = [(f"{spec.card.rank}. {spec.label} {stars_text(spec.card.stars)}", spec.id) for spec in catalog]
-    style_choices = [(style.label, style.id) for style in studio.styles.values()]
 
     with gr.Blocks(title="Image Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
         with gr.Row(equal_height=True, elem_id="header-row"):
@@ -87,18 +85,15 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             # Drawn at each page load (demo.load below): at build time the workers have not started yet.
             slot_status = gr.HTML(elem_id="slot-status", scale=2)
 
+        # The generation controls are built from studio.ui.controls, by name; the layout only places them.
         with gr.Tabs(elem_id="studio-tabs") as tabs:
             with gr.Tab("Create", id="create"):
                 with gr.Row():
                     with gr.Column(scale=5, elem_id="controls"):
-                        model = gr.Dropdown(model_choices, value=default.id, label="Model", elem_id="model",
-                                            info="Compare them all on the Models tab.")
-                        card = gr.HTML(card_html(default, compact=True), elem_id="model-card")
-                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
-                                            placeholder="A lighthouse on a cliff at dusk, warm light in the windows")
-                        negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative-prompt",
-                                              placeholder=negative_placeholder(default),
-                                              visible=default.negative_prompt)
+                        model = page.control("model")
+                        page.control("card")
+                        prompt = page.control("prompt")
+                        negative_prompt = page.control("negative_prompt")
                         # Generate and the live status together: a bar that stays on screen on a phone.
                         with gr.Column(elem_id="action-bar"):
                             with gr.Row(elem_id="generate-row"):
@@ -108,49 +103,33 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                 # Shown only while a job of this page runs (assets/studio.css: a running status line).
                                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button", scale=1)
                             job_status = gr.HTML(status_html("Ready."), elem_id="job-status")
-                        able = ", ".join(spec.label for spec in catalog if len(spec.tasks) > 1)
                         with gr.Accordion("Edit an image (image-to-image, inpainting)", open=False,
-                                          elem_id="edit-panel", visible=len(default.tasks) > 1) as edit_panel:
+                                          elem_id="edit-panel", visible=len(page.spec.tasks) > 1) as edit_panel:
                             edit_image = gr.ImageEditor(
                                 label="Input image: paint over the area to repaint (no paint: the whole image)",
                                 type="pil", elem_id="edit-image", height=360, sources=["upload", "clipboard"],
                                 brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"), transforms=(),
                             )
-                            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH["image-to-image"], step=0.05,
-                                                 label="Strength",
-                                                 elem_id="strength",
-                                                 info=f"How much is repainted: low keeps the input. Models: {able}")
-                        style = gr.Dropdown(style_choices, value=NO_STYLE, label="Style", elem_id="style")
-                        size = gr.Radio(size_choices(default), value=size_value(default, default.defaults.width,
-                                                                                 default.defaults.height),
-                                        label="Size", elem_id="size-presets")
+                            strength = page.control("strength")
+                        page.control("style")
+                        size = page.control("size")
                         with gr.Row():
-                            # precision None: a typed 200.5 reaches the validation instead of being rounded.
-                            width = gr.Number(default.defaults.width, label="Width", elem_id="width",
-                                              info=size_hint(default), interactive=not default.limits.allowed_sizes)
-                            height = gr.Number(default.defaults.height, label="Height", elem_id="height",
-                                               interactive=not default.limits.allowed_sizes)
+                            width = page.control("width")
+                            height = page.control("height")
                         with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
-                            # Number boxes, not sliders: a slider silently clamps a typed 400 to its top;
-                            # a box passes it on to the one validation, which says the model's range.
                             with gr.Row():
-                                steps = gr.Number(default.defaults.steps, label="Steps",
-                                                  elem_id="steps", info=steps_hint(default), min_width=140)
-                                fixed = default.limits.min_guidance == default.limits.max_guidance
-                                guidance = gr.Number(default.defaults.guidance, label="Guidance", step=0.1,
-                                                     elem_id="guidance", info=guidance_hint(default),
-                                                     visible=default.cfg and not fixed, min_width=140)
-                            guidance_note = gr.Markdown(studio.model_controls(default)[-1]["value"],
-                                                        visible=not default.cfg or fixed)
+                                page.control("steps")
+                                page.control("guidance")
+                            page.control("guidance_note")
                             with gr.Row(elem_id="seed-row"):
-                                seed = gr.Number(RANDOM_SEED, label="Seed", elem_id="seed", scale=4,
-                                                 info=f"{RANDOM_SEED}: a new seed each run; 0..{MAX_SEED} repeats one")
+                                page.control("seed")
                                 randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90,
                                                       size="md")
                                 reuse_seed = gr.Button("♻ Reuse", elem_id="seed-reuse", scale=0, min_width=90,
                                                        size="md")
-                            num_images = gr.Number(1, label="Images", elem_id="num-images",
-                                                   info=f"1..{MAX_IMAGES} in one batch")
+                            page.control("num_images")
+                            for name in page.unplaced():  # a control the layout does not place yet
+                                page.control(name)
                     with gr.Column(scale=7, elem_id="results"):
                         live_preview = gr.Image(label="Preview (while the job runs)", elem_id="live-preview",
                                                 visible=False, interactive=False, height=320, format="png")
@@ -165,7 +144,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
             with gr.Tab("Models", id="models") as models_tab:
                 gr.Markdown("The studio's ranking of its models, best first. **Use** picks a model with its "
                             "recommended settings.")
-                model_cards = []  # in catalog order, redrawn when the tab opens: the Weights row follows downloads
+                uses = {}  # model id -> its Use button; the cards are redrawn when the tab opens (downloads)
                 for group, specs in catalog.grouped():
                     if not specs:
                         continue
@@ -173,11 +152,9 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                     with gr.Row(elem_classes="model-grid"):
                         for spec in specs:
                             with gr.Column(elem_classes="model-tile", min_width=260):
-                                model_cards.append(gr.HTML(card_html(spec, disk=studio.disk(spec), sizes=studio.sizes(spec))))
-                                use = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
-                                use.click(studio.on_card_use, gr.State(spec.id),
-                                          [model, card, negative, size, width, height, steps, guidance,
-                                           guidance_note, tabs, job_status], **private)
+                                tile = card_html(spec, disk=studio.disk(spec), sizes=studio.sizes(spec))
+                                page.add({model_card(spec.id): gr.HTML(tile)})
+                                uses[spec.id] = gr.Button(f"Use {spec.label}", size="sm", elem_id=f"use-{spec.id}")
 
             with gr.Tab("History", id="history") as history_tab:
                 with gr.Row():
@@ -201,33 +178,15 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                             history_undo = gr.Button("Undo delete", elem_id="history-undo", size="sm", visible=False)
                         history_status = gr.HTML(elem_id="history-status")
 
-        # The Gradio API: inputs default to None so each model's defaults apply (the UI always sends values).
+        # The Gradio API: one hidden input per parameter of its endpoint (studio.ui.api), in its order.
         with gr.Group(visible=False):
-            api_inputs = [
-                gr.Textbox(label="prompt"),
-                gr.Dropdown([spec.id for spec in catalog], label=f"model (none: the default, {default.id})",
-                            value=None, allow_custom_value=True),  # aliases too
-                gr.Textbox(label="negative_prompt", value=None),
-                gr.Number(label="width", value=None, precision=0),
-                gr.Number(label="height", value=None, precision=0),
-                gr.Number(label="steps", value=None, precision=0),
-                gr.Number(label="guidance", value=None),
-                gr.Number(label="seed", value=None, precision=0),
-                gr.Number(label="num_images", value=1, precision=0),
-                gr.Dropdown([style.id for style in studio.styles.values()], label="style", value=NO_STYLE),
-                gr.JSON(label="loras", value=None),  # [{"name", "scale"}] or "NAME:SCALE, ..."
-            ]
             api_outputs = [gr.File(label="images", file_count="multiple"), gr.JSON(label="parameters")]
             api_trigger = gr.Button(visible=False)
-            edit_api_inputs = [
-                gr.Image(label="image", type="filepath"),
-                api_inputs[0],
-                gr.Image(label="mask", type="filepath", value=None),
-                api_inputs[1],
-                gr.Number(label="strength", value=None),
-                *api_inputs[2:],
-            ]
+            api_trigger.click(studio.on_api_generate, studio.api_inputs(studio.on_api_generate), api_outputs,
+                              api_name="generate", concurrency_limit=None)
             edit_trigger = gr.Button(visible=False)
+            edit_trigger.click(studio.on_api_edit, studio.api_inputs(studio.on_api_edit), api_outputs,
+                               api_name="edit", concurrency_limit=None)
 
         session_images = gr.State([])
         size_chosen = gr.State(False)  # the size boxes hold the user's size, not a model's default
@@ -240,73 +199,68 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         timer = gr.Timer(STATUS_EVERY_S)
 
         # ---------------------------------------------------------------- wiring
-        model_outputs = [card, negative, size, width, height, steps, guidance, guidance_note]
-        generate_inputs = [prompt, model, negative, width, height, steps, guidance, seed, num_images, style]
+        # Each handler gets the components its parameters are named after and answers {name: update}
+        # (studio.ui.wiring); the History tab's buttons run the Create tab's handlers on its own components.
+        page.add(locals())
+        on_history = dict(selected="history_selected", job_status="history_status", params="history_params",
+                          session_images="history_items")
+        edit_mode_outputs = ["editing", "generate", "edit_clear"]
+        reuse_outputs = ["model", *FOLLOWERS, "prompt", "style", "seed", "num_images", "tabs", "job_status"]
+        send_outputs = ["edit_image", "edit_panel", "panel_open", "width", "height", "size", "tabs",
+                        *edit_mode_outputs, "job_status"]
 
-        studio.box_labels = {name: box.label for name, box in dict(
-            prompt=prompt, negative_prompt=negative, width=width, height=height, steps=steps, guidance=guidance,
-            seed=seed, num_images=num_images, strength=strength, style=style, model=model).items()}
         # A size the user typed or picked survives a model change; the last model's default does not.
         gr.on([size.input, width.input, height.input], lambda: True, None, size_chosen, **private)
-        model.input(studio.on_model_change, [model, width, height, size_chosen], [*model_outputs, job_status],
-                    **private)
-        size.input(studio.on_size_pick, size, [width, height], **private)
-        width.input(studio.on_size_edit, [model, width, height], size, **private)
-        height.input(studio.on_size_edit, [model, width, height], size, **private)
-        randomise.click(studio.on_seed_randomise, None, seed, **private)
-        reuse_seed.click(studio.on_seed_reuse, selected, [seed, job_status], **private)
+        page.on(model.input, studio.on_model_change, [*FOLLOWERS, "job_status"], **private)
+        page.on(size.input, studio.on_size_pick, ["width", "height"], **private)
+        page.on([width.input, height.input], studio.on_size_edit, ["size"], **private)
+        page.on(randomise.click, studio.on_seed_randomise, ["seed"], **private)
+        page.on(reuse_seed.click, studio.on_seed_reuse, ["seed", "job_status"], **private)
+        for model_id, use in uses.items():
+            page.on(use.click, functools.partial(studio.on_card_use, model_id),
+                    ["model", *FOLLOWERS, "tabs", "job_status"], **private)
 
-        generation = generate.click(  # also Ctrl+Enter in the prompt boxes (assets/studio.js)
+        generation = page.on(  # also Ctrl+Enter in the prompt boxes (assets/studio.js)
+            generate.click,
             studio.on_generate_click,
-            [*generate_inputs, edit_image, strength, editing, session_images],
-            [job_status, results, params, session_images, selected, live_preview],
+            ["job_status", "results", "params", "session_images", "selected", "live_preview"],
             api_visibility="private",
             # No limit here: the job goes straight to the studio's own queue, which tells its place in line
             # and expected wait (and counts it in the header); in Gradio's queue it would wait unseen.
             concurrency_limit=None,
             show_progress="hidden",  # one progress line: the status line
         )
-        generation.then(studio.on_history_refresh, history_filter, [history, history_items], **private)
-        cancel.click(studio.on_cancel_click, None, [job_status, live_preview], cancels=[generation], **private)
+        page.on(generation.then, studio.on_history_refresh, ["history", "history_items"], **private)
+        page.on(cancel.click, studio.on_cancel_click, ["job_status", "live_preview"], cancels=[generation],
+                **private)
 
-        results.select(studio.on_gallery_select, session_images, [params, selected], **private)
-        history.select(studio.on_gallery_select, history_items, [history_params, history_selected], **private)
-        reuse_outputs = [model, *model_outputs, prompt, style, seed, num_images, tabs]
-        reuse.click(studio.on_reuse_click, selected, [*reuse_outputs, job_status], **private)
-        history_reuse.click(studio.on_reuse_click, history_selected, [*reuse_outputs, history_status], **private)
-        models_tab.select(studio.on_models_select, None, model_cards, **private)
-        gr.on([refresh.click, history_filter.submit, history_tab.select, demo.load], studio.on_history_refresh,
-              history_filter, [history, history_items], **private)
-        history_delete.click(studio.on_history_delete, [history_selected, history_filter],
-                             [history, history_items, history_params, history_selected, deleted, history_undo,
-                              history_status], **private)
-        history_undo.click(studio.on_history_undo, [deleted, history_filter],
-                           [history, history_items, deleted, history_undo, history_status], **private)
-        timer.tick(studio.on_status_tick, None, slot_status, **private)
-        demo.load(studio.on_status_tick, None, slot_status, **private)
+        page.on(results.select, studio.on_gallery_select, ["params", "selected"], **private)
+        page.on(history.select, studio.on_gallery_select, ["params", "selected"], names=on_history, **private)
+        page.on(reuse.click, studio.on_reuse_click, reuse_outputs, **private)
+        page.on(history_reuse.click, studio.on_reuse_click, reuse_outputs, names=on_history, **private)
+        page.on(models_tab.select, studio.on_models_select, [model_card(spec.id) for spec in catalog], **private)
+        page.on([refresh.click, history_filter.submit, history_tab.select, demo.load], studio.on_history_refresh,
+                ["history", "history_items"], **private)
+        page.on(history_delete.click, studio.on_history_delete,
+                ["history", "history_items", "history_params", "history_selected", "deleted", "history_undo",
+                 "history_status"], **private)
+        page.on(history_undo.click, studio.on_history_undo,
+                ["history", "history_items", "deleted", "history_undo", "history_status"], **private)
+        page.on(timer.tick, studio.on_status_tick, ["slot_status"], **private)
+        page.on(demo.load, studio.on_status_tick, ["slot_status"], **private)
 
-        api_trigger.click(
-            studio.on_api_generate, api_inputs, api_outputs, api_name="generate", concurrency_limit=None,
-        )
-        edit_trigger.click(
-            studio.on_api_edit, edit_api_inputs, api_outputs, api_name="edit", concurrency_limit=None,
-        )
-        mode = [editing, generate, edit_clear]  # edit mode: its state, the main button, Clear beside it
-        model.change(studio.on_model_edit_support, [model, edit_image, editing], [edit_panel, *mode], **private)
-        edit_image.upload(studio.on_edit_upload, [model, edit_image, panel_open], [width, height, size, *mode],
-                          **private)
-        edit_image.clear(studio.on_edit_mode, edit_image, mode, **private)
-        edit_panel.expand(lambda value: (True, *studio.on_edit_mode(value)), edit_image, [panel_open, *mode],
-                          **private)
-        edit_panel.collapse(lambda: (False, *edit_mode(False)), None, [panel_open, *mode], **private)
-        edit_clear.click(studio.on_edit_clear, None, [edit_image, *mode, job_status], **private)
-        edit_outputs = [edit_image, edit_panel, panel_open, width, height, size, tabs, *mode]
-        send_to_edit.click(studio.on_send_to_edit, [model, selected], [*edit_outputs, job_status], **private)
-        history_edit.click(studio.on_send_to_edit, [model, history_selected], [*edit_outputs, history_status],
-                           **private)
+        page.on(model.change, studio.on_model_edit_support, ["edit_panel", *edit_mode_outputs], **private)
+        page.on(edit_image.upload, studio.on_edit_upload, ["width", "height", "size", *edit_mode_outputs],
+                **private)
+        page.on(edit_image.clear, studio.on_edit_mode, edit_mode_outputs, **private)
+        page.on(edit_panel.expand, studio.on_edit_panel_expand, ["panel_open", *edit_mode_outputs], **private)
+        page.on(edit_panel.collapse, studio.on_edit_panel_collapse, ["panel_open", *edit_mode_outputs], **private)
+        page.on(edit_clear.click, studio.on_edit_clear, ["edit_image", *edit_mode_outputs, "job_status"], **private)
+        page.on(send_to_edit.click, studio.on_send_to_edit, send_outputs, **private)
+        page.on(history_edit.click, studio.on_send_to_edit, send_outputs, names=on_history, **private)
         gr.api(returning(studio.api_models, list[ModelListing]), api_name="models", queue=False)
         gr.api(returning(studio.api_status, BackendStatus), api_name="status", queue=False)
-        edit_image.change(studio.on_edit_change, [edit_image, strength], strength, **private)
+        page.on(edit_image.change, studio.on_edit_change, ["strength"], **private)
 
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=slots)
     return demo
