@@ -1,9 +1,10 @@
 """Who calls ``/sdapi``: with ``--api-key``, the key sent as ``Authorization: Bearer KEY`` or as HTTP Basic
 (any user name, the key as password: A1111's ``--api-auth`` is Basic, and Open WebUI and SillyTavern send it so).
 
-A ``Caller`` says whose options a call reads and writes, and whose jobs GET progress and POST interrupt reach:
-the key's owner with keys; without keys every caller shares the options (A1111's global ones), and jobs
-belong to the client's address, so one machine cannot interrupt another's.
+A ``Caller`` says whose options a call reads and writes, and whose jobs GET progress and POST interrupt reach.
+Options: each key owner has their own; without keys every caller shares them (A1111's global ones). Jobs: the
+studio's owner of a job (``owners.rest_owner``): the key's name, else the client's address, so one machine
+cannot interrupt another's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi import Request
 from studio.config import api_keys
 from studio.errors import Unauthorized
 from studio.openai_api import key_owner
-from studio.owners import note_owner
+from studio.owners import note_owner, rest_owner
 
 ASK = "send 'Authorization: Bearer <key>', or HTTP Basic auth with the key as password (any user name)"
 
@@ -25,8 +26,8 @@ ASK = "send 'Authorization: Bearer <key>', or HTTP Basic auth with the key as pa
 @dataclass(frozen=True)
 class Caller:
     options: str  # whose sd_model_checkpoint: "key:<owner>", or "" (everyone) without keys
-    jobs: str  # whose jobs progress, interrupt and skip reach
-    owner: str | None  # the key's owner: the outputs folder of the images (history.owner_dir)
+    jobs: str  # the owner of its jobs (Backend.submit's): whose jobs progress, interrupt and skip reach
+    owner: str | None  # the key's name: the outputs folder of the images (history.owner_dir)
 
 
 async def require_caller(request: Request) -> Caller:
@@ -34,15 +35,14 @@ async def require_caller(request: Request) -> Caller:
     request.state.api_owner = None
     keys = api_keys(request.app.state.settings.api_key)
     if not keys:
-        address = request.client.host if request.client else "unknown"
-        return Caller(options="", jobs=f"address:{address}", owner=None)
+        return Caller(options="", jobs=rest_owner(request), owner=None)
     key = sent_key(request.headers.get("authorization", ""))
     if not key:
         raise Unauthorized(f"missing API key: {ASK}")
     owner = key_owner(keys, key)
     request.state.api_owner = owner
     note_owner(request.scope, owner)  # the access log names the key's owner
-    return Caller(options=f"key:{owner or ''}", jobs=f"key:{owner or ''}", owner=owner)
+    return Caller(options=f"key:{owner or ''}", jobs=rest_owner(request), owner=owner)
 
 
 def sent_key(header: str) -> str | None:

@@ -17,7 +17,6 @@ from studio.a1111.sampling import sampler_names
 from studio.errors import StudioError, echo
 from studio.history import owner_dir
 from studio.openai_api import CLIENT_CLOSED, http_error, save_images, wait_for_result
-from studio.owners import rest_owner
 
 PREFIX = "/sdapi"
 router = APIRouter(prefix=f"{PREFIX}/v1", dependencies=[Depends(require_caller)], tags=["A1111-compatible"])
@@ -48,7 +47,7 @@ async def img2img(body: Img2ImgRequest, request: Request, caller: Caller = Depen
 
 async def run(request: Request, caller: Caller, body: Txt2ImgRequest, spec, resolved) -> Response:
     state = request.app.state
-    job = state.backend.submit(spec, resolved, rest_owner(request))
+    job = state.backend.submit(spec, resolved, caller.jobs)
     followed = callers(request).follow(caller.jobs, job)
     try:
         result = await wait_for_result(job, request, state.settings.job_timeout_s)
