@@ -17,7 +17,7 @@ from typing import TypedDict
 
 from studio import families, memory
 from studio.errors import InvalidRequest, UnknownModel, echo
-from studio.loras import LoraError, LoraLibrary
+from studio.loras import LoraError, LoraLibrary, LoraListing
 from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, LoraUse, parse_request, parse_size
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -402,6 +402,10 @@ class Catalog:
             use._path, use._hash = str(found.path), found.short_hash
             resolved.append(use)
         return request.model_copy(update={"loras": tuple(resolved)})
+
+    def lora_listing(self) -> list[LoraListing]:
+        """Each readable LoRA of the library, with the models it fits."""
+        return [lora.listing([spec.id for spec in self if spec.family in lora.fits]) for lora in self.loras.all()]
 
     def lora_models(self) -> list[str]:
         """The ids of the models that take LoRAs."""

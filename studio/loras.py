@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from studio.errors import InvalidRequest, echo
 
@@ -40,6 +41,18 @@ class LoraError(InvalidRequest):
         super().__init__(message, field)
 
 
+class LoraListing(TypedDict):
+    """One LoRA as the listings give it (GET /v1/loras, the Gradio API's /loras, the UI's picker)."""
+
+    name: str  # what a request's `loras` names
+    family: str  # the family it is for, read from its keys
+    fits: list[str]  # the families that take it
+    models: list[str]  # the catalog's models that take it
+    size_bytes: int
+    trigger_words: list[str]
+    hash: str  # A1111's short hash
+
+
 @dataclass(frozen=True)
 class LoraFile:
     """One LoRA on disk, as the library lists it."""
@@ -52,9 +65,10 @@ class LoraFile:
     triggers: tuple[str, ...]
     short_hash: str  # A1111's "Lora hashes" entry: sha256 of the tensor bytes, first 12 hex digits
 
-    def listing(self) -> dict:
-        return {"name": self.name, "family": self.family, "fits": list(self.fits), "size_bytes": self.size_bytes,
-                "trigger_words": list(self.triggers), "hash": self.short_hash}
+    def listing(self, models: list[str]) -> LoraListing:
+        """For the listings; ``models``: the catalog's models that take it."""
+        return {"name": self.name, "family": self.family, "fits": list(self.fits), "models": models,
+                "size_bytes": self.size_bytes, "trigger_words": list(self.triggers), "hash": self.short_hash}
 
 
 def read_header(path: Path) -> tuple[dict, dict]:

@@ -36,7 +36,8 @@ from studio.config import api_keys
 from studio.errors import InvalidRequest, JobCancelled, JobTimeout, QueueFull, StudioError, Unauthorized, echo
 from studio.history import History, owner_dir
 from studio.owners import note_owner, rest_owner
-from studio.responses import GENERATION_ERRORS, READ_ERRORS, ImageData, ImagesResponse, ModelList, ModelObject
+from studio.responses import (GENERATION_ERRORS, READ_ERRORS, ImageData, ImagesResponse, LoraList, ModelList,
+                              ModelObject)
 from studio.schemas import (MAX_IMAGES, SIZE_PATTERN, SIZE_SHAPE, GenerationRequest, JobResult, allowed_range,
                             field_bounds, parse_size, request_fields, value_type)
 
@@ -425,6 +426,13 @@ async def retrieve_model(model: str, request: Request) -> ModelObject:
     state = request.app.state
     spec = state.catalog.get(model)
     return model_object(spec, state.started_at, disk_status(state, spec), measured(state, spec))
+
+
+@router.get("/loras", response_model=LoraList, responses=READ_ERRORS, summary="List the LoRAs")
+async def list_loras(request: Request) -> LoraList:
+    """The LoRAs of ``--lora-dir`` (unreadable files left out): name, family, the models that take each, size,
+    trigger words and A1111's hash. A request names them in ``loras`` or as ``<lora:NAME:SCALE>``."""
+    return LoraList(data=await run_in_threadpool(request.app.state.catalog.lora_listing))  # hashes read files
 
 
 def disk_status(state, spec: ModelSpec) -> dict | None:

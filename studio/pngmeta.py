@@ -24,16 +24,20 @@ USER_COMMENT_UNICODE = b"UNICODE\0"  # EXIF's character-code prefix for UTF-16 t
 
 def parameters_text(request: GenerationRequest, seed: int, label: str, memory_plan: str | None = None) -> str:
     """The A1111 ``parameters`` text: prompt, negative prompt line, then ``key: value`` pairs: each request
-    field that declares its A1111 key (``Faces.a1111``), in declaration order, then the model and the task."""
-    lines = [request.prompt]
+    field that declares its A1111 key (``Faces.a1111``), in declaration order, then the model and the task.
+    LoRAs are written as A1111 writes them: ``<lora:name:w>`` tags after the prompt, and their hashes
+    (``Lora hashes: "name: hash, ..."``, which Civitai reads)."""
+    lines = [" ".join([request.prompt, *(lora.tag() for lora in request.loras)]).strip()]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     pairs = []
     for name, _, faces in request_fields():
         value = seed if name == "seed" else getattr(request, name)  # this image's own seed
-        if faces.a1111 is None or value is None:
+        if faces.a1111 is None or value is None or value == ():
             continue
-        if name == "width":
+        if name == "loras":
+            value = '"' + ", ".join(f"{lora.name}: {lora._hash}" for lora in value if lora._hash) + '"'
+        elif name == "width":
             value = f"{request.width}x{request.height}"  # A1111's one "Size"
         pairs.append((faces.a1111, f"{value:g}" if isinstance(value, float) else value))
     if request.image:

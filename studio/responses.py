@@ -94,6 +94,23 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
+class LoraObject(BaseModel):
+    """A LoRA of the library (``--lora-dir``): what a request's ``loras`` may name."""
+
+    name: str = Field(description="What a request's `loras` names: its path under the folder, without .safetensors.")
+    family: str = Field(description="The family it is for, read from its keys (sdxl, flux, sana; sd1 or unknown fit none).")
+    fits: list[str] = Field(description="The model families that take it.")
+    models: list[str] = Field(description="The catalog's models that take it.")
+    size_bytes: int
+    trigger_words: list[str] = Field(description="Words it was trained on, from its metadata (may be empty).")
+    hash: str = Field(description="A1111's short hash (what `Lora hashes` in the images' parameters records).")
+
+
+class LoraList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[LoraObject]
+
+
 class ErrorBody(BaseModel):
     message: str
     type: str

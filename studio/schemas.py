@@ -117,7 +117,7 @@ class GenerationRequest(BaseModel):
     num_images: Annotated[int, Faces("Images", routes=("generations",), flag="--n")] = Field(
         1, ge=1, le=MAX_IMAGES, description="Images generated in one batched call; an alias of `n`."
     )
-    loras: Annotated[tuple[LoraUse, ...], Faces("LoRAs", flag="--lora")] = Field(
+    loras: Annotated[tuple[LoraUse, ...], Faces("LoRAs", flag="--lora", a1111="Lora hashes")] = Field(
         (), max_length=MAX_LORAS,
         description=f"LoRAs applied to the model, at most {MAX_LORAS}: [{{\"name\", \"scale\"}}] (scale -4..4, "
         "default 1), or \"NAME:SCALE\" strings; <lora:NAME:SCALE> tags in the prompt add to them.",

@@ -133,6 +133,35 @@ def test_gradio_client_and_cli_apply_the_same_lora(server, client, lora_models, 
     assert pngmeta.read(out)["loras"] == [{"name": "tiny-sdxl-kohya", "scale": 0.7}]
 
 
+def test_the_images_record_their_loras_as_a1111_does(client, lora_dir):
+    from studio.loras import short_hash
+
+    png = base64.b64decode(generate(client, SDXL, prompt="a red fox <lora:styles/ink:0.5>",
+                                    loras=[{"name": "tiny-sdxl-kohya", "scale": 0.8}]))
+    params = pngmeta.read(png)
+    prompt_line, settings = params["parameters"].split("\n")
+    assert prompt_line == "a red fox <lora:tiny-sdxl-kohya:0.8> <lora:styles/ink:0.5>"
+    kohya, ink = (short_hash(lora_dir / name) for name in ("tiny-sdxl-kohya.safetensors", "styles/ink.safetensors"))
+    assert f'Lora hashes: "tiny-sdxl-kohya: {kohya}, styles/ink: {ink}"' in settings
+    assert params["prompt"] == "a red fox"
+    assert params["loras"] == [{"name": "tiny-sdxl-kohya", "scale": 0.8}, {"name": "styles/ink", "scale": 0.5}]
+
+
+def test_the_library_is_listed_on_every_face(server, http):
+    from gradio_client import Client
+
+    listed = {lora["name"]: lora for lora in http.get("/v1/loras").json()["data"]}
+    assert sorted(listed) == ["styles/ink", "tiny-flux-diffusers", "tiny-flux-kohya", "tiny-sdxl-diffusers",
+                              "tiny-sdxl-kohya"]  # the broken files are left out
+    assert listed["tiny-flux-kohya"]["family"] == "flux"
+    assert listed["tiny-flux-kohya"]["models"] == ["flux-dev", "flux-schnell", "chroma"]
+    assert listed["tiny-sdxl-kohya"]["trigger_words"] == ["tinystyle"] and listed["tiny-sdxl-kohya"]["size_bytes"] > 0
+    assert Client(server + "/", verbose=False).predict(api_name="/loras") == list(listed.values())
+    a1111 = {lora["name"]: lora for lora in http.get("/sdapi/v1/loras").json()}
+    assert a1111["styles/ink"]["path"] == "styles/ink.safetensors"
+    assert a1111["styles/ink"]["metadata"]["models"] == listed["styles/ink"]["models"]
+
+
 @pytest.mark.parametrize("extras, param, says", [
     ({"loras": ["tiny-sdxl-kohy"]}, "loras", "unknown LoRA 'tiny-sdxl-kohy'; did you mean tiny-sdxl-kohya"),
     ({"loras": ["../../etc/passwd"]}, "loras", "climbs out of the LoRA folder"),

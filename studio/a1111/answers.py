@@ -107,9 +107,9 @@ UPSCALERS = [{"name": "None", "model_name": None, "model_path": None, "model_url
 def loras(catalog: Catalog) -> list[dict]:
     """GET loras, as A1111's Lora extension lists them: ``<lora:NAME:WEIGHT>`` in a prompt uses one. ``path`` is
     the file under ``--lora-dir`` (never a machine path); ``metadata`` what the studio read of it."""
-    return [{"name": lora.name, "alias": lora.name, "path": f"{lora.name}.safetensors",
-             "metadata": {key: value for key, value in lora.listing().items() if key != "name"}}
-            for lora in catalog.loras.all()]
+    return [{"name": lora["name"], "alias": lora["name"], "path": f"{lora['name']}.safetensors",
+             "metadata": {key: value for key, value in lora.items() if key != "name"}}
+            for lora in catalog.lora_listing()]
 
 
 def catalog_titles(catalog: Catalog) -> list[dict]:

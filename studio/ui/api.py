@@ -144,6 +144,10 @@ class ApiHandlers:
         """The catalog in rank order: each model's ranking, recommendation, capabilities, defaults and limits."""
         return [spec.listing(self.sizes(spec)) | self.disk(spec) for spec in self.catalog]
 
+    def api_loras(self) -> list[dict]:
+        """The LoRAs of the library: name, family, the models that take each, size, trigger words, hash."""
+        return self.catalog.lora_listing()
+
     def api_status(self, request: gr.Request = None) -> dict:
         """The slots (device, model, busy) and how many jobs wait in the queue; each owner's jobs for an admin."""
         status = self.backend.status()

@@ -15,6 +15,7 @@ import gradio as gr
 
 from studio.backend import Backend, BackendStatus
 from studio.catalog import Catalog, ModelListing
+from studio.loras import LoraListing
 from studio.config import Settings
 from studio.ui.controls import FOLLOWERS
 from studio.ui.handlers import Studio, model_card
@@ -260,6 +261,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
         page.on(history_edit.click, studio.on_send_to_edit, send_outputs, names=on_history, **private)
         gr.api(returning(studio.api_models, list[ModelListing]), api_name="models", queue=False)
         gr.api(returning(studio.api_status, BackendStatus), api_name="status", queue=False)
+        gr.api(returning(studio.api_loras, list[LoraListing]), api_name="loras", queue=False)
         page.on(edit_image.change, studio.on_edit_change, ["strength"], **private)
 
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=slots)
