@@ -388,45 +388,47 @@ def machine() -> dict:
     }
 
 
-def cpu_rows(results: dict) -> list[tuple[str, str, str, str]]:
-    """(what, ours, baseline, ours / baseline) for each section that ran."""
-    rows = []
-    if "rest" in results:
-        r = results["rest"]
-        rows.append((
-            f"REST end to end vs bare pipeline call, s (median of {r['repeats']}; {r['model']} {r['size']}, "
-            f"{r['steps']} steps{'; ' + r['backend'] + ' backend' if r.get('backend', 'local') != 'local' else ''})",
-            f"{r['rest_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.3f}",
-        ))
-    if "routing" in results:
-        r = results["routing"]
-        rows.append((
-            f"model loads after warm-up, {r['jobs']} mixed jobs, 2 models on 2 slots: routing vs round-robin",
-            str(r["ours_loads"]), str(r["round_robin_loads"]), "",
-        ))
-    if "swap" in results:
-        r = results["swap"]
-        rows.append((
-            f"model swap, s (median of {r['swaps']}): RAM cache vs cold load from disk",
-            f"{r['cache_median_s']:.5f}", f"{r['cold_median_s']:.3f}",
-            f"{r['cache_median_s'] / r['cold_median_s']:.4f}",
-        ))
-    if "batch" in results:
-        r = results["batch"]
-        rows.append((
-            f"images/s, n={r['n']} in one call vs {r['n']} calls ({r['model']} {r['size']}, {r['steps']} steps)",
-            f"{r['batch_images_per_s']:.1f}", f"{r['singles_images_per_s']:.1f}",
-            f"{r['batch_images_per_s'] / r['singles_images_per_s']:.2f}",
-        ))
-    if "admission" in results:
-        r = results["admission"]
-        rows.append((
-            f"Retry-After / time until a place freed ({r['rounds']} refusals, 2 models on 2 slots, "
+Row = tuple[str, str, str, str]  # what, ours, baseline, ours / baseline
+
+
+def _rest_row(r: dict) -> Row:
+    backend = f"; {r['backend']} backend" if r.get("backend", "local") != "local" else ""
+    what = f"REST end to end vs bare pipeline call, s (median of {r['repeats']}; {r['model']} {r['size']}, "
+    return (what + f"{r['steps']} steps{backend})",
+            f"{r['rest_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.3f}")
+
+
+def _routing_row(r: dict) -> Row:
+    what = f"model loads after warm-up, {r['jobs']} mixed jobs, 2 models on 2 slots: routing vs round-robin"
+    return what, str(r["ours_loads"]), str(r["round_robin_loads"]), ""
+
+
+def _swap_row(r: dict) -> Row:
+    cache, cold = r["cache_median_s"], r["cold_median_s"]
+    what = f"model swap, s (median of {r['swaps']}): RAM cache vs cold load from disk"
+    return what, f"{cache:.5f}", f"{cold:.3f}", f"{cache / cold:.4f}"
+
+
+def _batch_row(r: dict) -> Row:
+    batch, singles = r["batch_images_per_s"], r["singles_images_per_s"]
+    what = f"images/s, n={r['n']} in one call vs {r['n']} calls ({r['model']} {r['size']}, {r['steps']} steps)"
+    return what, f"{batch:.1f}", f"{singles:.1f}", f"{batch / singles:.2f}"
+
+
+def _admission_row(r: dict) -> Row:
+    what = (f"Retry-After / time until a place freed ({r['rounds']} refusals, 2 models on 2 slots, "
             f"places freed after {r['freed_median_s']:.1f} s median, off by {r['error_median_s']:.1f} s median; "
-            f"ratio p10-p90 {r['ratio_p10']:.2f}-{r['ratio_p90']:.2f})",
-            f"{r['ratio_median']:.2f}", "1.00", "",
-        ))
-    return rows
+            f"ratio p10-p90 {r['ratio_p10']:.2f}-{r['ratio_p90']:.2f})")
+    return what, f"{r['ratio_median']:.2f}", "1.00", ""
+
+
+# Each CPU section's row, in the table's order.
+CPU_ROWS = dict(rest=_rest_row, routing=_routing_row, swap=_swap_row, batch=_batch_row, admission=_admission_row)
+
+
+def cpu_rows(results: dict) -> list[Row]:
+    """(what, ours, baseline, ours / baseline) for each section that ran."""
+    return [row(results[name]) for name, row in CPU_ROWS.items() if name in results]
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -160,8 +160,9 @@ class ImageGenerationRequest(BaseModel):
 # ---------------------------------------------------------------- errors
 
 
-def as_studio_error(exc: BaseException) -> StudioError:
-    """Every exception as a ``StudioError`` with the right status; unexpected ones are logged, not shown."""
+def request_error(exc: BaseException) -> StudioError:
+    """An exception raised while serving an HTTP request as a ``StudioError`` with the right status;
+    unexpected ones are logged, not shown. (A job's errors are mapped in the worker: ``jobloop.as_studio_error``.)"""
     if isinstance(exc, StudioError):
         return exc
     if isinstance(exc, RequestValidationError):
@@ -183,7 +184,7 @@ def http_error(status: int, message: str, code: str | None = None) -> StudioErro
 
 def error_response(exc: BaseException) -> JSONResponse:
     """The OpenAI error object for any exception, with its status and headers."""
-    error = as_studio_error(exc)
+    error = request_error(exc)
     if error.status >= 500:  # the access log says that a request failed; this line says why
         log.warning("failed: %s", error.message)
     else:

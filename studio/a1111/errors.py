@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from studio.errors import InvalidRequest, QueueFull, Unauthorized
-from studio.openai_api import as_studio_error
+from studio.openai_api import request_error
 
 MAX_ECHO = 200  # characters of a refused value repeated back: a base64 image must not come back whole
 
@@ -19,7 +19,7 @@ MAX_ECHO = 200  # characters of a refused value repeated back: a base64 image mu
 def error_response(exc: BaseException) -> JSONResponse:
     if isinstance(exc, RequestValidationError):
         return JSONResponse({"detail": [validation_item(item) for item in exc.errors()]}, status_code=422)
-    error = as_studio_error(exc)  # unexpected ones are logged there, not shown
+    error = request_error(exc)  # unexpected ones are logged there, not shown
     if isinstance(error, InvalidRequest) or error.code == "model_not_found":
         loc = ["body", *(error.field or "body").split(".")]
         return JSONResponse({"detail": [{"loc": loc, "msg": error.message, "type": "value_error"}]}, status_code=422)

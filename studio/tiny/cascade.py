@@ -94,29 +94,30 @@ def _image_encoder() -> CLIPVisionModelWithProjection:
     return CLIPVisionModelWithProjection(config).eval()
 
 
+# What the two stages' tiny StableCascadeUNets share: one block of each kind per level, 3x3 kernels.
+STAGE_UNET = dict(
+    timestep_ratio_embedding_dim=64, down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1),
+    down_blocks_repeat_mappers=(1, 1), clip_seq=4, kernel_size=3, self_attn=True,
+)
+
+
 def _prior() -> StableCascadeUNet:
     """Stage C: text-conditioned, attention at both levels, no spatial down-sampling (switch_level False)."""
     block = ("SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock")
     return StableCascadeUNet(
+        **STAGE_UNET,
         in_channels=EFFNET_CHANNELS,
         out_channels=EFFNET_CHANNELS,
-        timestep_ratio_embedding_dim=64,
         patch_size=1,
         conditioning_dim=PRIOR_WIDTH,
         block_out_channels=(PRIOR_WIDTH, PRIOR_WIDTH),
         num_attention_heads=(2, 2),
-        down_num_layers_per_block=(1, 1),
-        up_num_layers_per_block=(1, 1),
-        down_blocks_repeat_mappers=(1, 1),
         up_blocks_repeat_mappers=(1, 1),
         block_types_per_layer=(block, block),
         clip_text_in_channels=TEXT_WIDTH,
         clip_text_pooled_in_channels=TEXT_WIDTH,
         clip_image_in_channels=IMAGE_EMBED_DIM,
-        clip_seq=4,
-        kernel_size=3,
         dropout=(0.1, 0.1),
-        self_attn=True,
         timestep_conditioning_type=("sca", "crp"),
         switch_level=(False,),
     )
@@ -125,28 +126,22 @@ def _prior() -> StableCascadeUNet:
 def _decoder() -> StableCascadeUNet:
     """Stage B: pooled-text and EfficientNet conditioned, 2x2 patches, attention only at the deeper level."""
     return StableCascadeUNet(
+        **STAGE_UNET,
         in_channels=4,
         out_channels=4,
-        timestep_ratio_embedding_dim=64,
         patch_size=2,
         conditioning_dim=TEXT_WIDTH,
         block_out_channels=(16, 32),
         num_attention_heads=(0, 2),
-        down_num_layers_per_block=(1, 1),
-        up_num_layers_per_block=(1, 1),
-        down_blocks_repeat_mappers=(1, 1),
         up_blocks_repeat_mappers=(2, 1),
         block_types_per_layer=(
             ("SDCascadeResBlock", "SDCascadeTimestepBlock"),
             ("SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock"),
         ),
         clip_text_pooled_in_channels=TEXT_WIDTH,
-        clip_seq=4,
         effnet_in_channels=EFFNET_CHANNELS,
         pixel_mapper_in_channels=3,
-        kernel_size=3,
         dropout=(0.0, 0.0),
-        self_attn=True,
         timestep_conditioning_type=("sca",),
     )
 
