@@ -16,11 +16,23 @@ def echo(value: object, limit: int = ECHO_LIMIT) -> str:
 
 
 class StudioError(Exception):
-    """Base error: ``status`` is the HTTP status, ``type``/``code`` the OpenAI error fields."""
+    """Base error: ``status`` is the HTTP status, ``type``/``code`` the OpenAI error fields.
+
+    A subclass states them in its class line (``class Gone(StudioError, status=410, code="gone")``);
+    what it leaves out it inherits.
+    """
 
     status = 500
     type = "server_error"
     code: str | None = None
+
+    def __init_subclass__(cls, *, status: int | None = None, type: str | None = None, code: str | None = None,
+                          **kwargs):
+        super().__init_subclass__(**kwargs)
+        stated = {"status": status, "type": type, "code": code}
+        for name, value in stated.items():
+            if value is not None:
+                setattr(cls, name, value)
 
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
@@ -36,31 +48,23 @@ class StudioError(Exception):
         return {"message": self.message, "type": self.type, "param": param, "code": self.code}
 
 
-class InvalidRequest(StudioError):
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_value"
+class InvalidRequest(StudioError, status=400, type="invalid_request_error", code="invalid_value"):
+    """A request field is missing, of the wrong type or out of its range; ``field`` names it."""
 
 
-class Unauthorized(StudioError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
+class Unauthorized(StudioError, status=401, type="authentication_error", code="invalid_api_key"):
+    """No API key, or not one of ``--api-key``'s."""
 
 
-class UnknownModel(StudioError):
-    status = 404
-    type = "invalid_request_error"
-    code = "model_not_found"
+class UnknownModel(StudioError, status=404, type="invalid_request_error", code="model_not_found"):
+    """No catalog model has that id or alias."""
 
 
 RETRY_AFTER_MAX_S = 300  # Retry-After's ceiling: an estimate further out is too unsure to promise
 
 
-class QueueFull(StudioError):
-    status = 429
-    type = "rate_limit_error"
-    code = "queue_full"
+class QueueFull(StudioError, status=429, type="rate_limit_error", code="queue_full"):
+    """No place in the queue within the wait the studio allows; ``retry_after_s`` says when to try again."""
 
     def __init__(self, message: str, field: str | None = None, retry_after_s: int = 5):
         super().__init__(message, field)
@@ -77,50 +81,34 @@ class QueueFull(StudioError):
         return (self.__class__, (self.message, self.field, self.retry_after_s))
 
 
-class JobCancelled(StudioError):
-    # 499: nginx's "client closed request"; only seen by a caller that polls a cancelled job.
-    status = 499
-    type = "cancelled"
-    code = "cancelled"
+class JobCancelled(StudioError, status=499, type="cancelled", code="cancelled"):
+    """The job was cancelled. 499 is nginx's "client closed request": only a caller that polls a
+    cancelled job sees it."""
 
 
-class JobTimeout(StudioError):
-    status = 504
-    type = "server_error"
-    code = "timeout"
+class JobTimeout(StudioError, status=504, code="timeout"):
+    """The job ran past ``--job-timeout`` and was cancelled."""
 
 
-class OutOfMemory(StudioError):
-    status = 503
-    type = "server_error"
-    code = "out_of_memory"
+class OutOfMemory(StudioError, status=503, code="out_of_memory"):
+    """The device had no room for the model or the job."""
 
 
-class WorkerFailed(StudioError):
-    status = 503
-    type = "server_error"
-    code = "worker_failed"
+class WorkerFailed(StudioError, status=503, code="worker_failed"):
+    """No worker can run the job: not started, shutting down, or it died under the job."""
 
 
-class ModelLoadFailed(StudioError):
-    status = 503
-    type = "server_error"
-    code = "model_load_failed"
+class ModelLoadFailed(StudioError, status=503, code="model_load_failed"):
+    """The model's files are there but do not load (a catalog mistake, broken files, a load past its timeout)."""
 
 
-class ModelUnavailable(StudioError):
+class ModelUnavailable(StudioError, status=503, code="model_unavailable"):
     """The model's weights cannot be had now: not on disk and no hub, gated, missing, a failed download."""
 
-    status = 503
-    type = "server_error"
-    code = "model_unavailable"
+
+class ModelGated(ModelUnavailable, code="model_gated"):
+    """The hub repo is gated: its license must be accepted on its page first."""
 
 
-class ModelGated(ModelUnavailable):
-    code = "model_gated"
-
-
-class NotEnoughDisk(StudioError):
-    status = 507
-    type = "server_error"
-    code = "insufficient_storage"
+class NotEnoughDisk(StudioError, status=507, code="insufficient_storage"):
+    """The download would not fit on the disk (the message gives both numbers)."""
