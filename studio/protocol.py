@@ -37,6 +37,7 @@ class WorkerState:
     loads: int = 0  # pipelines loaded from disk
     cache_hits: int = 0  # swaps served from the RAM cache
     cached: tuple[str, ...] = ()  # models parked in the RAM cache
+    loras: tuple[str, ...] = ()  # the LoRA files the resident pipeline holds as adapters (routing prefers them)
 
 
 # ---------------------------------------------------------------- parent -> worker

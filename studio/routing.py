@@ -6,7 +6,8 @@ Jobs wait in one FIFO queue and are bound to a slot only when a slot is free, so
 uses what is true at that moment:
 
 1. a job that waited past ``starvation_s`` takes any idle slot first;
-2. a job whose model an idle slot already holds goes there (no load);
+2. a job whose model an idle slot already holds goes there (no load); of several, the one holding most
+   of the job's LoRAs as adapters (no LoRA load either): a preference among idle slots, never a wait;
 3. a job whose model a busy slot holds (or is about to hold, this plan's bindings included)
    waits for it when that slot is expected free sooner than a swap would take, as measured: warm
    loads of the model (from disk or from a worker's RAM cache; a worker's first load, which pays
@@ -137,6 +138,7 @@ class Slot:
     state: str = "stopped"  # starting | ready | dead | stopped
     model: str | None = None  # resident model
     cached: list[str] = field(default_factory=list)  # models parked in the worker's RAM cache
+    loras: tuple[str, ...] = ()  # the LoRA files its resident pipeline holds as adapters
     job: Job | None = None  # the job the worker is running (it may already be cancelled)
     phase: str = ""  # "starting" (sent), then the worker's stages
     phase_since: float = 0.0
@@ -264,7 +266,14 @@ def backlog(queue: Sequence[Job], slots: Sequence[Slot]) -> int:
 
 
 def _same_model(idle: list[Slot], job: Job) -> Slot | None:
-    return next((slot for slot in idle if slot.model == job.spec.id), None)
+    """An idle slot holding the job's model: of several, the one holding most of its LoRAs."""
+    holders = [slot for slot in idle if slot.model == job.spec.id]
+    return max(holders, key=lambda slot: adapters_held(slot, job.request), default=None)
+
+
+def adapters_held(slot: Slot, request: GenerationRequest) -> int:
+    """How many of the request's LoRAs the slot's pipeline already holds."""
+    return sum(1 for lora in request.loras if lora._path in slot.loras)
 
 
 def _gives_up_a_model_in_use(slot: Slot, slots: Sequence[Slot], holds: dict[int, str | None], now: float) -> bool:

@@ -457,13 +457,13 @@ class SlotManager:
     def _apply_state(self, slot: WorkerSlot, state: WorkerState) -> None:
         """What the worker says it holds, and its counters on top of earlier incarnations'."""
         loads_before, hits_before = slot.counts_before
-        slot.model, slot.cached = state.model, list(state.cached)
+        slot.model, slot.cached, slot.loras = state.model, list(state.cached), state.loras
         slot.loads, slot.cache_hits = loads_before + state.loads, hits_before + state.cache_hits
 
     def _on_exit(self, slot: WorkerSlot, exitcode: int | None, now: float) -> None:
         """The worker process is gone: fail its job, and plan a restart unless we are stopping."""
         was = slot.state
-        slot.state, slot.model, slot.cached = "dead", None, []
+        slot.state, slot.model, slot.cached, slot.loras = "dead", None, [], ()
         slot.counts_before = (slot.loads, slot.cache_hits)
         job, slot.job = slot.job, None
         if self._phase in ("stopping", "stopped"):

@@ -239,3 +239,42 @@ def test_a_load_says_why(presets):
     assert plan == [(job, plan[0].slot, f"no slot holds {TURBO}")]
     holder = Slot(0, "cpu", state="ready", model=TURBO)
     assert plan_dispatch([job], [holder], Estimates(), now)[0].why == ""  # no load, nothing to say
+
+
+# ---------------------------------------------------------------- LoRAs: a preference, never a wait
+
+
+@pytest.fixture(scope="module")
+def lora_catalog(lora_models):
+    return load_catalog(lora_models, lora_dir=lora_models / "loras")
+
+
+def lora_job(catalog, *names: str) -> Job:
+    spec, request = catalog.resolve(GenerationRequest(model=BASE, prompt="a fox", seed=1, loras=list(names)))
+    job = Job(spec, request)
+    job.queued_at = 1000.0
+    return job
+
+
+def test_of_the_idle_slots_holding_the_model_the_one_with_the_job_s_loras_is_chosen(lora_catalog):
+    job = lora_job(lora_catalog, "tiny-sdxl-kohya", "tiny-sdxl-diffusers")
+    kohya, diffusers_format = (lora._path for lora in job.request.loras)
+    plain = Slot(0, "cpu", state="ready", model=BASE)
+    one = Slot(1, "cpu", state="ready", model=BASE, loras=(kohya,))
+    both = Slot(2, "cpu", state="ready", model=BASE, loras=(diffusers_format, kohya))
+    assert pairs(plan_dispatch([job], [plain, one, both], Estimates(), now=1000.0)) == [(job, both)]
+    assert pairs(plan_dispatch([job], [plain, one], Estimates(), now=1000.0)) == [(job, one)]
+    plain_job = lora_job(lora_catalog)  # no LoRAs: the first holder, as before
+    assert pairs(plan_dispatch([plain_job], [one, plain], Estimates(), now=1000.0)) == [(plain_job, one)]
+
+
+def test_a_job_never_waits_for_the_busy_slot_with_its_loras_while_a_holder_is_idle(lora_catalog):
+    now = 1000.0
+    job = lora_job(lora_catalog, "tiny-sdxl-kohya")
+    running = lora_job(lora_catalog, "tiny-sdxl-kohya")
+    busy = busy_slot(0, running, now, step=9, total=10, per_step_s=0.01)  # about to free, with the adapter
+    busy.loras = tuple(lora._path for lora in running.request.loras)
+    idle = Slot(1, "cpu", state="ready", model=BASE)
+    estimates = Estimates()
+    estimates.record_load(BASE, 30.0)
+    assert pairs(plan_dispatch([job], [busy, idle], estimates, now)) == [(job, idle)]
