@@ -21,6 +21,8 @@ import argparse
 from dataclasses import dataclass
 from enum import StrEnum
 
+from studio import families
+
 
 class Plan(StrEnum):
     FULL = "full"
@@ -46,14 +48,13 @@ CARD_RESERVE = 3 * GIB // 4  # of a card's memory, what the driver and CUDA cont
 CARDS_GB = (80, 48, 24, 16, 12)  # the README table's cards (GiB, as vendors count them)
 TABLE_HOST_RAM_GB = 64  # the README table assumes a machine with this much RAM
 
-# Families whose pipelines cannot run on a plan, and why.
-NO_FP8 = {"cascade": "its pipelines draw the initial noise in the prior's dtype, which fp8 storage makes float8"}
 DENOISERS = ("transformer", "unet", "prior", "decoder")  # component folders that hold a denoising network
 
 
 def plans_for(family: str) -> tuple[Plan, ...]:
     """The plans a family's models can run on, in auto's order."""
-    return tuple(plan for plan in PLANS if not (plan is Plan.FP8 and family in NO_FP8))
+    fp8_unfit = families.FAMILIES[family].fp8_unfit  # the family record says why a family cannot
+    return tuple(plan for plan in PLANS if not (plan is Plan.FP8 and fp8_unfit))
 
 
 def role(component: str) -> str:

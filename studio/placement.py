@@ -16,7 +16,7 @@ import torch
 from studio import families
 from studio.errors import InvalidRequest
 from studio.families import base
-from studio.memory import GPU_ONLY, NO_FP8, Plan, plans_for
+from studio.memory import GPU_ONLY, Plan, plans_for
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def read(spec, device: str, plan: Plan):
 def check(plan: Plan, device: str, family: str | None = None) -> None:
     """The streaming plans need CUDA, and some families cannot store fp8; say so before anything loads."""
     if family is not None and plan not in plans_for(family):
-        raise InvalidRequest(f"memory plan: {plan} does not work for {family} models: {NO_FP8[family]}",
+        raise InvalidRequest(f"memory plan: {plan} does not work for {family} models: {families.FAMILIES[family].fp8_unfit}",
                              field="memory_plan")
     if plan in GPU_ONLY and torch.device(device).type != "cuda":
         raise InvalidRequest(

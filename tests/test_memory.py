@@ -17,7 +17,7 @@ EXPECTED = {
     "flux-dev": FLUX, "flux-schnell": FLUX,
     "chroma": {80: FULL, 48: FULL, 24: ENC, 16: FP8, 12: GROUP},
     "pixart-sigma": {80: FULL, 48: FULL, 24: FULL, 16: FULL, 12: ENC},
-    "stable-cascade": {80: FULL, 48: FULL, 24: FULL, 16: FULL, 12: GROUP},  # no fp8: see memory.NO_FP8
+    "stable-cascade": {80: FULL, 48: FULL, 24: FULL, 16: FULL, 12: GROUP},  # no fp8: see its family record's fp8_unfit
     "sana-1.5": SDXL, "hunyuan-dit": SDXL, "lumina-next": SDXL,
     **{model: SDXL for model in ("playground-v2.5", "animagine-xl-4", "dreamshaper-xl", "juggernaut-xl-9",
                                  "realvis-xl-4", "sdxl-base", "sdxl-turbo")},

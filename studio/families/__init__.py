@@ -63,6 +63,7 @@ class Family:
     preview: Projection | None = None  # latents to RGB for live previews; None: the VAE decodes them
     hub: tuple[HubRepo, ...] = (HubRepo(),)  # the repos its loader reads, and how
     step_cache: bool = False  # its denoising loop opens ``transformer.cache_context`` (first-block cache)
+    fp8_unfit: str = ""  # why its pipelines cannot keep weights in fp8 (the memory plans); "": they can
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -104,9 +105,11 @@ FAMILIES: dict[str, Family] = {
                 HubRepo("prior_repo", pinned=False, passed=("image_encoder", "feature_extractor")),
                 HubRepo(folders=("decoder", "scheduler", "vqgan")),
             ),
+            fp8_unfit="its pipelines draw the initial noise in the prior's dtype, which fp8 storage makes float8",
         ),
     )
 }
+
 
 def takes_loras(family: str) -> bool:
     """Whether diffusers has a LoRA loader for the family (none for PixArt, HunyuanDiT, Lumina-Next or
