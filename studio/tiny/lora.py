@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from studio import families
+
 LORA_DIR = "loras"
 RANK = 4
 SCALE = 0.5  # of the random up matrices: a visible change, not a wrecked image
@@ -35,9 +37,9 @@ FLUX_TARGETS = [  # Black Forest Labs' names for the unfused layers (kohya's FLU
     ("transformer_blocks.0.ff.net.2", "double_blocks_0_img_mlp_2"),
     ("single_transformer_blocks.0.proj_out", "single_blocks_0_linear2"),
 ]
-FAMILIES = {  # family: (tiny model it is made from, the denoiser's attribute, diffusers' key prefix, targets)
-    "sdxl": ("sdxl-base", "unet", "unet", SDXL_TARGETS),
-    "flux": ("flux-schnell", "transformer", "transformer", FLUX_TARGETS),
+FAMILIES = {  # family: (tiny model it is made from, targets); the denoiser is the family record's
+    "sdxl": ("sdxl-base", SDXL_TARGETS),
+    "flux": ("flux-schnell", FLUX_TARGETS),
 }
 TRIGGERS = {"sdxl": "tinystyle", "flux": "tinyflux"}
 
@@ -49,7 +51,8 @@ def build_loras(models_dir: str | Path) -> list[Path]:
 
     out_dir = Path(models_dir) / LORA_DIR
     written = []
-    for family, (model_id, attribute, prefix, targets) in FAMILIES.items():
+    for family, (model_id, targets) in FAMILIES.items():
+        attribute = families.FAMILIES[family].denoisers[0]  # diffusers' LoRA keys start with its name too
         model_dir = Path(models_dir) / model_id
         if not (model_dir / attribute).is_dir():
             continue
@@ -60,8 +63,8 @@ def build_loras(models_dir: str | Path) -> list[Path]:
             out_features, in_features = layers[module]
             down = torch.randn(RANK, in_features, generator=generator) * SCALE
             up = torch.randn(out_features, RANK, generator=generator) * SCALE
-            diffusers_keys[f"{prefix}.{module}.lora_A.weight"] = down
-            diffusers_keys[f"{prefix}.{module}.lora_B.weight"] = up
+            diffusers_keys[f"{attribute}.{module}.lora_A.weight"] = down
+            diffusers_keys[f"{attribute}.{module}.lora_B.weight"] = up
             kohya_keys[f"lora_unet_{kohya_name}.lora_down.weight"] = down
             kohya_keys[f"lora_unet_{kohya_name}.lora_up.weight"] = up
             kohya_keys[f"lora_unet_{kohya_name}.alpha"] = torch.tensor(float(RANK))  # alpha = rank: scale 1
