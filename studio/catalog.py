@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from studio import families, memory
+from studio import families, memory, samplers
 from studio.errors import InvalidRequest, UnknownModel, echo
 from studio.loras import LoraError, LoraLibrary, LoraListing
 from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, LoraUse, parse_request, parse_size
@@ -103,6 +103,7 @@ class ModelListing(TypedDict):
     negative_prompt: bool
     cfg: bool
     tasks: list[str]
+    samplers: list[str]
     defaults: dict[str, float | int | str]
     limits: dict[str, int | float | list[str]]  # Limits' fields, sizes as "1024x1024", and max_seed
     sizes: list[str]
@@ -141,6 +142,11 @@ class ModelSpec:
     def source(self) -> str:
         """What ``from_pretrained`` gets: the local folder when there is one, else the hub repo."""
         return str(self.local_dir) if self.local_dir else self.repo
+
+    @property
+    def samplers(self) -> list[str]:
+        """The sampler names this model takes (``studio.samplers``), its family's, in A1111's order."""
+        return samplers.choices(self.family, self.scheduler)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -213,7 +219,7 @@ class ModelSpec:
             rank=card.rank, stars=card.stars, group=card.group, strengths=card.strengths, best_for=card.best_for,
             recommended=dict(text=card.recommended, **self.recommended()),
             memory_gb=self.memory(weights),
-            negative_prompt=self.negative_prompt, cfg=self.cfg, tasks=list(self.tasks),
+            negative_prompt=self.negative_prompt, cfg=self.cfg, tasks=list(self.tasks), samplers=self.samplers,
             defaults=self.defaults.as_dict(),
             limits=dict(
                 size_multiple=lim.size_multiple, min_side=lim.min_side, max_side=lim.max_side,
@@ -314,9 +320,21 @@ class ModelSpec:
         return request.model_copy(
             update=dict(
                 model=self.id, width=width, height=height, steps=steps, guidance=guidance,
-                negative_prompt=negative, seed=seed, strength=strength,
+                negative_prompt=negative, seed=seed, strength=strength, sampler=self._check_sampler(request.sampler),
             )
         )
+
+    def _check_sampler(self, name: str | None) -> str | None:
+        """The sampler as the table spells it; None (the model's own) stays None."""
+        if name is None:
+            return None
+        known = samplers.canonical(name, self.family, self.scheduler)
+        if known is None:
+            raise InvalidRequest(
+                f"sampler: {self.id} cannot run '{echo(name)}'; its samplers: {', '.join(self.samplers)}",
+                field="sampler",
+            )
+        return known
 
     def _check_strength(self, request: GenerationRequest) -> float | None:
         """The edit's strength (its task's default when unset); None for text-to-image, which has none."""

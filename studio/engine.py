@@ -23,6 +23,7 @@ import torch
 from studio import families, hub, memory, placement, pngmeta, speed, weights
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled, OutOfMemory, StudioError
+from studio.families import scheduling
 from studio.lorapipe import ResidentLoras
 from studio.memory import Plan
 from studio.schemas import GenerationRequest, JobResult, JobStage
@@ -184,7 +185,9 @@ class Engine:
             self.loras.apply(self.pipe, request.loras)  # edit pipelines share its modules, so its adapters
             pipe = self.task_pipe(request.task)
             speed.prepare(pipe, request)
-            images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))
+            with scheduling.sampler(pipe, spec, request) as sampler:
+                images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))
+            request = request.model_copy(update={"sampler": sampler})  # the metadata names what ran
         except JobCancelled:
             raise
         except (torch.OutOfMemoryError, MemoryError) as exc:

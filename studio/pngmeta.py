@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, PngImagePlugin
 
+from studio import samplers
 from studio.schemas import GenerationRequest, request_fields
 
 A1111_KEY = "parameters"
@@ -39,6 +40,9 @@ def parameters_text(request: GenerationRequest, seed: int, label: str, memory_pl
             value = '"' + ", ".join(f"{lora.name}: {lora._hash}" for lora in value if lora._hash) + '"'
         elif name == "width":
             value = f"{request.width}x{request.height}"  # A1111's one "Size"
+        if name == "sampler":
+            pairs += sampler_pairs(value)
+            continue
         pairs.append((faces.a1111, f"{value:g}" if isinstance(value, float) else value))
     if request.image:
         pairs.append(("Task", request.task))
@@ -48,6 +52,12 @@ def parameters_text(request: GenerationRequest, seed: int, label: str, memory_pl
     pairs.append(("Version", "Image Studio"))
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
+
+
+def sampler_pairs(name: str) -> list[tuple[str, str]]:
+    """A1111's ``Sampler: DPM++ 2M, Schedule type: Karras`` (no type when it is A1111's "Automatic")."""
+    sampler, schedule = samplers.to_a1111(name)
+    return [("Sampler", sampler)] + ([("Schedule type", schedule)] if schedule != "Automatic" else [])
 
 
 def metadata(request: GenerationRequest, seed: int) -> dict:

@@ -76,6 +76,10 @@ class ModelObject(BaseModel):
         "image-to-image)."
     )
     cfg: bool = Field(description="False for guidance-distilled models: `guidance` is fixed.")
+    samplers: list[str] = Field(
+        description="The `sampler` values this model takes, by A1111's names ('Euler a', 'DPM++ 2M Karras'); "
+        "the flow-matching models take only their flow-matching samplers."
+    )
     max_n: int
     defaults: dict = Field(
         description="steps, guidance, width, height (and a negative_prompt where the model has one) used when "

@@ -101,6 +101,11 @@ class GenerationRequest(BaseModel):
         None, ge=1, le=150,
         description="Denoising steps; the model's default when unset. An edit runs steps x strength of them.",
     )
+    sampler: Annotated[str | None, Faces("Sampler", flag="--sampler", a1111="Sampler")] = Field(
+        None, max_length=64,
+        description="A1111's sampler name, e.g. 'Euler a' or 'DPM++ 2M Karras' (GET /v1/models lists each model's "
+        "`samplers`); the scheduler the model ships when unset.",
+    )
     guidance: Annotated[float | None, Faces("Guidance", flag="--guidance", a1111="CFG scale")] = Field(
         None, ge=0.0, le=30.0, description="Classifier-free guidance scale; the model's default when unset."
     )

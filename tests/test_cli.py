@@ -85,8 +85,8 @@ def test_the_flags_are_the_request_fields_that_declare_one():
     actions = {action.dest: action for action in generate._actions}
     declared = {name: faces.flag for name, _, faces in request_fields() if faces.flag}
     assert declared == {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "model": "--model",
-                        "steps": "--steps", "guidance": "--guidance", "seed": "--seed", "num_images": "--n",
-                        "loras": "--lora"}
+                        "steps": "--steps", "sampler": "--sampler", "guidance": "--guidance", "seed": "--seed",
+                        "num_images": "--n", "loras": "--lora"}
     for name, flag in declared.items():
         assert actions[name].option_strings == [flag]
     assert actions["prompt"].required and not actions["steps"].required

@@ -223,6 +223,16 @@ def test_litellm_image_generation(server, monkeypatch):
     assert data_url_image(image.url).tobytes() == decode(image.b64_json).tobytes()
 
 
+def test_sampler_extra_and_each_models_samplers(client):
+    samplers = {model.id: model.model_extra["samplers"] for model in client.models.list()}
+    assert "DPM++ 2M Karras" in samplers["sdxl-base"] and samplers["flux-schnell"] == ["Euler", "Euler Karras", "Euler a"]
+    response = client.images.generate(model="sdxl-base", prompt="a fox", size="64x64",
+                                      extra_body={"seed": 5, "steps": 2, "sampler": "dpm++ 2m karras"})
+    params = pngmeta.read(base64.b64decode(response.data[0].b64_json))
+    assert params["sampler"] == "DPM++ 2M Karras"
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in params["parameters"]
+
+
 @pytest.mark.parametrize("output_format,pil_format", [("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_jpeg_and_webp(http, output_format, pil_format):
     common = {"model": "sdxl-turbo", "prompt": "a kite", "size": "64x64", "seed": 3, "output_format": output_format}
@@ -277,6 +287,7 @@ def test_num_images_alias_and_width_height_extras(http):
         ({"prompt": ""}, 400, "prompt", "at least 1"),
         ({"model": "sdxl-base"}, 400, "prompt", "required"),
         ({"prompt": "x", "model": "dall-e-3"}, 404, "model", "sdxl-base"),
+        ({"prompt": "x", "model": "sdxl-turbo", "sampler": "Euler b"}, 400, "sampler", "Euler a, DPM++ 2M"),
     ],
 )
 def test_bad_requests_get_openai_errors(http, body, status, param, words):

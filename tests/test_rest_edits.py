@@ -115,7 +115,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 def test_sdk_image_to_image(client):
     result = client.images.edit(
         model=EDITOR, image=("in.png", photo(), "image/png"), prompt="make it a watercolour", n=2,
-        extra_body={"steps": 2, "strength": 0.5, "seed": 5},
+        extra_body={"steps": 2, "strength": 0.5, "seed": 5, "sampler": "DPM++ 2M Karras"},
     )
     assert len(result.data) == 2 and result.size == "96x64"  # the input's size, valid for the model
     assert result.usage is not None and result.usage.total_tokens == 0
@@ -123,6 +123,7 @@ def test_sdk_image_to_image(client):
     assert image.size == (96, 64)
     params = pngmeta.read(base64.b64decode(result.data[1].b64_json))
     assert (params["task"], params["strength"], params["seed"]) == ("image-to-image", 0.5, 6)
+    assert params["sampler"] == "DPM++ 2M Karras" and "Sampler: DPM++ 2M, Schedule type: Karras" in params["parameters"]
 
 
 def test_sdk_inpainting_with_an_alpha_mask(client):
@@ -166,7 +167,7 @@ def test_the_extras_of_each_route_are_the_request_fields_declared_for_it():
         for name in extras:
             assert properties[name]["description"].startswith(GenerationRequest.model_fields[name].description)
             assert model.model_fields[name].default is None  # unset: the model's default
-    assert set(extras) == {"negative_prompt", "steps", "guidance", "seed", "loras", "strength"}
+    assert set(extras) == {"negative_prompt", "steps", "sampler", "guidance", "seed", "loras", "strength"}
     steps = ImageEditRequest.model_json_schema()["properties"]["steps"]
     assert (steps["minimum"], steps["maximum"]) == (1, 150)
     assert "strength" not in ImageGenerationRequest.model_fields  # an edit's field only
@@ -218,18 +219,19 @@ def test_sdk_variation_is_image_to_image_without_a_prompt(client, outputs):
     before = saved(outputs)
     result = client.images.create_variation(
         model=EDITOR, image=("in.png", photo(), "image/png"), n=2, response_format="b64_json",
-        extra_body={"steps": 2, "seed": 5},
+        extra_body={"steps": 2, "seed": 5, "sampler": "k_euler"},  # an A1111 alias of Euler
     )
     assert len(result.data) == 2 and result.size == "96x64" and result.data[0].revised_prompt == ""
     params = pngmeta.read(base64.b64decode(result.data[1].b64_json))
     assert (params["task"], params["prompt"], params["strength"], params["seed"]) == ("image-to-image", "", 0.6, 6)
+    assert params["sampler"] == "Euler"
     kept = saved(outputs) - before  # in the key owner's folder, as edits and generations are
     assert sorted(pngmeta.read(path)["seed"] for path in kept) == [5, 6]
 
     # What the metadata claims holds: the edit it records (an empty prompt, the same seed and strength)
     # makes the same image, up to the rounding by which a batch member differs from an image made alone.
     again = client.images.edit(model=EDITOR, image=("in.png", photo(), "image/png"), prompt="",
-                               extra_body={"steps": 2, "seed": 5, "strength": 0.6})
+                               extra_body={"steps": 2, "seed": 5, "strength": 0.6, "sampler": "Euler"})
     alone, member = (np.asarray(decode(item.data[0].b64_json), dtype=int) for item in (again, result))
     assert np.abs(alone - member).max() <= 1
 
@@ -264,9 +266,10 @@ def test_readme_variation_example(client, tmp_path, monkeypatch):
         ({"image": ("in.png", photo(), "image/png")}, {"size": "100x100"}, 400, "size", "multiple"),
         ({"image": ("in.png", photo(), "image/png")}, {"stream": "true"}, 400, "stream", "unknown field"),
         ({"image": ("in.png", photo(), "image/png")}, {"model": "no-such-model"}, 404, "model", "unknown model"),
+        ({"image": ("in.png", photo(), "image/png")}, {"sampler": "Euler b"}, 400, "sampler", "Euler, Euler Karras"),
     ],
     ids=["cannot-edit", "prompt", "mask-field", "mask-file", "text-file", "bomb", "no-image", "strength", "n",
-         "size", "stream", "unknown-model"],
+         "size", "stream", "unknown-model", "sampler"],
 )
 def test_bad_variations_are_refused_naming_the_field(http, files, fields, status, param, words):
     response = http.post("/v1/images/variations", files=files, data={"model": EDITOR, **fields})

@@ -138,7 +138,8 @@ def test_readme_command_line_example_writes_its_files(models, tmp_path, monkeypa
     for name in ("fox-1.png", "fox-2.png"):
         assert_image(tmp_path / name, (1024, 768))
     assert_image(tmp_path / "painting.webp", (64, 64))
-    assert pngmeta.read(tmp_path / "painting.webp")["negative_prompt"] == "blurry"
+    painting = pngmeta.read(tmp_path / "painting.webp")
+    assert (painting["negative_prompt"], painting["sampler"]) == ("blurry", "DPM++ 2M Karras")
     out, err = capfd.readouterr()
     assert "sdxl-base" in out and "flux-schnell" in out  # `models` lists the catalog
     # The command line's own progress, not the libraries' bars and warnings.
