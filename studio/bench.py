@@ -10,6 +10,7 @@ On any machine (CPU is enough), with tiny models it builds itself in a temporary
            load-and-run code the workers use)
   swap     swapping models from the Engine's RAM cache versus a cold load from disk
   batch    images/s for n=4 in one call versus four n=1 calls
+  lora     a LoRA switch on a warm slot vs a base model reload; per-step cost with one LoRA (studio.lorabench)
   admission  Retry-After's honesty: for each queue-full refusal on two CPU slots (--max-queue 1,
            no waiting room, two models mixed), its Retry-After over the time until a place
            really freed (1.0 is exact; whole seconds, at least 1, so short waits read high)
@@ -41,6 +42,8 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from studio.lorabench import bench_lora, lora_rows
 
 REST_MODEL = "flux-schnell"  # the catalog's default model
 SECOND_MODEL = "pixart-sigma"  # the other half of the mixed workload and of the swaps
@@ -367,6 +370,7 @@ def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str], backen
             "swap": lambda: bench_swap(models_dir, repeats),
             "batch": lambda: bench_batch(models_dir, max(3, repeats // 3)),
             "admission": lambda: bench_admission(models_dir, max(10, repeats)),
+            "lora": lambda: bench_lora(models_dir, repeats),
         }
         for name in sections:
             started = time.perf_counter()
@@ -378,14 +382,10 @@ def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str], backen
 def machine() -> dict:
     import torch
 
-    return {
-        "date": datetime.date.today().isoformat(),
-        "platform": platform.platform(),
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"date": datetime.date.today().isoformat(), "platform": platform.platform(), "cpu_cores": cores,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 Row = tuple[str, str, str, str]  # what, ours, baseline, ours / baseline
@@ -422,13 +422,15 @@ def _admission_row(r: dict) -> Row:
     return what, f"{r['ratio_median']:.2f}", "1.00", ""
 
 
-# Each CPU section's row, in the table's order.
-CPU_ROWS = dict(rest=_rest_row, routing=_routing_row, swap=_swap_row, batch=_batch_row, admission=_admission_row)
+# Each CPU section's rows, in the table's order.
+CPU_ROWS = dict(rest=_rest_row, routing=_routing_row, swap=_swap_row, batch=_batch_row, admission=_admission_row,
+                lora=lora_rows)
 
 
 def cpu_rows(results: dict) -> list[Row]:
     """(what, ours, baseline, ours / baseline) for each section that ran."""
-    return [row(results[name]) for name, row in CPU_ROWS.items() if name in results]
+    rows = [row(results[name]) for name, row in CPU_ROWS.items() if name in results]  # lora_rows gives a list
+    return [line for row in rows for line in (row if isinstance(row, list) else [row])]
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -453,7 +455,6 @@ def quiet() -> None:
 
     terminal.quiet_libraries()
     from huggingface_hub.utils import disable_progress_bars
-
     disable_progress_bars()
 
 
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (after warm-up)")
     parser.add_argument("--jobs", type=int, default=16, help="jobs in the mixed two-model workload")
     parser.add_argument("--job-s", type=float, default=0.2, help="target seconds of the bare call in the REST test")
-    parser.add_argument("--only", default="rest,routing,swap,batch", help="comma list of CPU sections (also: admission)")
+    parser.add_argument("--only", default="rest,routing,swap,batch", help="comma list of CPU sections (also: admission, lora)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="the backend behind the app in the rest section (ray: a local Ray, one replica)")
     parser.add_argument("--gpu", action="store_true", help="full-size random-weight model on CUDA")
@@ -491,8 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(header, rows))
     if args.json:
         command = " ".join(["python -m studio.bench"] + (sys.argv[1:] if argv is None else argv))
-        args.json.write_text(json.dumps({"command": command, **results},
-                                        indent=2))
+        args.json.write_text(json.dumps({"command": command, **results}, indent=2))
     return 0
 
 

@@ -60,6 +60,18 @@ def test_batch_section_and_table(models_dir, tmp_path):
     json.dumps(results)  # what --json writes
 
 
+def test_lora_section_measures_the_switch_the_load_and_the_steps(models_dir):
+    result = bench.bench_lora(models_dir, repeats=1, steps=3, size=64)
+    assert len(result["switch_s"]) == 2 and len(result["load_s"]) == 1 and len(result["reload_s"]) == 2
+    assert result["switch_median_s"] < result["reload_median_s"]  # a kept adapter is no reload
+    rows = bench.cpu_rows({"lora": result})
+    assert [row[0].split(", s")[0].split(" (flux")[0] for row in rows] == [
+        "LoRA switch on a warm slot (adapters kept) vs base model reload from disk",
+        "LoRA first load into a warm slot vs base model reload from disk",
+        "s per step, one active LoRA vs none"]
+    json.dumps(result)
+
+
 @pytest.mark.parametrize(
     "model_id, expected",
     [
