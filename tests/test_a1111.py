@@ -117,6 +117,7 @@ def test_open_webui_automatic1111_flow(server):
     info = json.loads(res["info"])  # Open WebUI keeps res['info'] with each image
     seed = info["seed"]
     assert info["all_seeds"] == [seed, seed + 1] and info["sd_model_name"] == "sdxl-base"
+    assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M", "Karras")
     assert res["parameters"]["prompt"] == "a red fox" and res["parameters"]["batch_size"] == 2
     for b64, text, image_seed in zip(res["images"], info["infotexts"], info["all_seeds"]):
         image = decode(b64)  # get_image_data: plain base64, read as PNG
@@ -125,6 +126,7 @@ def test_open_webui_automatic1111_flow(server):
         assert (params["model"], params["seed"], params["guidance"], params["negative_prompt"]) == (
             "sdxl-base", image_seed, 6.0, "blurry")
         assert text == params["parameters"] and "Steps: 2" in text and "CFG scale: 6" in text
+        assert params["sampler"] == "DPM++ 2M Karras" and "Sampler: DPM++ 2M, Schedule type: Karras" in text
 
 
 # ---------------------------------------------------------------- SillyTavern
@@ -172,7 +174,8 @@ def test_sillytavern_start_up_and_generation(server):
     data = response.json()
     image = decode(data["images"][0])  # `return { format: 'png', data: data.images[0] }`
     assert image.size == (64, 64)
-    assert pngmeta.read(base64.b64decode(data["images"][0]))["model"] == "sdxl-base"
+    params = pngmeta.read(base64.b64decode(data["images"][0]))
+    assert (params["model"], params["sampler"]) == ("sdxl-base", "DDIM")  # scheduler "normal": the plain sampler
 
 
 LONG = {"prompt": "a long job", "steps": 150, "width": 128, "height": 128, "batch_size": 2,
@@ -285,6 +288,8 @@ def txt2img(**fields) -> dict:
 
 @pytest.mark.parametrize("route,body,field,words", [
     ("txt2img", txt2img(sampler_name="Warp Drive"), "sampler_name", ("Warp Drive", "DPM++ 2M")),
+    ("txt2img", txt2img(sampler_name="DDPM"), "sampler_name", ("sdxl-base cannot run 'DDPM'", "Euler a")),
+    ("txt2img", txt2img(sampler_name="Euler", scheduler="Warped"), "scheduler", ("Warped", "Karras")),
     ("txt2img", txt2img(override_settings={"sd_model_checkpoint": "sd_xl_base_1.0.safetensors [31e35c80fc]"}),
      "sd_model_checkpoint", ("unknown checkpoint", "sdxl-base, sdxl-turbo")),
     ("txt2img", txt2img(batch_size=4, n_iter=2), "batch_size", ("8 images", "at most 4", "one batch on one slot")),

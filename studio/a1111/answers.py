@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from studio import pngmeta
 from studio.a1111.bodies import Txt2ImgRequest
 from studio.a1111.callers import Followed
-from studio.a1111.sampling import schedule_names
+from studio.a1111.sampling import ran, schedule_names
 from studio.a1111.translate import title
 from studio.catalog import Catalog, ModelSpec
 from studio.schemas import JobResult
@@ -49,12 +49,13 @@ def info(body: Txt2ImgRequest, result: JobResult | None, interrupted: bool = Fal
     resolved = result.request
     seeds = resolved.seeds
     count = len(seeds)
+    sampler_name, scheduler = ran(resolved.sampler)
     return {
         "prompt": resolved.prompt, "all_prompts": [resolved.prompt] * count,
         "negative_prompt": resolved.negative_prompt or "", "all_negative_prompts": [resolved.negative_prompt or ""] * count,
         "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * count, "subseed_strength": 0,
-        "width": resolved.width, "height": resolved.height, "sampler_name": body.sampler_name or body.sampler_index,
-        "scheduler": body.scheduler, "cfg_scale": resolved.guidance, "steps": resolved.steps,
+        "width": resolved.width, "height": resolved.height, "sampler_name": sampler_name, "scheduler": scheduler,
+        "cfg_scale": resolved.guidance, "steps": resolved.steps,
         "batch_size": body.batch_size, "n_iter": body.n_iter, "denoising_strength": resolved.strength,
         "sd_model_name": resolved.model, "sd_model_hash": None, "index_of_first_image": 0,
         "infotexts": [pngmeta.read(png).get(pngmeta.A1111_KEY, "") for png in result.images],
@@ -91,8 +92,8 @@ def options(spec: ModelSpec) -> dict:
             "CLIP_stop_at_last_layers": 1, "samples_format": "png"}
 
 
-def samplers(names: list[str]) -> list[dict]:
-    return [{"name": name, "aliases": [], "options": {}} for name in names]
+def samplers(names: list[tuple[str, list[str]]]) -> list[dict]:
+    return [{"name": name, "aliases": aliases, "options": {}} for name, aliases in names]
 
 
 def schedulers() -> list[dict]:

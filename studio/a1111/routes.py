@@ -101,8 +101,8 @@ async def sd_models(request: Request):
 
 
 @router.get("/samplers", summary="Sampler names (A1111 API)")
-async def samplers(request: Request):
-    return answers.samplers(sampler_names(request.app.state.catalog))
+async def samplers():
+    return answers.samplers(sampler_names())
 
 
 @router.get("/schedulers", summary="Schedule types (A1111 API)")

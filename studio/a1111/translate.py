@@ -80,10 +80,11 @@ def common_data(catalog: Catalog, body: Txt2ImgRequest, default_model: str | Non
         model = checkpoint(catalog, asked, f"override_settings.{CHECKPOINT}").id
     else:
         model = default_model or catalog.get(None).id
+    sampler = sampler_fields(body.sampler_name or body.sampler_index, body.scheduler, catalog.get(model).samplers)
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=model, steps=body.steps,
         guidance=body.cfg_scale, seed=None if body.seed == -1 else body.seed, width=body.width, height=body.height,
-        num_images=count, previews=PREVIEWS, **sampler_fields(body.sampler_name or body.sampler_index, body.scheduler),
+        num_images=count, previews=PREVIEWS, **sampler,
     )
 
 
