@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> None:
             await super().startup(sockets)  # the app's lifespan: every worker is ready after this
             if self.started:
                 slots = app.state.backend.status().slots
-                devices = [f"{slot.device} ({slot.model})" if slot.model else slot.device for slot in slots]
+                devices = [f"{slot.device} ({slot.model}, {slot.plan} plan)" if slot.model else slot.device
+                           for slot in slots]
                 url = terminal.local_url(settings.host, settings.port)
                 on_disk = app.state.backend.models_on_disk()  # the download phase's survey (studio.downloads)
-                print(terminal.banner(url, devices, app.state.catalog, on_disk), flush=True)
+                memory = terminal.memory_line(settings.memory_plan, settings.gpu_memory_gb)
+                print(terminal.banner(url, devices, app.state.catalog, on_disk, memory), flush=True)
 
         async def shutdown(self, sockets=None) -> None:
             end_session_streams(app)  # else every open browser tab holds the stop for the whole grace period

@@ -36,6 +36,7 @@ class SlotStatus:
     alive: bool  # up and able to take jobs
     pid: int | None = None
     model: str | None = None  # the resident model
+    plan: str | None = None  # its memory plan (studio/memory.py): full, offload-encoders, fp8, ...
     loading: str | None = None  # the model being loaded for the running job
     busy: bool = False
     job: str | None = None  # the running job's id

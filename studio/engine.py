@@ -31,6 +31,9 @@ from studio.speed import EngineOptions
 
 log = logging.getLogger(__name__)
 
+TILED_DECODE = "tiled-decode"  # the retry of a job whose VAE decode ran out of memory
+DECODE_FRAMES = frozenset({"decode", "_decode"})  # AutoencoderKL's (and the others') decode functions
+
 OnStep = Callable[[int, int], None]
 OnStage = Callable[[str], None]
 OnPreview = Callable[[int, int, int, bytes], None]  # (index, step, total, PNG of the preview)
@@ -96,6 +99,7 @@ class Engine:
         self._on_cpu = torch.device(device).type == "cpu"
         self.plan: Plan | None = None  # the memory plan of the resident pipeline
         self.kept_plans: dict[str, Plan] = {}  # model -> the smaller plan an out-of-memory moved it to
+        self.tiled_decode: set[str] = set()  # models whose decode ran out of memory: always tiled since
         limit_gpu_memory(device, self.options.gpu_memory_gb)
 
     @property
@@ -182,27 +186,75 @@ class Engine:
         loaded = self.ensure(spec, request)
         on_stage(JobStage.GENERATING)
         try:
-            self.loras.apply(self.pipe, request.loras)  # edit pipelines share its modules, so its adapters
-            pipe = self.task_pipe(request.task)
-            speed.prepare(pipe, request)
-            with scheduling.sampler(pipe, spec, request) as sampler:
-                images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))
-            request = request.model_copy(update={"sampler": sampler})  # the metadata names what ran
+            images, request = self._generate(spec, request, on_step, on_preview)
         except JobCancelled:
             raise
         except (torch.OutOfMemoryError, MemoryError) as exc:
-            # The pipeline may hold half-built activations: drop everything and start clean.
-            self.unload()
-            if isinstance(exc, MemoryError):
-                self.clear_cache()  # CPU RAM ran out: parked pipelines are the first thing to give back
-            raise OutOfMemory(
-                f"out of memory generating {request.width}x{request.height} x{request.num_images} with {spec.id} "
-                f"on {self.device}; try a smaller size or fewer images"
-            ) from None
+            retry = self._smaller(spec, exc)
+            if retry is None:
+                self._out_of_memory(exc)
+                raise OutOfMemory(
+                    f"out of memory generating {request.width}x{request.height} x{request.num_images} with {spec.id} "
+                    f"on {self.device}; try a smaller size or fewer images"
+                ) from None
+            images, request = self._retry(spec, request, retry, on_step, on_preview)
         on_stage(JobStage.ENCODING)
         changed = self.plan.value if self.plan in memory.CHANGES_WEIGHTS else None  # recorded where images differ
         pngs = [pngmeta.encode(image, request, seed, spec.label, changed) for image, seed in zip(images, request.seeds)]
         return JobResult(request=request, images=pngs, duration_s=time.perf_counter() - started, loaded_model=loaded)
+
+    def _generate(self, spec: ModelSpec, request: GenerationRequest, on_step: OnStep, on_preview: OnPreview):
+        """The images, and the request as it ran (its sampler named, for the metadata)."""
+        self.loras.apply(self.pipe, request.loras)  # edit pipelines share its modules, so its adapters
+        pipe = self.task_pipe(request.task)
+        if not speed.prepare(pipe, request) and spec.id in self.tiled_decode:
+            speed.tile_vae(pipe)  # an out-of-memory in this model's decode moved it to tiles for good
+        with scheduling.sampler(pipe, spec, request) as sampler:
+            images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))
+        return images, request.model_copy(update={"sampler": sampler})
+
+    # -- out of memory: once more on a smaller plan ----------------------------------------
+
+    def _smaller(self, spec: ModelSpec, exc: BaseException) -> str | Plan | None:
+        """What a job that ran out of memory is retried with, under ``auto`` only: ``TILED_DECODE`` when
+        it failed in the VAE's decode (and tiles are not on yet), else the next smaller plan; None: no retry."""
+        if (spec.memory_plan or self.options.memory_plan) != memory.AUTO or self.plan is None:
+            return None
+        if in_decode(exc) and spec.id not in self.tiled_decode and speed.can_tile(self.pipe):
+            return TILED_DECODE
+        return memory.next_plan(self.plan, torch.device(self.device).type, memory.plans_for(spec.family))
+
+    def _retry(self, spec: ModelSpec, request: GenerationRequest, retry: str | Plan, on_step: OnStep,
+               on_preview: OnPreview):
+        """Run the job once more on ``retry``; the slot keeps it for the model when that works."""
+        was = self.plan
+        log.warning("%s on %s: out of memory on the %s plan; retrying once %s", spec.id, self.device, was,
+                    "with a tiled VAE decode" if retry == TILED_DECODE else f"on the {retry} plan")
+        if retry == TILED_DECODE:
+            self.tiled_decode.add(spec.id)
+            self._free()
+        else:
+            self.kept_plans[spec.id] = retry
+            self.unload()  # the half-built activations and the old placement go; the retry loads afresh
+        try:
+            self.ensure(spec, request)
+            return self._generate(spec, request, on_step, on_preview)
+        except (torch.OutOfMemoryError, MemoryError, OutOfMemory) as exc:
+            # The smaller plan did not help: forget it, so the next job tries as it would have.
+            self.tiled_decode.discard(spec.id) if retry == TILED_DECODE else self.kept_plans.pop(spec.id, None)
+            self._out_of_memory(exc)
+            raise OutOfMemory(
+                f"out of memory generating {request.width}x{request.height} x{request.num_images} with {spec.id} "
+                f"on {self.device}, on the {was} plan and again "
+                + ("with a tiled VAE decode" if retry == TILED_DECODE else f"on the {retry} plan")
+                + "; try a smaller size or fewer images"
+            ) from None
+
+    def _out_of_memory(self, exc: BaseException) -> None:
+        """The pipeline may hold half-built activations: drop everything and start clean."""
+        self.unload()
+        if isinstance(exc, MemoryError):
+            self.clear_cache()  # CPU RAM ran out: parked pipelines are the first thing to give back
 
     # -- swapping -------------------------------------------------------------------------
 
@@ -267,6 +319,16 @@ class Engine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+
+
+def in_decode(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside a VAE's decode (by the name of the frames it passed through)."""
+    trace = exc.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_name in DECODE_FRAMES:
+            return True
+        trace = trace.tb_next
+    return False
 
 
 def limit_gpu_memory(device: str, gib: float | None) -> None:

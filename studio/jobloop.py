@@ -80,5 +80,6 @@ def as_studio_error(exc: BaseException, spec, engine, where: str) -> StudioError
 
 def engine_state(engine) -> WorkerState:
     """What the engine holds and its counters, as both transports report them."""
+    plan = engine.plan.value if engine.plan else None
     return WorkerState(engine.model_id, engine.loads, engine.cache_hits, tuple(engine.cache.model_ids),
-                       tuple(engine.loras.held(engine.pipe)) if engine.pipe is not None else ())
+                       tuple(engine.loras.held(engine.pipe)) if engine.pipe is not None else (), plan)

@@ -38,6 +38,7 @@ class WorkerState:
     cache_hits: int = 0  # swaps served from the RAM cache
     cached: tuple[str, ...] = ()  # models parked in the RAM cache
     loras: tuple[str, ...] = ()  # the LoRA files the resident pipeline holds as adapters (routing prefers them)
+    plan: str | None = None  # the resident model's memory plan (studio/memory.py)
 
 
 # ---------------------------------------------------------------- parent -> worker

@@ -394,5 +394,5 @@ class RayBackend:
             pid=line["pid"], model=line["model"], loading=line["loading"], busy=line["job"] is not None,
             job=line["job"], step=line["step"], total=line["total"], jobs_done=line["jobs_done"],
             jobs_failed=line["jobs_failed"], loads=line["loads"], cache_hits=line["cache_hits"],
-            cached=tuple(line["cached"]),
+            cached=tuple(line["cached"]), plan=line.get("plan"),
         )

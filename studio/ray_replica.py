@@ -181,7 +181,7 @@ class EngineReplica:
                     loading=self.loading, job=self.job, step=self.step if self.job else 0,
                     total=self.total if self.job else 0, jobs_done=self.jobs_done,
                     jobs_failed=self.jobs_failed, loads=state.loads, cache_hits=state.cache_hits,
-                    cached=state.cached)
+                    cached=state.cached, plan=state.plan)
 
 
 def replica_application(settings: Settings):

@@ -63,6 +63,7 @@ class Estimates:
         self._shape_s: dict[tuple[str, tuple], float] = {}
         self._tail_s: dict[str, float] = {}
         self._first_load_s: dict[str, float] = {}
+        self._plans: dict[str, str] = {}  # model -> the memory plan its times were measured on
 
     def load_s(self, model_id: str, cached: bool = False) -> float:
         """A swap's expected time: as measured warm, else a worker's first load of it (imports
@@ -85,6 +86,18 @@ class Estimates:
         if seen is not None:
             return seen
         return work_units(request) * self._unit_s.get(model_id, self.default_unit_s)
+
+    def replanned(self, model_id: str, plan: str) -> None:
+        """A model loads on ``plan`` (studio/memory.py) from now on: when that is another plan than its
+        times were measured on (an out-of-memory moved it to a smaller one), those times go."""
+        if self._plans.setdefault(model_id, plan) == plan:
+            return
+        self._plans[model_id] = plan
+        for table in (self._load_s, self._shape_s):
+            for key in [key for key in table if key[0] == model_id]:
+                del table[key]
+        for table in (self._unit_s, self._tail_s, self._first_load_s):
+            table.pop(model_id, None)
 
     def record_load(self, model_id: str, seconds: float, cached: bool = False) -> None:
         key = (model_id, cached)

@@ -104,6 +104,7 @@ class WorkerSlot(Slot):
     restart_at: float | None = None
     killed: bool = False  # we killed it (a job ignored its timeout): not a crash
     warm: bool = False  # this worker has loaded a model: its next load is a swap, not the imports too
+    plan: str | None = None  # the resident model's memory plan, as the worker reports it
     reap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # see reap() and kill()
     last_error: str | None = None
 
@@ -281,6 +282,7 @@ class SlotManager:
                     alive=slot.alive(),
                     state=slot.state,
                     model=slot.model,
+                    plan=slot.plan if slot.model else None,
                     loading=slot.job.spec.id if slot.phase == "loading" and slot.job else None,
                     busy=slot.busy,
                     job=slot.job.id if slot.job else None,
@@ -431,6 +433,8 @@ class SlotManager:
             job.emit(message.progress(slot.index))
         elif isinstance(message, (Done, Failed)):
             state = message.state
+            if state.model == job.spec.id and state.plan:
+                self.estimates.replanned(job.spec.id, state.plan)  # before the load and run below are recorded
             if slot.loading_at is not None and slot.generating_at is not None:
                 from_cache = slot.counts_before[1] + state.cache_hits > slot.cache_hits
                 load_s = slot.generating_at - slot.loading_at
@@ -458,6 +462,7 @@ class SlotManager:
         """What the worker says it holds, and its counters on top of earlier incarnations'."""
         loads_before, hits_before = slot.counts_before
         slot.model, slot.cached, slot.loras = state.model, list(state.cached), state.loras
+        slot.plan = state.plan
         slot.loads, slot.cache_hits = loads_before + state.loads, hits_before + state.cache_hits
 
     def _on_exit(self, slot: WorkerSlot, exitcode: int | None, now: float) -> None:

@@ -122,7 +122,7 @@ def prepare(pipe, request) -> bool:
     """
     vae = getattr(pipe, "vae", None)
     tiled = max(request.width, request.height) > TILED_VAE_ABOVE
-    if vae is None or not hasattr(vae, "enable_tiling") or not hasattr(vae, "disable_tiling"):
+    if not can_tile(pipe):
         return False  # Stable Cascade decodes with a VQ model that has no tiling
     try:
         vae.enable_tiling() if tiled else vae.disable_tiling()
@@ -130,6 +130,22 @@ def prepare(pipe, request) -> bool:
         log.debug("VAE tiling skipped for %s: %s", type(vae).__name__, exc)
         return False
     return tiled
+
+
+def can_tile(pipe) -> bool:
+    vae = getattr(pipe, "vae", None)
+    return vae is not None and hasattr(vae, "enable_tiling") and hasattr(vae, "disable_tiling")
+
+
+def tile_vae(pipe) -> bool:
+    """Tiled decoding whatever the size (after an out-of-memory in a one-piece decode); False where it cannot."""
+    if not can_tile(pipe):
+        return False
+    try:
+        pipe.vae.enable_tiling()
+    except NotImplementedError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- the options, one function each

@@ -81,7 +81,13 @@ def local_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def banner(url: str, devices: list[str], catalog: Catalog, on_disk: list[str]) -> str:
+def memory_line(plan: str, gpu_memory_gb: float | None) -> str:
+    """The banner's memory plan: ``auto (the first plan that fits each model and device), at most 24 GiB a GPU``."""
+    text = "auto (the first plan that fits each model and device)" if plan == "auto" else f"{plan} for every model"
+    return text + (f", at most {gpu_memory_gb:g} GiB a GPU" if gpu_memory_gb else "")
+
+
+def banner(url: str, devices: list[str], catalog: Catalog, on_disk: list[str], memory: str | None = None) -> str:
     """The lines printed once the server is ready: where to open it, its devices, its models."""
     others = len(catalog) - len(on_disk)
     if not on_disk:
@@ -96,4 +102,4 @@ def banner(url: str, devices: list[str], catalog: Catalog, on_disk: list[str]) -
         f"  REST API, its docs   {url}/v1/images/generations, {url}/docs",
         f"  devices              {', '.join(devices) or 'none'}",
         f"  models on disk       {models}",
-    ])
+    ] + ([f"  memory plan          {memory}"] if memory else []))

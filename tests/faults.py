@@ -18,6 +18,8 @@ CUDA_OOM = "fault:cuda-oom"  # torch.OutOfMemoryError, what CUDA allocations rai
 HANG = "fault:hang"  # never reaches a step, so never sees a cancel
 SEGFAULT = "fault:segfault"  # the process dies of SIGSEGV mid-job
 SLOW = "fault:slow"  # every step takes at least SLOW_STEP_S: a long job on any machine
+OOM_ONCE = "fault:once-oom"  # a CUDA out-of-memory the first time a worker sees the prompt, then fine
+DECODE_OOM_ONCE = "fault:once-decode-oom"  # the same, raised inside the VAE's decode
 SLOW_STEP_S = 0.2
 
 CRASH_MARKER_ENV = "STUDIO_TEST_CRASH_MARKER"  # a path: while that file exists, workers die at start
@@ -29,9 +31,18 @@ def install(slot_index: int, device: str) -> None:
     from studio import families
 
     real_generate = families.generate
+    seen: set[str] = set()  # the once-only faults' prompts this worker has failed already
 
     def generate(pipe, spec, request, on_step):
         prompt = request.prompt
+        if prompt.startswith(OOM_ONCE) and prompt not in seen:
+            seen.add(prompt)
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected once)")
+        if prompt.startswith(DECODE_OOM_ONCE) and prompt not in seen:
+            seen.add(prompt)
+            fail_next_decode(pipe.vae)
         if prompt.startswith(CUDA_OOM):
             import torch
 
@@ -59,6 +70,19 @@ def install(slot_index: int, device: str) -> None:
         return real_ensure(engine, spec, *args, **kwargs)
 
     Engine.ensure = ensure
+
+
+def fail_next_decode(vae) -> None:
+    """The VAE's next decode raises a CUDA out-of-memory from a frame named ``decode``, as diffusers' would."""
+    import torch
+
+    real_decode = vae.decode
+
+    def decode(*args, **kwargs):
+        vae.decode = real_decode
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB (injected in the decode)")
+
+    vae.decode = decode
 
 
 def slowed(on_step):

@@ -278,3 +278,15 @@ def test_a_job_never_waits_for_the_busy_slot_with_its_loras_while_a_holder_is_id
     estimates = Estimates()
     estimates.record_load(BASE, 30.0)
     assert pairs(plan_dispatch([job], [busy, idle], estimates, now)) == [(job, idle)]
+
+
+def test_times_measured_on_another_memory_plan_are_forgotten():
+    estimates = Estimates()
+    estimates.replanned("flux-dev", "full")
+    estimates.record_load("flux-dev", 9.0)
+    estimates.record_load("sdxl-base", 4.0)
+    estimates.replanned("flux-dev", "full")  # the same plan: the times stand
+    assert estimates.measured_load_s("flux-dev") == 9.0
+    estimates.replanned("flux-dev", "fp8")  # an out-of-memory moved it: its full-plan times no longer hold
+    assert estimates.measured_load_s("flux-dev") is None and estimates.load_s("flux-dev") == estimates.default_load_s
+    assert estimates.measured_load_s("sdxl-base") == 4.0  # other models keep theirs

@@ -174,7 +174,8 @@ def test_start_up_banner_and_a_quiet_terminal(studio, models):
     assert "refused: width: 2000 is out of range for sdxl-turbo" in output
     assert "Traceback" not in output
     # Nothing else: no library warnings or progress bars, no access lines of the page's own traffic.
-    banner = ("Image Studio is ready", "  web UI", "  REST API", "  devices", "  models on disk")
+    assert re.search(r"^  memory plan +auto \(the first plan that fits each model and device\)$", output, flags=re.M)
+    banner = ("Image Studio is ready", "  web UI", "  REST API", "  devices", "  models on disk", "  memory plan")
     noise = [line for line in output.splitlines() if line.strip() and not line.startswith(("INFO:", *banner))]
     assert not noise, "\n".join(noise)
     assert not re.search(r'"(GET|POST) /gradio_api/.*" 2\d\d', output)

@@ -406,9 +406,23 @@ class Studio(ApiHandlers):
         return {"slot_status": slots_html(status)}
 
     def on_models_select(self) -> Updates:
-        """The Models tab's cards, redrawn with what is on disk now."""
-        return {model_card(spec.id): card_html(spec, disk=self.disk(spec), sizes=self.sizes(spec))
+        """The Models tab's cards, redrawn with what is on disk now and where each model is loaded."""
+        loaded = self.loaded_plans()
+        return {model_card(spec.id): card_html(spec, disk=self.disk(spec), sizes=self.sizes(spec),
+                                               loaded=loaded.get(spec.id))
                 for spec in self.catalog}
+
+    def loaded_plans(self) -> dict[str, str]:
+        """Each resident model's slots and memory plans: ``{"flux-dev": "cuda:0 (fp8 plan)"}``."""
+        try:
+            slots = self.backend.status().slots
+        except Exception:  # status is a nicety; never break the page over it
+            return {}
+        loaded: dict[str, list[str]] = {}
+        for slot in slots:
+            if slot.model:
+                loaded.setdefault(slot.model, []).append(f"{slot.device} ({slot.plan or 'full'} plan)")
+        return {model: ", ".join(places) for model, places in loaded.items()}
 
     def disk(self, spec: ModelSpec) -> dict:
         """``{"on_disk", "download_bytes"}`` from the download phase in front of the backend, if there is one."""

@@ -114,14 +114,15 @@ def disk_text(disk: dict) -> str | None:
     return None
 
 
-def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None, sizes=None) -> str:
+def card_html(spec: ModelSpec, compact: bool = False, disk: dict | None = None, sizes=None,
+              loaded: str | None = None) -> str:
     """A model's card: rank and stars, best use, recommended settings, memory and repo id."""
     e = html.escape
     card = spec.card
     rows = [
         ("Best for", e(card.best_for)),
         ("Recommended", e(recommended_text(spec))),
-        ("Memory", e(memory_text(spec, sizes))),
+        ("Memory", e(memory_text(spec, sizes) + (f"; loaded on {loaded}" if loaded else ""))),
     ]
     if steps_text(spec):
         rows.append(("Steps", e(steps_text(spec))))
@@ -195,6 +196,11 @@ def wait_text(seconds: float) -> str:
     return "under 5 s" if seconds < 5 else f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
 
 
+def plan_note(plan: str | None) -> str:
+    """`` (fp8)`` after a slot's model when it runs on a plan other than ``full``."""
+    return f" ({plan})" if plan and plan != "full" else ""
+
+
 def slots_html(status: BackendStatus) -> str:
     """One pill per slot ("cuda:0 · sdxl-base · busy") and the queue depth, from ``backend.status()``."""
     pills = []
@@ -203,9 +209,9 @@ def slots_html(status: BackendStatus) -> str:
         if slot.loading:
             text, css = f"loading {slot.loading}", "busy"
         elif slot.busy:
-            text, css = f"{model} · busy", "busy"
+            text, css = f"{model}{plan_note(slot.plan)} · busy", "busy"
         elif slot.state == "ready":
-            text, css = f"{model} · idle", "idle"
+            text, css = f"{model}{plan_note(slot.plan)} · idle", "idle"
         else:  # starting, or dead and waiting for its restart
             text, css = "restarting" if slot.state == "dead" else slot.state, "busy"
         device = html.escape(slot.device)
