@@ -17,7 +17,8 @@ On any machine (CPU is enough), with tiny models it builds itself in a temporary
 
 ``--gpu --model ID`` on a CUDA device builds the full-size model from its real architecture
 configs (written below, random weights, nothing downloaded) and compares seconds per image at
-the model's default size and steps: our speed options versus bare diffusers defaults.
+the model's default size and steps: our speed options versus bare diffusers defaults (with
+``--memory-plan all|auto|fp8,...`` and ``--gpu-memory-gb N``: seconds and peak memory per plan).
 
 Prints a table; ``--json FILE`` also writes every sample.
 """
@@ -471,16 +472,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=REST_MODEL, help="with --gpu: the catalog id to build")
     parser.add_argument("--compile", action="store_true", help="with --gpu: include torch.compile in ours")
     parser.add_argument("--step-cache", action="store_true", help="with --gpu: include the first-block cache")
+    parser.add_argument("--memory-plan", help="with --gpu: seconds and peak memory per plan (comma list; all; auto)")
+    parser.add_argument("--gpu-memory-gb", type=float, help="with --gpu --memory-plan: cap the GPU at this many GiB")
     args = parser.parse_args(argv)
     quiet()
 
     if args.gpu:
-        from studio.gpubench import gpu_bench, gpu_rows
-        from studio.speed import EngineOptions
+        from studio.gpubench import gpu_section
 
-        results = gpu_bench(args.model, args.repeats, EngineOptions(compile=args.compile, step_cache=args.step_cache))
-        header = ("what", "ours", "bare diffusers", "speedup")
-        rows = gpu_rows(results)
+        results, header, rows = gpu_section(args)
     else:
         sections = [name.strip() for name in args.only.split(",") if name.strip()]
         results = cpu_bench(args.repeats, args.jobs, args.job_s, sections, args.backend)

@@ -60,11 +60,12 @@ def building_on(device: str, dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def full_size_pipeline(spec, device: str):
-    """The pipeline of ``spec`` at full size with random weights, built on ``device`` (``"meta"`` to check shapes)."""
+def full_size_pipeline(spec, device: str, dtype=None):
+    """The pipeline of ``spec`` at full size with random weights, built on ``device`` (``"meta"`` to check shapes)
+    in ``dtype`` (default: the catalog's, float32 on a CPU)."""
     import torch
 
-    dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
+    dtype = dtype or (torch.float32 if device == "cpu" else getattr(torch, spec.dtype))
     builders = {"sdxl": _full_sdxl, "flux": _full_flux, "pixart": _full_pixart}
     if spec.family not in builders:
         raise SystemExit(f"--gpu knows the full-size {', '.join(builders)} families; {spec.id} is {spec.family}")
@@ -204,3 +205,97 @@ def gpu_rows(r: dict) -> list[tuple[str, ...]]:
     )]
 
 
+
+
+# ---------------------------------------------------------------- memory plans (issue 22)
+
+
+def gpu_section(args) -> tuple[dict, tuple[str, ...], list[tuple[str, ...]]]:
+    """``python -m studio.bench --gpu``: the speed options, or with ``--memory-plan`` the memory plans."""
+    from studio.speed import EngineOptions
+
+    if args.memory_plan:
+        results = memory_bench(args.model, args.memory_plan, args.repeats, args.gpu_memory_gb)
+        return results, ("what", "s/image", "peak GiB", "load s"), memory_rows(results)
+    results = gpu_bench(args.model, args.repeats, EngineOptions(compile=args.compile, step_cache=args.step_cache))
+    return results, ("what", "ours", "bare diffusers", "speedup"), gpu_rows(results)
+
+
+def memory_bench(model_id: str, plans: str, repeats: int, gpu_memory_gb: float | None) -> dict:
+    """Seconds per image and peak device memory of each memory plan (``"all"``, ``"auto"`` or a comma list),
+    the full-size model built in host RAM and placed as the engine places it (``studio.placement``)."""
+    import gc
+
+    import torch
+
+    from studio import memory
+    from studio.catalog import load_catalog
+    from studio.engine import limit_gpu_memory
+    from studio.schemas import GenerationRequest
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu --memory-plan needs a CUDA device")
+    device, spec = "cuda", load_catalog().get(model_id)
+    request = spec.check(GenerationRequest(prompt=PROMPT, seed=0))
+    limit_gpu_memory(device, gpu_memory_gb)
+    wanted = [p.value for p in memory.plans_for(spec.family)] if plans == "all" else plans.split(",")
+    rows = []
+    for name in wanted:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        free, _ = torch.cuda.mem_get_info()
+        if gpu_memory_gb:
+            free = min(free, int(gpu_memory_gb * memory.GIB))
+        gpu = memory.Device("cuda", free, memory.card(0).host_ram)  # the README table's host RAM
+        choice = memory.choose(spec.catalog_weights(), gpu, request.width, request.height, 1,
+                               name, memory.plans_for(spec.family))
+        row = {"wanted": name, "plan": choice.plan and choice.plan.value, "reason": choice.reason}
+        if choice.plan is not None:
+            row |= _run_plan(spec, request, choice.plan, repeats)
+        rows.append(row)
+    return {"machine": machine(), "model": spec.id, "size": f"{request.width}x{request.height}",
+            "steps": request.steps, "gpu_memory_gb": gpu_memory_gb, "repeats": repeats, "plans": rows}
+
+
+def _run_plan(spec, request, plan, repeats: int) -> dict:
+    import torch
+
+    from studio import families, placement, speed
+    from studio.memory import Plan
+
+    started = time.perf_counter()
+    pipe = full_size_pipeline(spec, "cuda" if plan is Plan.FULL else "cpu", getattr(torch, spec.dtype))
+    placement.place(pipe, plan, "cuda", spec.family)
+    load_s = time.perf_counter() - started
+
+    def run() -> float:
+        speed.prepare(pipe, request)
+        return timed(lambda: families.generate(pipe, spec, request, lambda *_: None))
+
+    try:
+        run()  # warm-up
+        samples = [run() for _ in range(repeats)]
+    except torch.OutOfMemoryError as exc:
+        return {"load_s": load_s, "out_of_memory": str(exc).splitlines()[0][:200],
+                "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+    finally:
+        del pipe
+    return {"load_s": load_s, "samples_s": samples, "median_s": median(samples),
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def memory_rows(r: dict) -> list[tuple[str, ...]]:
+    cap = f", --gpu-memory-gb {r['gpu_memory_gb']:g}" if r["gpu_memory_gb"] else ""
+    rows = []
+    for row in r["plans"]:
+        what = f"{r['model']} {r['size']}, {r['steps']} steps{cap}: {row['wanted']}"
+        if row["plan"] is None:
+            rows.append((what + f" ({row['reason']})", "-", "-", "-"))
+        elif "out_of_memory" in row:
+            rows.append((what + f" -> {row['plan']}: out of memory", "-", f"{row['peak_memory_gb']:.1f}",
+                         f"{row['load_s']:.1f}"))
+        else:
+            rows.append((what + (f" -> {row['plan']}" if row["wanted"] != row["plan"] else ""),
+                         f"{row['median_s']:.2f}", f"{row['peak_memory_gb']:.1f}", f"{row['load_s']:.1f}"))
+    return rows

@@ -93,3 +93,29 @@ def test_full_size_configs_have_the_real_parameter_counts(model_id, expected):
         assert sum(p.numel() for p in module.parameters()) / 1e9 == pytest.approx(billions, rel=0.002), name
         assert {p.dtype for p in module.parameters()} == {getattr(torch, spec.dtype)}, name  # built in half precision
     assert torch.get_default_dtype() == torch.float32  # and the default is restored
+
+
+@pytest.mark.parametrize("model_id", ["sdxl-base", "flux-dev", "pixart-sigma"])
+def test_the_catalogs_weight_sizes_are_the_real_architectures_at_two_bytes_a_parameter(model_id):
+    from studio.catalog import load_catalog
+
+    spec = load_catalog().get(model_id)
+    pipe = gpubench.full_size_pipeline(spec, "meta")
+    for name, size in spec.catalog_weights().components:
+        parameters = sum(p.numel() for p in getattr(pipe, name).parameters())
+        assert size == pytest.approx(parameters * 2, rel=0.03), name
+
+
+def test_the_memory_plan_bench_needs_cuda_and_tables_each_plan():
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(SystemExit, match="--gpu --memory-plan needs a CUDA device"):
+            bench.main(["--gpu", "--memory-plan", "all", "--model", "flux-dev"])
+    results = {"model": "flux-dev", "size": "1024x1024", "steps": 28, "gpu_memory_gb": 16.0, "plans": [
+        {"wanted": "auto", "plan": "fp8", "reason": "", "median_s": 9.5, "peak_memory_gb": 14.2, "load_s": 40.0},
+        {"wanted": "full", "plan": "full", "reason": "", "out_of_memory": "CUDA out of memory", "peak_memory_gb": 15.9,
+         "load_s": 3.0},
+        {"wanted": "group-offload", "plan": None, "reason": "needs 70 GB of host RAM"},
+    ]}
+    rows = gpubench.memory_rows(results)
+    assert rows[0] == ("flux-dev 1024x1024, 28 steps, --gpu-memory-gb 16: auto -> fp8", "9.50", "14.2", "40.0")
+    assert rows[1][0].endswith("full: out of memory") and rows[2][0].endswith("(needs 70 GB of host RAM)")
