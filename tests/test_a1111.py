@@ -333,6 +333,8 @@ def test_keys_as_bearer_or_basic_and_unknown_routes(server):
         assert session.get("/sdapi/v2/anything", headers=auth).status_code == 404
         wrong_method = session.get("/sdapi/v1/txt2img", headers=auth)
         assert wrong_method.status_code == 405 and "POST" in wrong_method.json()["detail"]
+        docs = session.get("/openapi.json").json()["paths"]["/sdapi/v1/txt2img"]["post"]["description"]
+        assert "alwayson_scripts" in docs and "hr_upscaler" in docs and "enable_hr" in docs  # ignored, refused
 
 
 # ---------------------------------------------------------------- callers (no server)

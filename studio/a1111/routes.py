@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from studio.a1111 import answers, translate
 from studio.a1111.auth import Caller, require_caller
-from studio.a1111.bodies import Img2ImgRequest, OptionsUpdate, Txt2ImgRequest
+from studio.a1111.bodies import IGNORED, REFUSED, Img2ImgRequest, OptionsUpdate, Txt2ImgRequest
 from studio.a1111.callers import Callers
 from studio.a1111.sampling import sampler_names
 from studio.errors import StudioError, echo
@@ -30,16 +30,23 @@ def default_model(request: Request, caller: Caller) -> str | None:
     return callers(request).checkpoints.get(caller.options)
 
 
-@router.post("/txt2img", response_model=answers.ImagesAnswer, summary="Text to image (A1111 API)")
+# The docs of both image routes: what they accept with no effect, and what they refuse (bodies.py).
+FIELDS_DOC = (f"Accepted and ignored, as A1111 ignores what it does not use: {', '.join(IGNORED)}. "
+              f"Refused when true (or set): {', '.join(REFUSED)}.")
+
+
+@router.post("/txt2img", response_model=answers.ImagesAnswer, summary="Text to image (A1111 API)",
+             description="batch_size x n_iter images (at most 4) in one batch. Closing the connection or POST "
+             f"interrupt stops it. {FIELDS_DOC}")
 async def txt2img(body: Txt2ImgRequest, request: Request, caller: Caller = Depends(require_caller)):
-    """batch_size x n_iter images (at most 4) in one batch. Closing the connection or POST interrupt stops it."""
     spec, resolved = translate.txt2img(request.app.state.catalog, body, default_model(request, caller))
     return await run(request, caller, body, spec, resolved)
 
 
-@router.post("/img2img", response_model=answers.ImagesAnswer, summary="Image to image and inpainting (A1111 API)")
+@router.post("/img2img", response_model=answers.ImagesAnswer, summary="Image to image and inpainting (A1111 API)",
+             description="The first of init_images repainted after the prompt; with a mask, only where it is "
+             f"white. {FIELDS_DOC}")
 async def img2img(body: Img2ImgRequest, request: Request, caller: Caller = Depends(require_caller)):
-    """The first of init_images repainted after the prompt; with a mask, only where it is white."""
     catalog = request.app.state.catalog
     spec, resolved = await run_in_threadpool(translate.img2img, catalog, body, default_model(request, caller))
     return await run(request, caller, body, spec, resolved)
