@@ -32,6 +32,22 @@ def _logins(text: str | None) -> list[tuple[str, str]]:
     return logins
 
 
+def _shares(text: str | None) -> dict[str, float]:
+    """``"ci:0.5,ann:2"`` as ``{"ci": 0.5, "ann": 2.0}``: each owner's weight in fair share (default 1)."""
+    shares: dict[str, float] = {}
+    for number, entry in enumerate(_csv(text), start=1):
+        name, colon, weight = entry.rpartition(":")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = 0.0
+        if not (name and colon) or not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"share {number} ({entry!r}) must be NAME:WEIGHT with a weight above 0, e.g. ci:0.5 or ann:2")
+        shares[name] = value
+    return shares
+
+
 def _api_keys(text: str | None) -> str | None:
     """Checks ``--api-key``: one plain key, or ``NAME:KEY[,...]`` when it has a colon (see ``api_keys``)."""
     if text:
@@ -91,6 +107,10 @@ class Settings:
     offline: bool = False  # never reach for the hub (also HF_HUB_OFFLINE=1): models not on disk are refused
     keep_days: float = 0.0  # delete saved images older than this; 0 keeps them all
     keep_images: int = 0  # keep only the newest this many images per owner's folder; 0 keeps them all
+    fair_share: bool = True  # the next job goes to the owner with the least recent service (studio.fairshare)
+    shares: dict[str, float] = field(default_factory=dict)  # --share: owner -> weight in fair share (default 1)
+    max_queue_per_user: int = 0  # jobs one owner may have waiting (queued, in the waiting room, downloading); 0: no limit
+    max_running_per_user: int = 0  # jobs of one owner running at once; 0: no limit
     # Test-only fault injection: "module:function" that every worker calls with (slot_index, device)
     # before it loads anything (tests/faults.py). No flag or environment variable sets it; leave it None.
     fault_hook: str | None = None
@@ -138,6 +158,10 @@ class Settings:
             offline=args.offline,
             keep_days=args.keep_days,
             keep_images=args.keep_images,
+            fair_share=args.fair_share,
+            shares=args.share or {},
+            max_queue_per_user=args.max_queue_per_user,
+            max_running_per_user=args.max_running_per_user,
         )
 
 
@@ -166,6 +190,10 @@ def models_dir_problem(models_dir: str | Path | None) -> str | None:
 
 def _flag(text: str | None) -> bool:
     return (text or "").lower() in {"1", "true", "yes", "on"}
+
+
+def _off(text: str | None) -> bool:
+    return (text or "").lower() in {"0", "false", "no", "off"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-images", type=_non_negative(int), default=_env("KEEP_IMAGES", "0"), metavar="N",
         help="keep only the newest N images in each owner's outputs folder; 0 keeps them all (default)",
+    )
+    parser.add_argument(
+        "--no-fair-share", dest="fair_share", action="store_false", default=not _off(_env("FAIR_SHARE")),
+        help="first come, first served instead of fair share between owners (API keys, logins, addresses)",
+    )
+    parser.add_argument(
+        "--share", type=_shares, default=_env("SHARE"), metavar="NAME:WEIGHT[,...]",
+        help="an owner's weight in fair share (default 1): ci:0.5 gets half a share, ann:2 two",
+    )
+    parser.add_argument(
+        "--max-queue-per-user", type=_non_negative(int), default=_env("MAX_QUEUE_PER_USER", "0"), metavar="N",
+        help="jobs one owner may have waiting, downloads included; past it a 429 (default 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-running-per-user", type=_non_negative(int), default=_env("MAX_RUNNING_PER_USER", "0"), metavar="N",
+        help="jobs of one owner running at once; the others wait their turn (default 0: no limit)",
     )
     parser.add_argument("--step-cache", action="store_true", default=_flag(_env("STEP_CACHE")), help="first-block cache")
     parser.add_argument(

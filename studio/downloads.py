@@ -33,6 +33,7 @@ from studio.errors import JobCancelled, ModelLoadFailed, ModelUnavailable, Queue
 from studio.jobs import ANONYMOUS, Job
 from studio.memory import Weights
 from studio.owners import tally
+from studio.turns import OwnerLimit
 from studio.schemas import GenerationRequest, JobResult, JobStage, Progress
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class DownloadGate:
     """A ``Backend`` in front of a ``Backend``: the download phase, then the backend's own queue."""
 
     def __init__(self, backend: Backend, catalog: Catalog, offline: bool | None = None,
-                 preload: list[str] | None = None, max_waiting: int | None = None):
+                 preload: list[str] | None = None, max_waiting: int | None = None, max_waiting_per_owner: int = 0):
         """``preload`` is the backend's own list of models to load at start (``settings.preload``):
         ``start()`` takes the models not on disk out of it, since a worker would download them
         unseen inside its start-up, and downloads them here instead (the first job loads them)."""
@@ -72,6 +73,9 @@ class DownloadGate:
         self.max_waiting = max_waiting  # None: no limit
         self.admission = Admission(lambda: self.max_waiting, waiting_for=" for model downloads",
                                    unknown_retry_s=RETRY_AFTER_UNKNOWN_S)
+        self.max_waiting_per_owner = max_waiting_per_owner  # --max-queue-per-user; 0: no limit
+        self.owner_limit = OwnerLimit(lambda: self.max_waiting_per_owner, waiting="waiting for model downloads")
+        self.admission.rules.append(self.owner_limit)
         self._lock = threading.Lock()
         self._downloads: dict[str, Download] = {}
         self._complete: set[str] = set()  # models known to be all on disk
@@ -138,6 +142,11 @@ class DownloadGate:
             if job is not None and self.admission.admit(job, line, time.monotonic()) is not Verdict.QUEUE:
                 self.admission.leave(job)  # no waiting room in front of a download: refused at once
                 eta = download.progress.eta_s if download is not None else None
+                if self.owner_limit.blocks(job, line) and not self.admission.limit.blocks(job, line):
+                    # Held back by its owner's own limit: a place frees when one of the owner's downloads ends.
+                    etas = [each.progress.eta_s for each in self._downloads.values()
+                            if any(waiting.owner == job.owner for waiting in each.waiting)]
+                    eta = min((value for value in etas if value is not None), default=None)
                 return self.admission.refusal(job, line, eta)
             if download is None:
                 download = Download(spec, hub.Progress(spec.id, spec.label))

@@ -67,7 +67,7 @@ class FairShare:
         for job in queue:
             lines.setdefault(owner_of(job), deque()).append(job)
         projected = {owner: self.service(owner, now) for owner in lines}
-        patient = [line[0] for owner, line in lines.items() if self._is_patient(owner, line[0], lines, key_of)]
+        patient = self._patient(lines, key_of)
         for job in patient:
             lines[owner_of(job)].popleft()
             projected[owner_of(job)] += cost_of(job) / self.weight(owner_of(job))
@@ -85,6 +85,14 @@ class FairShare:
                 del lines[owner]
         return ordered
 
+    def due(self, queue: Sequence, owner_of: Callable[[object], str], key_of: Callable[[object], Hashable] = id) -> list:
+        """The jobs that waited their round (every other owner with jobs waiting passed them its share):
+        they go before any other, whatever their owners' service (the one-round bound)."""
+        lines: dict[str, deque] = {}
+        for job in queue:
+            lines.setdefault(owner_of(job), deque()).append(job)
+        return self._patient(lines, key_of)
+
     def started(self, job, queue: Sequence, owner_of: Callable[[object], str],
                 key_of: Callable[[object], Hashable] = id) -> None:
         """``job`` left ``queue`` for a slot: the first waiting job of every other owner was passed over
@@ -101,6 +109,9 @@ class FairShare:
     def forget(self, job, key_of: Callable[[object], Hashable] = id) -> None:
         """``job`` left the queue without running (cancelled, refused)."""
         self._passed.pop(key_of(job), None)
+
+    def _patient(self, lines: dict[str, deque], key_of) -> list:
+        return [line[0] for owner, line in lines.items() if self._is_patient(owner, line[0], lines, key_of)]
 
     def _is_patient(self, owner: str, first, lines: dict, key_of) -> bool:
         passed = self._passed.get(key_of(first))

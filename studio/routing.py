@@ -2,10 +2,12 @@
 Pure (no processes, no threads, no clock of its own), so every rule is tested alone;
 ``SlotManager`` calls ``plan_dispatch`` and ``room_in_s`` under its lock.
 
-Jobs wait in one FIFO queue and are bound to a slot only when a slot is free, so the choice
-uses what is true at that moment:
+Jobs wait in one queue and are bound to a slot only when a slot is free, so the choice uses what
+is true at that moment. The queue comes in priority order (arrival, or fair share's order between
+owners), and each rule takes the jobs in that order:
 
-1. a job that waited past ``starvation_s`` takes any idle slot first;
+1. a job that waited past ``starvation_s``, or that waited its round of fair share (``due``, from
+   ``studio.fairshare``), takes any idle slot first;
 2. a job whose model an idle slot already holds goes there (no load); of several, the one holding most
    of the job's LoRAs as adapters (no LoRA load either): a preference among idle slots, never a wait;
 3. a job whose model a busy slot holds (or is about to hold, this plan's bindings included)
@@ -24,7 +26,7 @@ uses what is true at that moment:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -186,7 +188,8 @@ class Binding(NamedTuple):
 
 
 def plan_dispatch(
-    queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S
+    queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S,
+    due: Collection[Job] = (),
 ) -> list[Binding]:
     """Which queued jobs start now, and where (see the module docstring for the rules)."""
     idle = [slot for slot in slots if slot.available]
@@ -208,11 +211,13 @@ def plan_dispatch(
         idle.remove(slot)
         waiting.remove(job)
 
-    for job in [job for job in waiting if now - job.queued_at >= starvation_s]:
+    for job in [job for job in waiting if now - job.queued_at >= starvation_s or job in due]:
         if not idle:
             return plan
+        starved = now - job.queued_at >= starvation_s
         bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id),
-             f"it waited {now - job.queued_at:.0f} s, past {starvation_s:.0f} s: any idle slot")
+             f"it waited {now - job.queued_at:.0f} s, past {starvation_s:.0f} s: any idle slot" if starved
+             else "it waited its round of fair share: any idle slot")
     for job in list(waiting):
         match = _same_model(idle, job)
         if match:

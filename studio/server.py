@@ -127,7 +127,7 @@ def make_backend(settings: Settings, catalog: Catalog) -> Backend:
         backend = LocalBackend(settings, catalog)
     # The download fills this machine's Hugging Face cache: Ray replicas on other nodes need it shared (HF_HOME).
     return DownloadGate(backend, catalog, offline=settings.offline or None, preload=settings.preload,
-                        max_waiting=settings.max_queue)
+                        max_waiting=settings.max_queue, max_waiting_per_owner=settings.max_queue_per_user)
 
 
 def install_error_handlers(app: FastAPI) -> None:

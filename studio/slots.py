@@ -1,7 +1,8 @@
 """``SlotManager`` (the local ``Backend``): one spawned worker process per device, one central queue.
 
-Jobs wait in one FIFO queue in the parent and are bound to a slot only when a slot is free
-(late binding). Who gets a place in the queue (``--max-queue``, the waiting room of
+Jobs wait in one queue in the parent (in arrival order; ``studio.turns`` offers them to routing in
+fair-share order between owners, within the per-owner limits) and are bound to a slot only when a
+slot is free (late binding). Who gets a place in the queue (``--max-queue``, the waiting room of
 ``--queue-wait``, Retry-After) and when a load is stuck (``--load-timeout``) is
 ``studio.admission``'s policy, shared with the Ray backend and the download phase; the estimates
 it tells are ``studio.routing``'s. Which job goes where is ``studio.routing``'s decision, the devices come from ``studio.devices``, the messages to and
@@ -60,6 +61,7 @@ from studio.protocol import (
 from studio.routing import STARVATION_S, Estimates, Slot, backlog, plan_dispatch, room_in_s
 from studio.schemas import GenerationRequest, JobStage, Progress
 from studio.speed import EngineOptions
+from studio.turns import OwnerLimit, Turns
 from studio.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,9 @@ class SlotManager:
         self._slots = [WorkerSlot(index, device) for index, device in enumerate(self.devices)]
         self._queue: list[Job] = []
         self.admission = Admission.from_settings(settings)  # --max-queue, --queue-wait, --load-timeout
+        self.turns = Turns(settings, self.estimates)  # fair share, --max-running-per-user
+        self.owner_limit = OwnerLimit(lambda: settings.max_queue_per_user)
+        self.admission.rules.append(self.owner_limit)
         self._seq = itertools.count()
         self._observers: list[Observer] = []
         self._ended: list[tuple[Job, Any]] = []  # finished under the lock, settled after it
@@ -347,10 +352,13 @@ class SlotManager:
         return Line(self._queue, backlog(self._queue, self._slots))
 
     def _bind(self, now: float) -> None:
-        for job, slot, why in plan_dispatch(self._queue, self._slots, self.estimates, now, self.starvation_s):
+        running = [slot.job for slot in self._slots if slot.job is not None]
+        offered, due = self.turns.order(self._queue, running, now)  # fair share, --max-running-per-user
+        for job, slot, why in plan_dispatch(offered, self._slots, self.estimates, now, self.starvation_s, due):
             if why:
                 log.info("slot %d (%s) loads %s for job %s (holds %s): %s",
                          slot.index, slot.device, job.spec.id, job.id[:8], slot.model or "nothing", why)
+            self.turns.started(job, self._queue)
             self._queue.remove(job)
             slot.job, job.slot = job, slot.index
             slot.phase, slot.phase_since, slot.job_started_at = "starting", now, now
@@ -364,7 +372,8 @@ class SlotManager:
     def _renumber(self) -> None:
         """Tell each job that moved its place in line, with when it should start (``wait_s``,
         from the same estimates as Retry-After; absent while no slot is up to estimate from)."""
-        line, now = [*self._queue, *self.admission.room], time.monotonic()
+        now = time.monotonic()
+        line = [*self.turns.line(self._queue, now), *self.admission.room]
         self.admission.announce(
             line, lambda position: room_in_s(line[:position + 1], self._slots, self.estimates, now, limit=1))
 
@@ -383,6 +392,7 @@ class SlotManager:
             return False
         if job in self._queue:
             self._queue.remove(job)
+            self.turns.forget(job)
             self._renumber()
         elif self.admission.leave(job):
             self._renumber()
@@ -444,6 +454,7 @@ class SlotManager:
                     self.estimates.record_first_load(job.spec.id, load_s)
                 slot.warm = True
             slot.job, slot.last_used, slot.crashes_in_row = None, now, 0
+            self.turns.ended(job, now - slot.job_started_at, now)
             self._apply_state(slot, state)
             if isinstance(message, Done):
                 slot.jobs_done += 1
@@ -519,9 +530,13 @@ class SlotManager:
     def _queue_full(self, job: Job, now: float) -> QueueFull:
         """The refusal, with when a job arriving now would get a place (behind the waiting room);
         with no slot up to estimate from (restarting), the policy's short, honest guess."""
-        room_s = room_in_s([*self._queue, *self.admission.room], self._slots, self.estimates, now,
-                           self.settings.max_queue)
-        return self.admission.refusal(job, self._line(), room_s)
+        line = self._line()
+        if self.owner_limit.blocks(job, line) and not self.admission.limit.blocks(job, line):
+            room_s = self.turns.owner_place_in_s(job.owner, self._queue, self._slots, now)  # its owner's own jobs
+        else:
+            room_s = room_in_s([*self._queue, *self.admission.room], self._slots, self.estimates, now,
+                               self.settings.max_queue)
+        return self.admission.refusal(job, line, room_s)
 
     def _expire_waiting_room(self, now: float) -> None:
         """Jobs that found no place within ``--queue-wait`` are refused, as they would have been at once."""

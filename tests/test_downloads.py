@@ -194,6 +194,34 @@ def test_past_the_queue_limit_no_more_jobs_wait_for_downloads(tiny_models, tmp_p
             gate.shutdown()
 
 
+def test_the_queue_per_user_counts_jobs_waiting_for_downloads(tiny_models, tmp_path, monkeypatch):
+    """--max-queue-per-user holds for the download phase too: the owner's own count in the 429, and
+    other owners pass."""
+    from studio.catalog import load_catalog
+    from studio.downloads import DownloadGate
+    from studio.errors import QueueFull
+    from studio.schemas import GenerationRequest
+    from studio.slots import SlotManager
+
+    with serve_hub(hub_repos(tiny_models("sdxl-turbo"), ["sdxl-turbo"])) as hub:
+        use_hub(monkeypatch, hub, tmp_path / "hf", environment=False)
+        hub.throttle_bps = sum(len(f.data) for f in hub.repos[TURBO_REPO].files.values()) / 60  # outlasts the test
+        catalog = load_catalog()
+        gate = DownloadGate(SlotManager(Settings(devices=["cpu"]), catalog), catalog, offline=False, max_waiting=5,
+                            max_waiting_per_owner=1)
+        spec, request = catalog.resolve(GenerationRequest(model="sdxl-turbo", prompt="a red fox"))
+        try:
+            waiting = [gate.submit(spec, request, "ann")]
+            with pytest.raises(QueueFull, match=r"ann has 1 job waiting for model downloads "
+                                                r"\(--max-queue-per-user 1\)") as caught:
+                gate.submit(spec, request, "ann")
+            assert caught.value.status == 429 and 1 <= caught.value.retry_after_s <= 300
+            waiting.append(gate.submit(spec, request, "bob"))  # not held back by ann's limit
+            assert [(o.owner, o.downloading) for o in gate.status().owners] == [("ann", 1), ("bob", 1)]
+        finally:
+            gate.shutdown()
+
+
 def test_the_offline_flag_reaches_the_download_phase_and_the_workers(monkeypatch):
     from studio.catalog import load_catalog
     from studio.server import make_backend

@@ -1,0 +1,117 @@
+"""Fair share and the per-owner limits on the local backend: one slot manager, two CPU workers, tiny SDXL.
+
+Each test reads the settings it changes at once (the manager reads them at every decision), so one
+manager serves them all. Jobs are 2 steps of ``faults.SLOW`` (each step at least 0.2 s): about one
+second each, whatever else the machine runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import faults
+import pytest
+
+from studio.config import Settings
+from studio.errors import QueueFull
+from studio.jobs import Job
+from studio.schemas import GenerationRequest
+from studio.slots import SlotManager
+from tests.live import wait_until
+
+BASE = "sdxl-base"
+JOB = dict(prompt=faults.SLOW, steps=2, width=64, height=64)
+LONG = dict(prompt=faults.SLOW, steps=40, width=64, height=64)  # about 8 s: stays running while a test looks
+START_S = 120
+
+
+@pytest.fixture(scope="module")
+def manager(tiny_models, tiny_catalog):
+    catalog = tiny_catalog(BASE)
+    settings = Settings(devices=["cpu", "cpu"], models_dir=tiny_models(BASE), preload=[BASE, BASE],
+                        fault_hook="faults:install", max_queue=32, queue_wait_s=0.0)
+    manager = SlotManager(settings, catalog)
+    manager.catalog = catalog
+    manager.start()
+    yield manager
+    manager.shutdown()
+
+
+@pytest.fixture
+def settings(manager, monkeypatch):
+    """The manager's settings; whatever a test changes goes back after it."""
+    for name in ("fair_share", "max_queue_per_user", "max_running_per_user", "queue_wait_s"):
+        monkeypatch.setattr(manager.settings, name, getattr(manager.settings, name))
+    return manager.settings
+
+
+def submit(manager, owner: str, **fields) -> Job:
+    spec, request = manager.catalog.resolve(GenerationRequest(model=BASE, **{**JOB, **fields}))
+    return manager.submit(spec, request, owner)
+
+
+def finishing_order(jobs: list[Job]) -> list[Job]:
+    """The jobs in the order they ended (each waited in its own thread)."""
+    ended: list[Job] = []
+    lock = threading.Lock()
+
+    def follow(job: Job) -> None:
+        job.wait(START_S)
+        with lock:
+            ended.append(job)
+
+    threads = [threading.Thread(target=follow, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(START_S)
+    return ended
+
+
+def flood_and_one(manager, flood: int = 10) -> int:
+    """``flood`` jobs of one owner, then one of another half a second later: how many of the flood's
+    jobs ended before the late one."""
+    jobs = [submit(manager, "flood", seed=seed) for seed in range(flood)]
+    time.sleep(0.5)
+    late = submit(manager, "late")
+    order = finishing_order([*jobs, late])
+    return order.index(late)
+
+
+def test_a_late_owner_waits_one_round_not_the_whole_flood(manager, settings):
+    """Two slots: the late owner's job takes the next slot that frees (at most the two running jobs
+    and one more before it); first come, first served makes it wait for the whole flood."""
+    settings.fair_share = True
+    assert flood_and_one(manager) <= 3
+    settings.fair_share = False
+    assert flood_and_one(manager) == 10
+
+
+def test_the_queue_per_user_refuses_with_the_owner_s_own_count(manager, settings):
+    settings.max_queue_per_user = 2
+    ann = [submit(manager, "ann", **LONG) for _ in range(4)]  # two run, two wait: her limit
+    with pytest.raises(QueueFull) as refused:
+        submit(manager, "ann")
+    assert "ann has 2 jobs queued (--max-queue-per-user 2)" in str(refused.value)
+    assert refused.value.status == 429 and 1 <= refused.value.retry_after_s <= 60  # her first waiting job's start
+    bob = submit(manager, "bob")  # another owner is not held back by ann's limit
+    owners = {owner.owner: owner for owner in manager.status().owners}
+    assert (owners["ann"].running, owners["ann"].queued, owners["bob"].queued) == (2, 2, 1)
+    for job in [*ann, bob]:
+        job.cancel()
+
+
+def test_the_running_per_user_leaves_a_slot_to_the_others(manager, settings):
+    settings.max_running_per_user = 1
+    ann = [submit(manager, "ann", **LONG) for _ in range(2)]
+    wait_until(lambda: manager.status().owners and manager.status().owners[0].running == 1, START_S, "ann running")
+    time.sleep(0.5)  # an idle slot that could take her second job does not
+    owners = {owner.owner: owner for owner in manager.status().owners}
+    assert (owners["ann"].running, owners["ann"].queued) == (1, 1)
+    assert sum(slot.busy for slot in manager.status().slots) == 1
+    bob = submit(manager, "bob", **LONG)
+    wait_until(lambda: {o.owner: o.running for o in manager.status().owners}.get("bob") == 1, START_S, "bob running")
+    for job in [*ann, bob]:
+        job.cancel()
+    wait_until(lambda: not any(slot.busy for slot in manager.status().slots), START_S, "idle slots")
