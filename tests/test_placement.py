@@ -24,6 +24,12 @@ def catalog(tiny_catalog):
     return tiny_catalog(FLUX, CASCADE)
 
 
+@pytest.fixture(scope="module")
+def full(catalog):
+    """FLUX's image on the full plan, to compare the others with."""
+    return run(catalog, "full")[1]
+
+
 def run(catalog, plan: str, model: str = FLUX, spec=None):
     from studio.engine import Engine
 
@@ -43,8 +49,7 @@ def test_auto_on_a_cpu_loads_whole_and_records_no_plan(catalog):
     assert "memory_plan" not in pngmeta.read(result.images[0])
 
 
-def test_fp8_stores_the_denoiser_in_fp8_and_says_so_in_the_image(catalog):
-    full = run(catalog, "full")[1]
+def test_fp8_stores_the_denoiser_in_fp8_and_says_so_in_the_image(catalog, full):
     engine, result = run(catalog, "fp8")
     placed = placement.describe(engine.pipe)
     assert engine.plan is Plan.FP8 and placed["transformer"] == "cpu float8_e4m3fn"
@@ -55,8 +60,7 @@ def test_fp8_stores_the_denoiser_in_fp8_and_says_so_in_the_image(catalog):
     assert image.shape == reference.shape and 0 < np.abs(image - reference).mean() < 32  # close, not equal
 
 
-def test_offload_encoders_streams_the_text_encoders_and_draws_the_same_image(catalog):
-    full = run(catalog, "full")[1]
+def test_offload_encoders_streams_the_text_encoders_and_draws_the_same_image(catalog, full):
     engine, result = run(catalog, "offload-encoders")
     assert engine.plan is Plan.OFFLOAD_ENCODERS
     assert placement.streamed(engine.pipe) == {"text_encoder", "text_encoder_2"}

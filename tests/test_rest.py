@@ -399,6 +399,8 @@ def test_health_reports_slots(server):
     assert body["status"] == "ok"
     assert [slot["device"] for slot in body["slots"]] == ["cpu", "cpu"]
     assert all(slot["alive"] for slot in body["slots"])
+    # Each slot's memory plan: the resident model's (a CPU loads whole), none without a model.
+    assert all(slot["plan"] == ("full" if slot["model"] else None) for slot in body["slots"])
 
 
 def test_docs_and_ui_share_the_app(server):
