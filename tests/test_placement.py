@@ -8,10 +8,11 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from studio import placement, pngmeta
-from studio.errors import InvalidRequest
+from studio.errors import InvalidRequest, OutOfMemory
 from studio.memory import Plan
 from studio.schemas import GenerationRequest
 from studio.speed import EngineOptions
@@ -86,3 +87,33 @@ def test_stable_cascade_refuses_fp8_in_words_and_runs_with_streamed_encoders(cat
         run(catalog, "fp8", model=CASCADE)
     engine, result = run(catalog, "offload-encoders", model=CASCADE)
     assert engine.plan is Plan.OFFLOAD_ENCODERS and result.images
+
+
+# ---------------------------------------------------------------- on a GPU (skipped here; run where one is lent)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the streaming plans and the cap need CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("plan", ["offload-encoders", "fp8", "group-offload", "sequential"])
+def test_every_plan_runs_on_cuda(catalog, plan):
+    from studio.engine import Engine
+
+    engine = Engine("cuda", EngineOptions(memory_plan=plan))
+    spec = catalog.get(FLUX)
+    result = engine.run(spec, spec.check(GenerationRequest(prompt="a red fox in snow", seed=7, steps=2)))
+    assert engine.plan is Plan(plan) and result.images
+
+
+@cuda
+def test_the_gpu_cap_is_what_the_plan_choice_sees(catalog):
+    from studio.engine import Engine
+
+    engine = Engine("cuda", EngineOptions(gpu_memory_gb=0.5))
+    try:
+        assert engine.device_memory().free <= 0.5 * 2**30
+        spec = catalog.get(FLUX)
+        with pytest.raises(OutOfMemory, match="no plan fits"):  # even sequential's headroom is over half a GiB
+            engine.run(spec, spec.check(GenerationRequest(prompt="a red fox", seed=7, steps=2)))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)  # the cap is the process's: give the other tests the card
