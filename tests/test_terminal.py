@@ -120,6 +120,7 @@ def test_readme_gradio_client_example_returns_pngs_and_the_catalog(studio, tmp_p
     for path in files:
         assert_image(Path(path), (64, 64))  # the tiny sdxl-base's default size
     assert pngmeta.read(files[1])["seed"] == 43
+    assert pngmeta.read(files[1])["sampler"] == params["sampler"] == "DPM++ 2M Karras"
     (edited,), params = results["/edit"]
     assert_image(Path(edited), (64, 48))  # the input's size
     assert pngmeta.read(edited)["prompt"] == "as a watercolour"

@@ -17,6 +17,7 @@ from PIL import Image
 from studio import pngmeta
 from studio.catalog import load_catalog
 from studio.config import Settings
+from studio.errors import InvalidRequest
 from studio.schemas import GenerationRequest
 from studio.ui import NO_STYLE, RANDOM_SEED, Studio, load_styles
 
@@ -149,7 +150,8 @@ def start_a_slow_base_job(page, prompt: str, **advanced: str) -> None:
 
 def test_generate_returns_pngs_that_carry_prompt_and_seed(client, server):
     files, params = client.predict(
-        prompt="a red fox in the snow", model="sdxl-turbo", seed=1234, num_images=2, api_name="/generate"
+        prompt="a red fox in the snow", model="sdxl-turbo", seed=1234, num_images=2, sampler="Euler",
+        api_name="/generate"
     )
 
     assert len(files) == 2
@@ -159,6 +161,7 @@ def test_generate_returns_pngs_that_carry_prompt_and_seed(client, server):
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # PNG, not a webp re-encode
         meta = pngmeta.read(path)
         assert (meta["prompt"], meta["seed"], meta["model"]) == ("a red fox in the snow", seed, "sdxl-turbo")
+        assert meta["sampler"] == params["sampler"] == "Euler"  # not the model's own Euler a
     saved = sorted(server.outputs.glob("*.png"))
     assert {path.name for path in saved} >= set(params["files"])  # kept in the outputs folder too
 
@@ -216,6 +219,11 @@ def test_browser_generates_and_shows_the_image(page, server, tmp_path):
     pick_model(page, "SDXL Turbo")
     assert not page.locator("#negative-prompt").is_visible()  # SDXL Turbo takes no negative prompt
     page.fill("#prompt textarea", "a paper boat on a pond")
+    page.click("#advanced")
+    assert page.input_value("#sampler input") == "The model's own"
+    page.click("#sampler input")  # the model's list, by A1111's names
+    page.click("ul[role=listbox] li:has-text('DPM++ 2M Karras')")
+    page.wait_for_function("() => document.querySelector('#sampler input').value === 'DPM++ 2M Karras'")
     page.click("#generate-button")
 
     page.wait_for_selector("#results-gallery img", timeout=60_000)
@@ -228,6 +236,7 @@ def test_browser_generates_and_shows_the_image(page, server, tmp_path):
     newest = max(server.outputs.glob("*.png"), key=lambda path: path.name)
     assert pngmeta.read(newest)["prompt"] == "a paper boat on a pond"
     assert pngmeta.read(newest)["seed"] == seed
+    assert pngmeta.read(newest)["sampler"] == "DPM++ 2M Karras"
     assert (tmp_path / "studio.png").stat().st_size > 10_000
 
 
@@ -377,7 +386,7 @@ def _controls(studio, model_id):
     updates = studio.on_model_change(model_id)
     return SimpleNamespace(card=updates["card"]["value"], negative=updates["negative_prompt"], size=updates["size"],
                            width=updates["width"], height=updates["height"], steps=updates["steps"],
-                           guidance=updates["guidance"], note=updates["guidance_note"])
+                           guidance=updates["guidance"], note=updates["guidance_note"], sampler=updates["sampler"])
 
 
 def test_each_model_shows_only_the_controls_it_supports(studio):
@@ -385,11 +394,14 @@ def test_each_model_shows_only_the_controls_it_supports(studio):
     assert flux.negative["visible"] is False
     assert flux.guidance["visible"] is False and flux.note["visible"] is True
     assert flux.steps["info"] == "1..12 for FLUX.1 [schnell]"  # the same range as its errors
+    assert flux.sampler["choices"] == [("The model's own", ""), ("Euler", "Euler"), ("Euler Karras", "Euler Karras"),
+                                       ("Euler a", "Euler a")]  # flow matching: only its flow-matching samplers
 
     sdxl = _controls(studio, "sdxl-base")
     assert sdxl.negative["visible"] is True
     assert (sdxl.guidance["visible"], sdxl.guidance["info"]) == (True, "1..20 for SDXL Base 1.0")
     assert "decoder (stage B) always runs" in _controls(studio, "stable-cascade").steps["info"]
+    assert ("DPM++ 2M Karras", "DPM++ 2M Karras") in sdxl.sampler["choices"] and sdxl.sampler["value"] == ""
 
     hunyuan = _controls(studio, "hunyuan-dit")
     sizes = [value for _, value in hunyuan.size["choices"]]
@@ -405,7 +417,7 @@ def test_each_model_shows_only_the_controls_it_supports(studio):
 
 def test_reuse_fills_every_control_from_the_png(studio, tmp_path):
     request = GenerationRequest(prompt="a castle", negative_prompt="fog", model="sdxl-base", width=832,
-                                height=1216, steps=33, guidance=6.5, seed=77, num_images=1)
+                                height=1216, steps=33, guidance=6.5, seed=77, num_images=1, sampler="DPM++ 2M Karras")
     path = tmp_path / "castle.png"
     path.write_bytes(pngmeta.encode(Image.new("RGB", (8, 8)), request, 77, "SDXL Base 1.0"))
 
@@ -415,6 +427,7 @@ def test_reuse_fills_every_control_from_the_png(studio, tmp_path):
         "sdxl-base", "a castle", NO_STYLE, 77, 1]
     assert [updates[name]["value"] for name in ("negative_prompt", "width", "height")] == ["fog", 832, 1216]
     assert (updates["steps"]["value"], updates["guidance"]["value"]) == (33, 6.5)
+    assert updates["sampler"]["value"] == "DPM++ 2M Karras"
     assert updates["size"]["value"] is None or updates["size"]["value"] == "832x1216"
     assert updates["tabs"].selected == "create"
 
@@ -427,6 +440,12 @@ def test_ui_values_resolve_like_the_api(studio):
     assert request.negative_prompt == load_styles()["anime"].negative  # the style's negative, model takes one
     assert (request.width, request.height, request.steps, request.num_images) == (512, 768, 20, 2)
     assert 0 <= request.seed and spec.id == "sdxl-base"
+    assert request.sampler is None  # no sampler control: the model's own
+    for shown, sampler in (("", None), ("euler a", "Euler a")):  # "": the dropdown's "The model's own"
+        _, request = studio.resolve(dict(prompt="a fox", model="sdxl-base", sampler=shown))
+        assert request.sampler == sampler
+    with pytest.raises(InvalidRequest, match="sampler: flux-schnell cannot run 'DDIM'; its samplers: Euler"):
+        studio.resolve(dict(prompt="a fox", model="flux-schnell", sampler="DDIM"))
 
 
 def test_every_style_keeps_the_prompt():
@@ -462,12 +481,13 @@ def test_api_edits_an_image_with_and_without_a_mask(client, tmp_path):
     hole.paste((0, 0, 0, 0), (0, 0, 48, 64))  # alpha 0: repaint the left half
     hole.save(mask)
     files, params = client.predict(image=handle_file(str(source)), prompt="a watercolour", model="sdxl-turbo",
-                                   strength=0.5, steps=2, seed=3, api_name="/edit")
-    assert (params["task"], params["strength"]) == ("image-to-image", 0.5)
+                                   strength=0.5, steps=2, seed=3, sampler="DPM++ 2M Karras", api_name="/edit")
+    assert (params["task"], params["strength"], params["sampler"]) == ("image-to-image", 0.5, "DPM++ 2M Karras")
     assert Image.open(files[0]).size == (96, 64)  # the input's size, valid for the model
     files, params = client.predict(image=handle_file(str(source)), prompt="a door", mask=handle_file(str(mask)),
                                    model="sdxl-turbo", steps=1, api_name="/edit")
     assert pngmeta.read(files[0])["task"] == "inpainting"
+    assert params["sampler"] == "Euler a"  # unset: sdxl-turbo's own scheduler, named
 
 
 def test_browser_shows_a_live_preview_while_the_job_runs(page, client):

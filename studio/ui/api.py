@@ -43,6 +43,7 @@ class ApiHandlers:
         num_images: int = 1,
         style: str = NO_STYLE,
         loras: list | str | None = None,
+        sampler: str | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -60,6 +61,7 @@ class ApiHandlers:
             num_images: 1 to 4 images in one batch
             style: a style preset id, or "none"
             loras: LoRAs of /loras that fit the model: [{"name": ..., "scale": 0.8}] or "NAME:SCALE, ..."
+            sampler: a sampler of the model's `samplers` in /models, by A1111's name ("Euler a", "DPM++ 2M Karras"); default: the model's own
         """
         spec, resolved = self._resolve_or_error(arguments(locals()))
         return await self._api_run(spec, resolved, style, request, progress)
@@ -80,6 +82,7 @@ class ApiHandlers:
         num_images: int = 1,
         style: str = NO_STYLE,
         loras: list | str | None = None,
+        sampler: str | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -100,6 +103,7 @@ class ApiHandlers:
             num_images: 1 to 4 images in one batch
             style: a style preset id, or "none"
             loras: LoRAs of /loras that fit the model: [{"name": ..., "scale": 0.8}] or "NAME:SCALE, ..."
+            sampler: a sampler of the model's `samplers` in /models, by A1111's name ("Euler a", "DPM++ 2M Karras"); default: the model's own
         """
         values = arguments(locals())
         try:

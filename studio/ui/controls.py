@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from studio.ui.handlers import Studio
 
 RANDOM_SEED = -1  # the UI's "draw a new seed each run"
+MODEL_SAMPLER = "The model's own"  # the sampler dropdown's first choice: the scheduler the model ships
 
 Props = dict[str, Any]
 
@@ -74,6 +75,14 @@ def _size(spec: ModelSpec, values: Mapping) -> tuple[int, int]:
     return values.get("width", spec.defaults.width), values.get("height", spec.defaults.height)
 
 
+def _sampler(spec: ModelSpec, values: Mapping) -> Props:
+    """The model's samplers; "" is its own scheduler (the request's None). A sampler kept over a model change
+    or filled by Reuse only where this model takes it."""
+    chosen = values.get("sampler") or ""
+    return dict(choices=[(MODEL_SAMPLER, "")] + [(name, name) for name in spec.samplers],
+                value=chosen if chosen in spec.samplers else "")
+
+
 def _guidance_fixed(spec: ModelSpec) -> bool:
     return spec.limits.min_guidance == spec.limits.max_guidance
 
@@ -103,6 +112,8 @@ CONTROLS: dict[str, Control] = {control.name: control for control in [
     Control("guidance", gr.Number, lambda studio: dict(step=0.1, min_width=140), lambda spec, values: dict(
         value=values.get("guidance", spec.defaults.guidance), info=guidance_hint(spec),
         visible=spec.cfg and not _guidance_fixed(spec))),
+    Control("sampler", gr.Dropdown, lambda studio: dict(
+        info="A1111's names; each model lists only the samplers it can run."), _sampler),
     Control("guidance_note", gr.Markdown, lambda studio: dict(elem_id=None), lambda spec, values: dict(
         visible=not spec.cfg or _guidance_fixed(spec),
         value=f"Guidance is fixed at **{spec.limits.min_guidance:g}** for {spec.label} (guidance-distilled)."),
@@ -122,7 +133,10 @@ def model_updates(spec: ModelSpec, values: Mapping[str, Any] | None = None) -> d
 
 def request_value(name: str, value: Any) -> Any:
     """A control's value as its request field takes it: numbers checked whole where the field is an ``int``."""
-    kind = value_type(GenerationRequest.model_fields[name])
+    field = GenerationRequest.model_fields[name]
+    kind = value_type(field)
+    if kind is str and value == "" and field.default is None:
+        return None  # an empty choice (the sampler's "the model's own") is the model's default
     if kind is int:
         return as_int(value, name)
     if kind is float:

@@ -38,6 +38,7 @@ def result_params(request: GenerationRequest, result: JobResult, style: str, fil
     params = request.model_dump()
     params.update(
         seeds=request.seeds,
+        sampler=result.request.sampler,  # the one that ran: the model's own, named, when unset
         task=request.task,
         style=style,
         slot=result.slot,

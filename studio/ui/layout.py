@@ -122,6 +122,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                                 page.control("steps")
                                 page.control("guidance")
                             page.control("guidance_note")
+                            page.control("sampler")
                             with gr.Row(elem_id="seed-row"):
                                 page.control("seed")
                                 randomise = gr.Button("Random", elem_id="seed-random", scale=0, min_width=90,
