@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from studio import families, memory, samplers
+from studio import families, hublora, memory, samplers
 from studio.errors import InvalidRequest, UnknownModel, echo
-from studio.loras import LoraError, LoraLibrary, LoraListing
+from studio.loras import LoraError, LoraFile, LoraLibrary, LoraListing
 from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, LoraUse, parse_request, parse_size
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -400,8 +400,9 @@ class Catalog:
         return spec, self.check_loras(spec, spec.check(request))
 
     def check_loras(self, spec: ModelSpec, request: GenerationRequest) -> GenerationRequest:
-        """Each LoRA of the request found in the library and made for the model's family; the resolved request
-        carries their files and hashes (for the worker and the images' metadata)."""
+        """Each LoRA of the request found in the library (or a hub LoRA in the cache) and made for the model's
+        family; the resolved request carries their files and hashes (for the worker and the images' metadata).
+        A hub LoRA not in the cache stays without a file: the download phase fetches it, then calls this again."""
         if not request.loras:
             return request
         if not families.takes_loras(spec.family):
@@ -410,7 +411,10 @@ class Catalog:
                             f"models that take LoRAs: {able}")
         resolved = []
         for use in request.loras:
-            found = self.loras.get(use.name)
+            found = self.find_lora(use.name)
+            if found is None:
+                resolved.append(use)  # on the hub, not in the cache yet
+                continue
             if spec.family not in found.fits:
                 fits = [other.id for other in self if other.family in found.fits]
                 where = f"it fits {', '.join(fits)}" if fits else "no model here takes it"
@@ -420,6 +424,18 @@ class Catalog:
             use._path, use._hash = str(found.path), found.short_hash
             resolved.append(use)
         return request.model_copy(update={"loras": tuple(resolved)})
+
+    def find_lora(self, name: str) -> LoraFile | None:
+        """The library's LoRA called ``name``, else a hub LoRA of that name in the cache; None for a hub LoRA
+        not downloaded yet; ``LoraError`` for anything else."""
+        try:
+            return self.loras.get(name)
+        except LoraError:
+            hub_name = hublora.parse(name)
+            if hub_name is None:
+                raise
+        path = hublora.cached(*hub_name)
+        return None if path is None else self.loras.read(path, name)
 
     def lora_listing(self) -> list[LoraListing]:
         """Each readable LoRA of the library, with the models it fits."""

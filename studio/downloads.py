@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from studio import hub, weights
+from studio import hub, hublora, weights
 from studio.admission import Admission, Line, Verdict
 from studio.backend import Backend, BackendStatus, DownloadStatus, ModelError, Observer
 from studio.catalog import Catalog, ModelSpec
@@ -82,6 +82,8 @@ class DownloadGate:
         self._handed: dict[str, Job] = {}  # our job's id -> the backend's job it now follows
         self._errors: dict[str, str] = {}  # model -> the last download or load failure, until it works
         self._observers: list[Observer] = []
+        self._lora_downloads: dict[str, list[Job]] = {}  # hub LoRA name -> the jobs waiting for its file
+        self._resumed: set[str] = set()  # jobs whose hub LoRAs all arrived (each goes on once)
         self._disk: dict[str, dict] = {}  # model -> on disk / download size, from the start-up survey
         self._weights: dict[str, Weights] = {}  # model -> its component sizes, from its files where known
         backend.add_observer(self._remember_outcome)
@@ -119,6 +121,9 @@ class DownloadGate:
         self.backend.add_observer(observer)
 
     def submit(self, spec: ModelSpec, request: GenerationRequest, owner: str = ANONYMOUS) -> Job:
+        pending = [lora.name for lora in request.loras if lora._path is None]  # hub LoRAs not in the cache
+        if pending:
+            return self._fetch_loras(Job(spec, request, on_cancel=self._cancel, owner=owner), pending)
         if self._on_disk(spec):
             return self.backend.submit(spec, request, owner)
         job = Job(spec, request, on_cancel=self._cancel, owner=owner)
@@ -315,6 +320,54 @@ class DownloadGate:
 
         threading.Thread(target=relay, name=f"relay-{job.id[:8]}", daemon=True).start()
 
+    # -- hub LoRAs -----------------------------------------------------------------------
+
+    def _fetch_loras(self, job: Job, names: list[str]) -> Job:
+        """Each hub LoRA file downloads once, however many jobs name it; when a job's last one is in the cache,
+        the job resolves again (the family check) and goes on: to its model's download, or the backend."""
+        if self.offline:
+            error = hublora.offline_error(names[0])
+            self._end(job, error)
+            raise error
+        for name in names:
+            with self._lock:
+                waiting = self._lora_downloads.setdefault(name, [])
+                first = not waiting
+                waiting.append(job)
+            job.emit(Progress(JobStage.DOWNLOADING, detail=f"Downloading the LoRA {name} from the hub"))
+            if first:
+                threading.Thread(target=self._download_lora, args=(name,), name="lora-download", daemon=True).start()
+        return job
+
+    def _download_lora(self, name: str) -> None:
+        try:
+            hublora.download(*hublora.parse(name))
+            error = None
+            log.info("LoRA %s is on disk", name)
+        except Exception as exc:  # noqa: BLE001 - every failure reaches the waiting jobs in words
+            error = hublora.explain(exc, name)
+            log.warning("download of the LoRA %s failed: %s", name, error.message)
+        with self._lock:
+            waiting = self._lora_downloads.pop(name, [])
+        for job in waiting:
+            if error is not None:
+                self._end(job, error)
+                continue
+            try:
+                request = self.catalog.check_loras(job.spec, job.request)
+            except StudioError as exc:  # made for another family, corrupt...
+                self._end(job, exc)
+                continue
+            with self._lock:
+                if any(lora._path is None for lora in request.loras) or job.id in self._resumed or job.done():
+                    continue  # another of its LoRAs is still coming (or it already went on)
+                self._resumed.add(job.id)
+            job.request = request
+            if self._on_disk(job.spec):
+                self._hand_over(job)
+            elif (refusal := self._join(job.spec, job)) is not None:
+                self._end(job, refusal)
+
     # -- ending jobs --------------------------------------------------------------------
 
     def _cancel(self, job: Job) -> bool:
@@ -323,9 +376,10 @@ class DownloadGate:
         if inner is not None:
             return inner.cancel()
         with self._lock:
-            for download in self._downloads.values():
-                if job in download.waiting:
-                    download.waiting.remove(job)  # the download goes on for the others
+            for waiting in [download.waiting for download in self._downloads.values()] + list(
+                    self._lora_downloads.values()):
+                if job in waiting:
+                    waiting.remove(job)  # the download goes on for the others
         return self._end(job, JobCancelled(f"job {job.id} was cancelled"))
 
     def _end(self, job: Job, outcome: JobResult | BaseException) -> bool:

@@ -178,14 +178,17 @@ class LoraLibrary:
         """The LoRA called ``name`` (with or without ``.safetensors``), checked; ``LoraError`` naming
         what is wrong otherwise."""
         path = self.path_of(name)
+        return self.read(path, path.relative_to(self.folder.resolve()).as_posix()[: -len(SUFFIX)])
+
+    def read(self, path: Path, name: str) -> LoraFile:
+        """The LoRA file at ``path`` (in the folder, or a hub LoRA in the cache) called ``name``, checked."""
         mtime = path.stat().st_mtime
         cached = self._read.get(path)
-        if cached and cached[0] == mtime:
+        if cached and cached[0] == mtime and cached[1].name == name:
             return cached[1]
         tensors, metadata = read_header(path)
         family, fits = family_of(tensors)
-        lora = LoraFile(name=path.relative_to(self.folder.resolve()).as_posix()[: -len(SUFFIX)], path=path,
-                        family=family, fits=fits, size_bytes=path.stat().st_size,
+        lora = LoraFile(name=name, path=path, family=family, fits=fits, size_bytes=path.stat().st_size,
                         triggers=trigger_words(metadata), short_hash=short_hash(path))
         self._read[path] = (mtime, lora)
         return lora
