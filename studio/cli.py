@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora-dir", default=os.environ.get("STUDIO_LORA_DIR") or str(LORA_DIR),
                      help="folder of LoRA .safetensors files (default loras/, or STUDIO_LORA_DIR)")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    gen.add_argument("--memory-plan", choices=memory.CHOICES, default=os.environ.get("STUDIO_MEMORY_PLAN") or memory.AUTO,
+                     help="how the weights sit on the device, as the server's flag (default auto: the first that fits)")
+    gen.add_argument("--gpu-memory-gb", type=float, default=None, metavar="GB", help="use at most GB GiB of the GPU")
     gen.add_argument("-o", "--output", required=True,
                      help="OUT.png (or .jpg, .webp); several images become OUT-1.png, OUT-2.png ...")
     listing = commands.add_parser("models", help="list the catalog: on disk or not, download size")
@@ -100,9 +103,11 @@ def generate(args) -> int:
 
     quiet_libraries()  # torch only after the input is known to be good; our step counter is the progress
     from studio.engine import Engine
+    from studio.speed import EngineOptions
 
     device = args.device or _default_device()
-    result = Engine(device).run(spec, request, on_step=lambda step, total: print(f"step {step}/{total}", file=sys.stderr))
+    options = EngineOptions(memory_plan=args.memory_plan, gpu_memory_gb=args.gpu_memory_gb)
+    result = Engine(device, options).run(spec, request, on_step=lambda step, total: print(f"step {step}/{total}", file=sys.stderr))
     for path, png, seed in zip(output_paths(args.output, len(result.images)), result.images, result.seeds):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pngmeta.convert(png, image_format, quality=95))

@@ -94,3 +94,11 @@ def test_the_flags_are_the_request_fields_that_declare_one():
     assert "allowed 1..150" in actions["steps"].help and "allowed 1..4" in actions["num_images"].help
     args = cli.build_parser().parse_args(["generate", "--prompt", "a fox", "--steps", "3", "-o", "x.png"])
     assert cli.request_flags(args) == {"prompt": "a fox", "steps": 3}  # unset flags keep the field's default
+
+
+def test_generate_takes_the_memory_plan(tiny_models, tmp_path):
+    models_dir = str(tiny_models("sdxl-turbo"))
+    out = tmp_path / "fp8.png"
+    assert cli.main(["generate", "--models-dir", models_dir, "--model", "sdxl-turbo", "--prompt", "a red fox",
+                     "--memory-plan", "fp8", "-o", str(out)]) == 0
+    assert pngmeta.read(out.read_bytes())["memory_plan"] == "fp8"
