@@ -7,6 +7,8 @@ A Hugging Face Space runs this same file and reaches it on port 7860 (the defaul
 
 from __future__ import annotations
 
+import signal
+
 from studio.config import Settings
 
 
@@ -40,10 +42,18 @@ def main(argv: list[str] | None = None) -> None:
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
     terminal.setup_logging()  # after uvicorn.Config, which sets up uvicorn's loggers
+    # After its graceful shutdown uvicorn raises the signal that stopped it again, to the handler it found:
+    # SIGTERM (a service manager, `docker stop`) then ends the stop as Ctrl+C does, with exit 0.
+    signal.signal(signal.SIGTERM, stopped)
     try:
         Server(config).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled; a clean stop (as uvicorn.run does)
         pass
+
+
+def stopped(signum, frame) -> None:
+    """The end of a stop by SIGTERM, once the server has shut down: a clean exit, not death by the signal."""
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

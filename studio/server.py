@@ -15,6 +15,8 @@ import asyncio
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from contextlib import asynccontextmanager
 
@@ -53,6 +55,22 @@ Bearer or as HTTP Basic's password (A1111's shapes, errors included: 422 with `d
 """
 
 
+def reclaim_stop_signals() -> None:
+    """Give SIGTERM and SIGINT back to the server's own (Python) handlers, as uvicorn installed them.
+
+    A backend's library may take them at the C level while it starts: Ray's core worker installs Abseil's
+    failure signal handler, which on SIGTERM prints a "SIGTERM received" stack dump, passes the signal on,
+    and aborts the process (SIGABRT, exit -6) a few seconds later, in the middle of the graceful shutdown.
+    Python keeps its handler in its own table, so setting it again puts it back in front. Only the main
+    thread may set handlers; a server in another thread (the tests' ``serve_app``) has none of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(stop)
+        if handler is not None:  # None: set from C before Python knew, nothing of ours to put back
+            signal.signal(stop, handler)
+
+
 def create_app(settings: Settings) -> FastAPI:
     catalog = load_catalog(settings.models_dir, lora_dir=settings.lora_dir)
     backend = make_backend(settings, catalog)
@@ -63,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         # start() blocks until every worker is READY (or raises): keep the event loop free meanwhile.
         await run_in_threadpool(backend.start)
+        reclaim_stop_signals()
         try:
             yield
         finally:

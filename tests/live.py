@@ -85,12 +85,14 @@ class AppProcess:
 
 
 @contextmanager
-def run_app(args: list[str], env: dict | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S):
+def run_app(args: list[str], env: dict | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
+            stop: signal.Signals = signal.SIGINT):
     """``python app.py --host 127.0.0.1 --port <free> ARGS`` until the block ends; yields an ``AppProcess``.
 
-    Ready when ``/health`` answers 200. Leaving sends SIGINT (what Ctrl+C does) and waits for the
-    exit, so ``app.process.returncode`` tells whether it shut down cleanly. Output goes to a
-    temporary file, not a pipe: a chatty server must never block on a full pipe.
+    Ready when ``/health`` answers 200. Leaving sends ``stop`` (SIGINT: what Ctrl+C does; SIGTERM: what a
+    service manager or ``docker stop`` does) and waits for the exit, so ``app.process.returncode`` tells
+    whether it shut down cleanly. Output goes to a temporary file, not a pipe: a chatty server must never
+    block on a full pipe.
     """
     port = free_port()
     with tempfile.TemporaryFile("w+") as log:
@@ -115,7 +117,7 @@ def run_app(args: list[str], env: dict | None = None, startup_timeout_s: float =
             yield app
         finally:
             if process.poll() is None:
-                process.send_signal(signal.SIGINT)
+                process.send_signal(stop)
                 try:
                     process.wait(SHUTDOWN_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
