@@ -209,7 +209,7 @@ class Engine:
         pipe = self.task_pipe(request.task)
         if not speed.prepare(pipe, request) and spec.id in self.tiled_decode:
             speed.tile_vae(pipe)  # an out-of-memory in this model's decode moved it to tiles for good
-        with scheduling.sampler(pipe, spec, request) as sampler:
+        with scheduling.sampler(pipe, spec, request) as sampler, speed.step_cache_paused(pipe, request.task):
             images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))
         return images, request.model_copy(update={"sampler": sampler})
 

@@ -19,6 +19,7 @@ settings and must never import torch.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from studio import families
@@ -218,6 +219,23 @@ def step_cache(pipe, threshold: float) -> bool:
 
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
     return True
+
+
+@contextmanager
+def step_cache_paused(pipe, task: str):
+    """Run ``task`` with the step cache off unless it is text-to-image. The edit pipelines made with
+    ``from_pipe`` share the transformer and its cache hooks, but their loops open no cache context, so
+    the hooks would fail ("No cache context is set"); the cache comes back on for the next job."""
+    transformer = getattr(pipe, "transformer", None)
+    config = getattr(transformer, "_cache_config", None)
+    if task == families.TEXT_TO_IMAGE or config is None:
+        yield
+        return
+    transformer.disable_cache()
+    try:
+        yield
+    finally:
+        transformer.enable_cache(config)
 
 
 def compile_denoiser(pipe, denoisers: tuple[str, ...], backend: str) -> bool:

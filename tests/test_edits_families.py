@@ -113,6 +113,17 @@ def test_image_to_image_uses_the_image_and_loads_the_model_once(catalog, engine,
     assert getattr(img2img, denoiser) is getattr(engine.pipe, denoiser)  # from_pipe: the same weights
 
 
+def test_flux_edits_run_with_the_step_cache_on(catalog):
+    # The edit pipelines share the cached transformer, but their loops open no cache context.
+    cached = Engine("cpu", EngineOptions(step_cache=True))
+    spec, request = edit(catalog, "flux-schnell", image=gradient(64, 64), width=64, height=64, steps=2, strength=0.6)
+    assert run(cached, spec, request)[0].shape == (64, 64, 3)
+    _, inpaint = edit(catalog, "flux-schnell", image=gradient(64, 64), mask=alpha_mask(64, 64, (0, 0, 32, 64)), steps=2)
+    assert run(cached, spec, inpaint)[0].shape == (64, 64, 3)
+    assert cached.pipe.transformer.is_cache_enabled  # back on for the next text-to-image job
+    assert run(cached, spec, spec.check(GenerationRequest(prompt=PROMPT, seed=7, steps=2)))[0].shape == (64, 64, 3)
+
+
 @pytest.mark.parametrize("model_id", EDIT_IDS)
 def test_a_variation_needs_no_prompt(catalog, engine, model_id):
     # POST /v1/images/variations: image-to-image with an empty prompt, which every text encoder must take.
