@@ -209,7 +209,7 @@ def test_models_endpoint_lists_the_whole_catalog(client):
 def test_internal_ui_events_stay_out_of_the_api(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
 
-    assert set(endpoints) == {"/generate", "/edit", "/models", "/status"}
+    assert set(endpoints) == {"/generate", "/edit", "/models", "/status", "/loras"}
 
 
 # ---------------------------------------------------------------- the page in a browser
