@@ -190,3 +190,28 @@ def test_the_worker_lives_on_after_the_bad_loras(http):
     good = http.post("/v1/images/generations", json={"model": SDXL, "prompt": "a fox", **SHAPE, **EXTRAS})
     assert good.status_code == 200, good.text
     assert http.get("/health").json()["slots"][0]["restarts"] == 0
+
+
+def test_the_ui_picker_offers_the_loras_that_fit_and_reuse_carries_them(lora_models, lora_dir, tmp_path):
+    from studio.catalog import load_catalog
+    from studio.ui.handlers import Studio
+
+    studio = Studio(load_catalog(lora_models, lora_dir=lora_dir), backend=None,
+                    settings=Settings(outputs_dir=tmp_path / "outputs"))
+    sdxl = studio.on_model_change(SDXL)["loras"]
+    assert [value for _, value in sdxl["choices"]] == ["styles/ink:1", "tiny-sdxl-diffusers:1", "tiny-sdxl-kohya:1"]
+    assert ("tiny-sdxl-kohya · tinystyle", "tiny-sdxl-kohya:1") in sdxl["choices"]  # its trigger words shown
+    assert sdxl["visible"] and "Trigger words: " in sdxl["info"] and sdxl["value"] == []
+    flux = studio.on_model_change(FLUX)["loras"]
+    assert [value for _, value in flux["choices"]] == ["tiny-flux-diffusers:1", "tiny-flux-kohya:1"]
+    assert not studio.on_model_change("pixart-sigma")["loras"]["visible"]  # no LoRA loader for PixArt
+
+    spec, request = studio.resolve(dict(prompt="a red fox", model=SDXL, loras=["tiny-sdxl-kohya:1", "styles/ink:-0.5"],
+                                        width=64, height=64, steps=2, seed=3, num_images=1))
+    assert [(lora.name, lora.scale) for lora in request.loras] == [("tiny-sdxl-kohya", 1.0), ("styles/ink", -0.5)]
+    path = tmp_path / "fox.png"
+    path.write_bytes(pngmeta.encode(Image.new("RGB", (8, 8)), request, 3, spec.label))
+    reused = studio.on_reuse_click(str(path))
+    assert reused["prompt"] == "a red fox"
+    assert reused["loras"]["value"] == ["tiny-sdxl-kohya:1", "styles/ink:-0.5"]
+    assert ("styles/ink:-0.5", "styles/ink:-0.5") in reused["loras"]["choices"]  # a weight of its own, kept

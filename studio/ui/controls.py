@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import gradio as gr
 
+from studio import families
 from studio.catalog import ModelSpec
 from studio.schemas import DEFAULT_STRENGTH, MAX_IMAGES, MAX_SEED, GenerationRequest, faces, value_type
 from studio.ui.inputs import as_float, as_int
@@ -48,7 +49,7 @@ class Control:
         if self.name in GenerationRequest.model_fields:
             props["label"] = faces(self.name).label
         props |= self.props(studio)
-        props |= self.follow(spec, {}) if self.follow else {}
+        props |= self.follow(spec, {"lora_library": studio.catalog.lora_listing()}) if self.follow else {}
         return self.kind(**props)
 
     def update(self, spec: ModelSpec, values: Mapping[str, Any]) -> dict:
@@ -83,6 +84,23 @@ def _sampler(spec: ModelSpec, values: Mapping) -> Props:
                 value=chosen if chosen in spec.samplers else "")
 
 
+def _loras(spec: ModelSpec, values: Mapping) -> Props:
+    """The LoRAs of the library that fit the model (``values["lora_library"]``, the listing), each offered at
+    weight 1 with its trigger words; another weight is typed as NAME:WEIGHT. Reuse fills the image's own."""
+    fitting = [lora for lora in values.get("lora_library", ()) if spec.id in lora["models"]]
+    offered = [(lora["name"] + "".join(f" · {word}" for word in lora["trigger_words"]), f"{lora['name']}:1")
+               for lora in fitting]
+    chosen = [f"{lora['name']}:{lora['scale']:g}" if isinstance(lora, dict) else str(lora)
+              for lora in values.get("loras") or ()]
+    offered += [(text, text) for text in chosen if text not in [value for _, value in offered]]
+    triggers = "; ".join(f"{lora['name']}: {', '.join(lora['trigger_words'])}" for lora in fitting
+                         if lora["trigger_words"])
+    info = (f"LoRAs for {spec.label}; type NAME:WEIGHT for another weight (-4..4)"
+            + (f". Trigger words: {triggers}" if triggers else "") if fitting
+            else f"No LoRA in the LoRA folder fits {spec.label}.")
+    return dict(choices=offered, value=chosen, info=info, visible=families.takes_loras(spec.family))
+
+
 def _guidance_fixed(spec: ModelSpec) -> bool:
     return spec.limits.min_guidance == spec.limits.max_guidance
 
@@ -91,6 +109,7 @@ CONTROLS: dict[str, Control] = {control.name: control for control in [
     Control("model", gr.Dropdown, _model_choices),
     Control("card", gr.HTML, lambda studio: dict(elem_id="model-card"),
             lambda spec, values: dict(value=card_html(spec, compact=True)), generate=False),
+    Control("loras", gr.Dropdown, lambda studio: dict(multiselect=True, allow_custom_value=True), _loras),
     Control("prompt", gr.Textbox, lambda studio: dict(
         lines=3, placeholder="A lighthouse on a cliff at dusk, warm light in the windows")),
     Control("negative_prompt", gr.Textbox, lambda studio: dict(lines=2), _negative),
@@ -126,9 +145,12 @@ FOLLOWERS = [name for name, control in CONTROLS.items() if control.follow]  # wh
 GENERATION = [name for name, control in CONTROLS.items() if control.generate]  # what Generate reads
 
 
-def model_updates(spec: ModelSpec, values: Mapping[str, Any] | None = None) -> dict[str, dict]:
-    """Updates of every control that depends on the model, with its defaults or ``values`` (by name)."""
-    return {name: CONTROLS[name].update(spec, values or {}) for name in FOLLOWERS}
+def model_updates(spec: ModelSpec, values: Mapping[str, Any] | None = None, library: list | None = None
+                  ) -> dict[str, dict]:
+    """Updates of every control that depends on the model, with its defaults or ``values`` (by name);
+    ``library``: the LoRA listing (``Catalog.lora_listing``), for the LoRA picker."""
+    values = {**(values or {}), "lora_library": library or []}
+    return {name: CONTROLS[name].update(spec, values) for name in FOLLOWERS}
 
 
 def request_value(name: str, value: Any) -> Any:

@@ -273,13 +273,13 @@ class Studio(ApiHandlers):
         spec = self.catalog.get(model)
         typed = int_or_none(width), int_or_none(height)
         if not size_chosen or None in typed:
-            return model_updates(spec)
+            return model_updates(spec, library=self.catalog.lora_listing())
         if not accepts_size(spec, *typed):
             kept = spec.fit_size(*typed)
             note = (f"Size: {typed[0]}×{typed[1]} does not suit {spec.label} ({size_hint(spec).rstrip('.')}); "
                     f"now {kept[0]}×{kept[1]}.")
-            return {**model_updates(spec, dict(width=kept[0], height=kept[1])), "job_status": status_html(note)}
-        return model_updates(spec, dict(width=typed[0], height=typed[1]))
+            return {**model_updates(spec, dict(width=kept[0], height=kept[1]), self.catalog.lora_listing()), "job_status": status_html(note)}
+        return model_updates(spec, dict(width=typed[0], height=typed[1]), self.catalog.lora_listing())
 
     def on_card_use(self, model_id: str) -> Updates:
         """A "Use" button on the Models tab: pick the model with its recommended settings, go to the studio
@@ -290,7 +290,7 @@ class Studio(ApiHandlers):
         set_ = f"steps {use['steps']}" + (f", guidance {use['guidance']:g}" if spec.cfg else "")
         note = (f"Using {spec.label}: {set_}, size {d.width}×{d.height} (steps and guidance are in "
                 f"Advanced settings).")
-        return {"model": spec.id, **model_updates(spec, use), "tabs": gr.Tabs(selected="create"),
+        return {"model": spec.id, **model_updates(spec, use, self.catalog.lora_listing()), "tabs": gr.Tabs(selected="create"),
                 "job_status": status_html(note)}
 
     def on_size_pick(self, size: str | None) -> Updates:
@@ -389,7 +389,7 @@ class Studio(ApiHandlers):
         seed = params.get("seed")
         return {
             "model": spec.id,
-            **model_updates(spec, params),
+            **model_updates(spec, params, self.catalog.lora_listing()),
             "prompt": params["prompt"],
             "style": NO_STYLE,  # the stored prompt already has the style in it
             "seed": seed if seed is not None else RANDOM_SEED,

@@ -92,6 +92,7 @@ def build_ui(catalog: Catalog, backend: Backend, settings: Settings) -> gr.Block
                 with gr.Row():
                     with gr.Column(scale=5, elem_id="controls"):
                         model = page.control("model")
+                        page.control("loras")
                         page.control("card")
                         prompt = page.control("prompt")
                         negative_prompt = page.control("negative_prompt")
