@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+from pathlib import Path
 
 import httpx
 import openai
@@ -41,9 +42,14 @@ def lora_dir(lora_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(lora_models, lora_dir, tmp_path_factory):
+def outputs(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def server(lora_models, lora_dir, outputs):
     settings = Settings(host="127.0.0.1", devices=["cpu"], models_dir=lora_models, lora_dir=lora_dir,
-                        outputs_dir=tmp_path_factory.mktemp("outputs"))
+                        outputs_dir=outputs)
     with serve(settings) as base_url:
         yield base_url
 
@@ -215,3 +221,28 @@ def test_the_ui_picker_offers_the_loras_that_fit_and_reuse_carries_them(lora_mod
     assert reused["prompt"] == "a red fox"
     assert reused["loras"]["value"] == ["tiny-sdxl-kohya:1", "styles/ink:-0.5"]
     assert ("styles/ink:-0.5", "styles/ink:-0.5") in reused["loras"]["choices"]  # a weight of its own, kept
+
+
+def test_the_browser_picks_a_lora_and_gets_the_image_rest_gets(server, client, outputs):
+    from tests.test_ui import CHROMIUM, CHROMIUM_ARGS, fill_advanced, generate_and_wait, pick_model
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    rest = pixels(generate(client, SDXL, loras=["tiny-sdxl-kohya:1"]))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server + "/")
+        page.wait_for_selector("#generate-button", timeout=30_000)
+        pick_model(page, "SDXL Base 1.0")
+        page.click("#loras input")
+        page.click("ul[role=listbox] li:has-text('tiny-sdxl-kohya · tinystyle')")
+        page.fill("#prompt textarea", "a red fox")
+        fill_advanced(page, steps="2", seed="3")
+        newest = generate_and_wait(page, outputs)
+        browser.close()
+    assert pngmeta.read(newest)["loras"] == [{"name": "tiny-sdxl-kohya", "scale": 1.0}]
+    with Image.open(newest) as image:
+        assert image.convert("RGB").tobytes() == rest
