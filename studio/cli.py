@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from studio import hub, memory, pngmeta, weights
+from studio import hub, hublora, memory, pngmeta, weights
 from studio.catalog import LORA_DIR, load_catalog
 from studio.config import models_dir_problem
 from studio.errors import InvalidRequest, StudioError
@@ -100,6 +100,7 @@ def generate(args) -> int:
     spec, request = catalog.parse(dict(request_flags(args), width=width, height=height))
     if not hub.offline() and not _on_disk(spec):
         _pull_one(spec)  # with its progress bar, before torch loads anything
+    request = fetch_hub_loras(catalog, spec, request)
 
     quiet_libraries()  # torch only after the input is known to be good; our step counter is the progress
     from studio.engine import Engine
@@ -113,6 +114,18 @@ def generate(args) -> int:
         path.write_bytes(pngmeta.convert(png, image_format, quality=95))
         print(f"{path}  seed={seed}")
     return 0
+
+
+def fetch_hub_loras(catalog, spec, request):
+    """The request's hub LoRAs not in the cache, downloaded (the server's download phase does this there)."""
+    for lora in request.loras:
+        if lora._path is None:
+            print(f"downloading the LoRA {lora.name}", file=sys.stderr)
+            try:
+                hublora.download(*hublora.parse(lora.name))
+            except Exception as exc:  # noqa: BLE001 - in words, naming loras
+                raise hublora.explain(exc, lora.name) from None
+    return catalog.check_loras(spec, request)
 
 
 def _default_device() -> str:

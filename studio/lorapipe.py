@@ -52,6 +52,8 @@ class ResidentLoras:
             pipe.disable_lora()  # the base model's forward pass: the same bytes as a fresh worker
 
     def _load(self, pipe, held: OrderedDict, lora: LoraUse, keep: set[str]) -> str:
+        if lora._path is None:  # the catalog resolves every LoRA (and the download phase fetches hub ones) first
+            raise LoraError(f"loras: '{lora.name}' was not resolved to a file before the job ran")
         if lora._path in held:
             held.move_to_end(lora._path)
             return held[lora._path]

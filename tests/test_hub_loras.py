@@ -80,3 +80,15 @@ def test_hub_lora_failures_name_loras(http, name, status, says):
     assert response.status_code == status, response.text[:300]
     error = response.json()["error"]
     assert error["param"] == "loras" and says in error["message"], error
+
+
+def test_the_cli_downloads_a_hub_lora_first(studio, lora_models, tmp_path):
+    from studio import cli, pngmeta
+
+    _, hub = studio
+    out = tmp_path / "fox.png"
+    assert cli.main(["generate", "--models-dir", str(lora_models), "--lora-dir", str(tmp_path), "--model", "sdxl-base",
+                     "--prompt", "a red fox", "--size", "64x64", "--steps", "2", "--seed", "1",
+                     "--lora", f"{STYLES}/a.safetensors:0.5", "-o", str(out)]) == 0
+    assert hub.downloads(STYLES).count("a.safetensors") == 1
+    assert pngmeta.read(out)["loras"] == [{"name": f"{STYLES}/a.safetensors", "scale": 0.5}]
