@@ -5,22 +5,19 @@ On any machine (CPU is enough), with tiny models it builds itself in a temporary
   rest     REST end to end (the real app under uvicorn, one CPU slot, httpx) versus a bare
            pipeline call of the same request in this process; tiny FLUX.1 [schnell] with the
            steps chosen so the bare call takes about ``--job-s`` seconds; medians, interleaved
-  routing  a mixed two-model burst on two CPU slots: model loads after warm-up with the slot
-           manager's routing versus round-robin (two Engines fed jobs alternately, the same
-           load-and-run code the workers use)
+  routing  a mixed two-model burst on two CPU slots: model loads after warm-up with the slot manager's
+           routing versus round-robin (two Engines fed jobs alternately, the workers' load-and-run code)
   swap     swapping models from the Engine's RAM cache versus a cold load from disk
   batch    images/s for n=4 in one call versus four n=1 calls
   lora     a LoRA switch on a warm slot vs a base model reload; per-step cost with one LoRA (studio.lorabench)
   admission  Retry-After's honesty: for each queue-full refusal on two CPU slots (--max-queue 1,
            no waiting room, two models mixed), its Retry-After over the time until a place
            really freed (1.0 is exact; whole seconds, at least 1, so short waits read high)
+  fairness  a second owner's wait behind another's 20-job flood, fair share on and off (studio.fairbench)
 
-``--gpu --model ID`` on a CUDA device builds the full-size model from its real architecture
-configs (written below, random weights, nothing downloaded) and compares seconds per image at
-the model's default size and steps: our speed options versus bare diffusers defaults (with
-``--memory-plan all|auto|fp8,...`` and ``--gpu-memory-gb N``: seconds and peak memory per plan).
-
-Prints a table; ``--json FILE`` also writes every sample.
+``--gpu --model ID`` on CUDA builds the full-size model from its real configs (random weights, nothing
+downloaded): s/image at its default size and steps, our speed options vs bare diffusers (``--memory-plan
+all|auto|fp8,...``, ``--gpu-memory-gb N``: s and peak memory per plan). Prints a table; ``--json FILE`` too.
 """
 
 from __future__ import annotations
@@ -44,6 +41,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from studio.fairbench import bench_fairness, fairness_row
 from studio.lorabench import bench_lora, lora_rows
 
 REST_MODEL = "flux-schnell"  # the catalog's default model
@@ -372,6 +370,7 @@ def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str], backen
             "batch": lambda: bench_batch(models_dir, max(3, repeats // 3)),
             "admission": lambda: bench_admission(models_dir, max(10, repeats)),
             "lora": lambda: bench_lora(models_dir, repeats),
+            "fairness": lambda: bench_fairness(models_dir, REST_MODEL, PROMPT),
         }
         for name in sections:
             started = time.perf_counter()
@@ -425,7 +424,7 @@ def _admission_row(r: dict) -> Row:
 
 # Each CPU section's rows, in the table's order.
 CPU_ROWS = dict(rest=_rest_row, routing=_routing_row, swap=_swap_row, batch=_batch_row, admission=_admission_row,
-                lora=lora_rows)
+                lora=lora_rows, fairness=fairness_row)
 
 
 def cpu_rows(results: dict) -> list[Row]:
@@ -465,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (after warm-up)")
     parser.add_argument("--jobs", type=int, default=16, help="jobs in the mixed two-model workload")
     parser.add_argument("--job-s", type=float, default=0.2, help="target seconds of the bare call in the REST test")
-    parser.add_argument("--only", default="rest,routing,swap,batch", help="comma list of CPU sections (also: admission, lora)")
+    parser.add_argument("--only", default="rest,routing,swap,batch",
+                        help="comma list of CPU sections (also: admission, lora, fairness)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="the backend behind the app in the rest section (ray: a local Ray, one replica)")
     parser.add_argument("--gpu", action="store_true", help="full-size random-weight model on CUDA")
