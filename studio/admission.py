@@ -145,12 +145,13 @@ class Admission:
 
     @staticmethod
     def announce(line: Sequence[Job], wait_s: Callable[[int], float | None]) -> None:
-        """Tell each job of ``line`` (the queue, then the waiting room) that moved its place, with when it
-        should start (``wait_s(position)``: from the same estimates as Retry-After; None when unknown)."""
+        """Tell each job of ``line`` (the queue, then the waiting room) that moved its place or whose line
+        changed length, with when it should start (``wait_s(position)``: from the same estimates as
+        Retry-After; None when unknown)."""
         for position, job in enumerate(line):
-            if job.move_to(position):
+            if job.move_to(position, len(line)):
                 expected = wait_s(position)
-                job.emit(Progress(JobStage.QUEUED, queue_position=position,
+                job.emit(Progress(JobStage.QUEUED, queue_position=position, queue_length=len(line),
                                   wait_s=None if expected is None else round(expected, 1)))
 
     def load_stuck(self, job: Job, loading_since: float | None, now: float, where: str,

@@ -48,6 +48,7 @@ class Job:
         self.slot: int | None = None  # set by the backend when the job is bound to a slot (or replica)
         self._on_cancel = on_cancel
         self._position: int | None = None  # set by the backend (move_to) while queued
+        self._line_length: int | None = None  # ... and how many jobs its line holds
         self._cond = threading.Condition()
         self._events: list[Progress] = []
         self._done = False
@@ -141,10 +142,13 @@ class Job:
 
     # -- called by the backend -----------------------------------------------------
 
-    def move_to(self, position: int) -> bool:
-        """Its place in the backend's line (0: next); True when that is a change the job should hear of."""
+    def move_to(self, position: int, length: int | None = None) -> bool:
+        """Its place in the backend's line (0: next) of ``length`` jobs (every owner's); True when that is
+        a change the job should hear of."""
         with self._cond:
-            moved, self._position = self._position != position, position
+            length = self._line_length if length is None else length  # not told: as it was
+            moved = (self._position, self._line_length) != (position, length)
+            self._position, self._line_length = position, length
             return moved
 
     def claim_outcome(self) -> bool:

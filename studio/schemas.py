@@ -328,6 +328,7 @@ class Progress:
     total: int = 0
     slot: int | None = None
     queue_position: int | None = None  # QUEUED: 0 is next
+    queue_length: int | None = None  # QUEUED: the jobs in line, every owner's
     wait_s: float | None = None  # QUEUED: when it should start, from the same estimates as Retry-After
     detail: str | None = None  # DOWNLOADING: the download in words
     bytes_done: int = 0  # DOWNLOADING

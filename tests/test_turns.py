@@ -115,3 +115,27 @@ def test_the_running_per_user_leaves_a_slot_to_the_others(manager, settings):
     for job in [*ann, bob]:
         job.cancel()
     wait_until(lambda: not any(slot.busy for slot in manager.status().slots), START_S, "idle slots")
+
+
+def test_each_queued_job_hears_its_place_among_every_owner_s_jobs():
+    """What the UI's status line shows: the place in line among all users' jobs and how many are ahead;
+    a job hears again when the line behind it grows."""
+    from studio.admission import Admission
+    from studio.catalog import load_catalog
+    from studio.errors import JobCancelled
+    from studio.ui.text import queued_text
+
+    spec = load_catalog().get(BASE)
+    request = spec.check(GenerationRequest(model=BASE, prompt="a lighthouse"))
+    line = [Job(spec, request, owner=owner) for owner in ("ann", "bob")]
+    Admission.announce(line, lambda position: 10.0 * (position + 1))
+    line.append(Job(spec, request, owner="cy"))
+    Admission.announce(line, lambda position: 10.0 * (position + 1))
+    for job in line:
+        job.finish(JobCancelled("done looking"))
+    bob_heard = [event for event in line[1].iter_events() if event.stage == "queued"]
+    assert [(event.queue_position, event.queue_length) for event in bob_heard] == [(1, 2), (1, 3)]
+    latest = bob_heard[-1]
+    assert queued_text(latest.queue_position, latest.wait_s, latest.queue_length) == (
+        "In line for a free slot: position 2 of 3 (all users' jobs; 1 ahead of yours), expected wait about 20 s "
+        "(Cancel leaves the line)")

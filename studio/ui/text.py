@@ -167,7 +167,7 @@ def describe(event: Progress, spec: ModelSpec, editing: bool = False) -> tuple[s
     """A progress event in words, and how far along it is."""
     slot = f" on slot {event.slot}" if event.slot is not None else ""
     if event.stage == JobStage.QUEUED:
-        return queued_text(event.queue_position, event.wait_s), None
+        return queued_text(event.queue_position, event.wait_s, event.queue_length), None
     if event.stage == JobStage.DOWNLOADING:  # "Downloading FLUX.1 [schnell]: 12.4 of 33.9 GB, 85 MB/s, about 4 min"
         fraction = event.bytes_done / event.bytes_total if event.bytes_total else None
         return event.detail or f"Downloading {spec.label}", fraction
@@ -182,11 +182,15 @@ def describe(event: Progress, spec: ModelSpec, editing: bool = False) -> tuple[s
     return f"{event.stage.capitalize()}{slot}", None
 
 
-def queued_text(position: int | None, wait_s: float | None = None) -> str:
-    """"In line: position 2, expected wait about 40 s" (the wait where the backend estimates one)."""
+def queued_text(position: int | None, wait_s: float | None = None, length: int | None = None) -> str:
+    """"In line for a free slot: position 3 of 7 (all users' jobs; 2 ahead of yours), expected wait
+    about 40 s" (the length and the wait where the backend tells them)."""
     if position is None:
         return "In line for a free slot"
     text = f"In line for a free slot: position {position + 1}"
+    if length is not None and length > 1:
+        ahead = f"{position} ahead of yours" if position else "none ahead of yours"
+        text += f" of {length} (all users' jobs; {ahead})"
     if wait_s is not None:
         text += f", expected wait {wait_text(wait_s)}"
     return text + " (Cancel leaves the line)"
