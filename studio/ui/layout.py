@@ -14,7 +14,8 @@ from pathlib import Path
 import gradio as gr
 
 from studio.backend import Backend, BackendStatus
-from studio.catalog import Catalog, ModelListing
+from studio.catalog import Catalog
+from studio.listings import ModelListing
 from studio.loras import LoraListing
 from studio.config import Settings
 from studio.ui.controls import FOLLOWERS
