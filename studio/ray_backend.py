@@ -13,7 +13,9 @@ messages while it runs and ends with ``Done`` or ``Failed``; the parent turns th
 ``Progress`` events and errors as the local backend. Cancelling cancels the call: Serve raises
 ``CancelledError`` in the replica's generator, which stops the Engine at its next step. A job
 past ``settings.job_timeout_s`` is cancelled the same way and fails with ``JobTimeout``; a replica
-that dies fails only its own job (``WorkerFailed``).
+that dies fails only its own job (``WorkerFailed``). Per-owner limits (``studio.turns``): past
+``--max-running-per-user`` a job waits in this process until one of its owner's sent jobs ends;
+``--max-queue-per-user`` counts the owner's jobs no replica has taken yet.
 
 The FastAPI app stays one process in front (it is the Ray driver); it imports this module only
 with ``--backend ray`` (``pip install "ray[serve]>=2.60,<3"``). Replicas import torch; this module's top level does not.
@@ -27,6 +29,7 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -38,12 +41,14 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import RequestCancelledError
 
 import studio
+from studio.admission import Line
 from studio.backend import BackendStatus, Observer, SlotStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
 from studio.jobs import ANONYMOUS, Job
 from studio.owners import tally
+from studio.turns import OwnerLimit
 from studio.protocol import Done, Failed, Preview, Stage, Step
 from studio.ray_replica import Placed, census, replica_application
 from studio.schemas import GenerationRequest, JobStage, Progress
@@ -89,6 +94,9 @@ class RayBackend:
         self.settings = settings
         self.catalog = catalog
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)  # --max-running-per-user: a held job waits for its turn
+        self._sent: Counter[str] = Counter()  # each owner's jobs sent to Serve (running or in Serve's queue)
+        self.owner_limit = OwnerLimit(lambda: settings.max_queue_per_user)
         self._observers: list[Observer] = []
         self._running: dict[str, tuple[Job, Any]] = {}  # job id -> (job, its streaming call once sent)
         self._steps: dict[str, tuple[float, int, int]] = {}  # running job id -> (generating since, step, total)
@@ -203,10 +211,15 @@ class RayBackend:
                 refusal = WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
             else:
                 waiting = len(self._running) - self._capacity()
+                # --max-queue-per-user counts the owner's jobs no replica has taken yet (held here or in Serve's queue).
+                held = self.owner_limit.blocks(job, Line([each for each, _ in self._running.values()
+                                                          if each.slot is None], waiting))
                 if waiting >= self.settings.max_queue:
                     refusal = QueueFull.retry_in(
                         f"the queue is full: {waiting} jobs are waiting (limit {self.settings.max_queue})",
                         self._queue_place_in_s(), RETRY_AFTER_DEFAULT_S)
+                elif held:
+                    refusal = QueueFull.retry_in(held, self._queue_place_in_s(job.owner), RETRY_AFTER_DEFAULT_S)
             if refusal is None:
                 self._running[job.id] = (job, None)
                 position = max(0, len(self._running) - 1 - self._capacity())
@@ -254,7 +267,22 @@ class RayBackend:
     # -- following one job ---------------------------------------------------------
 
     def _follow(self, job: Job) -> None:
-        """Send ``job`` to the deployment and relay its stream: progress, then its outcome."""
+        """Send ``job`` to the deployment (once its owner is under ``--max-running-per-user``) and relay
+        its stream: progress, then its outcome."""
+        with self._turn:
+            while not job.done() and 0 < self.settings.max_running_per_user <= self._sent[job.owner]:
+                self._turn.wait(POLL_S)  # woken when one of the owner's jobs ends; polls for a cancel
+            if job.done():
+                return
+            self._sent[job.owner] += 1
+        try:
+            self._send_and_relay(job)
+        finally:
+            with self._turn:
+                self._sent[job.owner] -= 1
+                self._turn.notify_all()
+
+    def _send_and_relay(self, job: Job) -> None:
         if self._streaming:
             call = self._handle.options(stream=True, multiplexed_model_id=job.spec.id).generate.remote(
                 job.id, job.spec, job.request)
@@ -338,12 +366,15 @@ class RayBackend:
                     self._steps[job.id] = (since, progress.step, progress.total)
         job.emit(progress)
 
-    def _queue_place_in_s(self) -> int | None:
+    def _queue_place_in_s(self, owner: str | None = None) -> int | None:
         """Whole seconds (rounded up) until a place in the full queue frees: the first running job to end
-        lets a waiting one start. Estimated from each job's pace so far (called under ``self._lock``);
-        None while nothing has made a step yet (loading, or starting)."""
+        lets a waiting one start (of ``owner``'s own jobs, when given: its limit's place). Estimated from each
+        job's pace so far (called under ``self._lock``); None while nothing has made a step yet (loading, or starting)."""
         now = time.monotonic()
-        remaining = [(now - since) / step * (total - step) for since, step, total in self._steps.values() if step]
+        mine = {job.id for job, _ in self._running.values() if owner is None or job.owner == owner}
+        paces = [(job_id in mine, (now - since) / step * (total - step))
+                 for job_id, (since, step, total) in self._steps.items() if step]
+        remaining = [left for own, left in paces if own] or [left for _, left in paces]
         return math.ceil(min(remaining)) if remaining else None
 
     def _outcome(self, job: Job, message) -> Any:

@@ -274,6 +274,32 @@ def test_a_full_queue_is_a_429_whose_retry_after_is_the_running_jobs_pace(app, h
     wait_until(lambda: replicas_idle(http), 30, "the replicas to free")
 
 
+def test_per_owner_limits_hold_on_ray(app, http, monkeypatch):
+    """--max-running-per-user keeps ann's second job in the app while a replica is free for bob's;
+    --max-queue-per-user refuses her third with her own count (the same limits as the local backend)."""
+    from studio.errors import QueueFull
+
+    monkeypatch.setattr(app.state.settings, "max_queue_per_user", 1)
+    monkeypatch.setattr(app.state.settings, "max_running_per_user", 1)
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
+    spec, request = app.state.catalog.resolve(GenerationRequest(model=BASE, **LONG))
+    jobs = [app.state.backend.submit(spec, request, "ann")]
+    try:
+        running_step(jobs[0])
+        jobs.append(app.state.backend.submit(spec, request, "ann"))  # held: her one job running is her limit
+        with pytest.raises(QueueFull, match=r"ann has 1 job queued \(--max-queue-per-user 1\)") as refused:
+            app.state.backend.submit(spec, request, "ann")
+        assert refused.value.status == 429 and 1 <= refused.value.retry_after_s <= 300
+        jobs.append(app.state.backend.submit(spec, request, "bob"))
+        assert running_step(jobs[-1]) is not None  # bob's job runs on the other replica at once
+        owners = {owner["owner"]: owner for owner in health(http)["owners"]}
+        assert (owners["ann"]["running"], owners["ann"]["queued"], owners["bob"]["running"]) == (1, 1, 1)
+    finally:
+        for job in jobs:
+            job.cancel()
+    wait_until(lambda: replicas_idle(http), 30, "the replicas to free")
+
+
 # ---------------------------------------------------------------- a replica dies
 
 
