@@ -19,11 +19,21 @@ Runs in the parent process: never imports torch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from studio.catalog import ModelSpec
 from studio.jobs import ANONYMOUS, Job, Observer
 from studio.schemas import GenerationRequest
+
+
+class SlotState(StrEnum):
+    """Where a slot (a local worker process, a Ray replica) is in its life (a ``str``: JSON shows the word)."""
+
+    STARTING = "starting"  # its worker is starting (imports, preloads)
+    READY = "ready"  # up: it can take jobs
+    DEAD = "dead"  # its worker died (a restart is planned), or a replica went silent
+    STOPPED = "stopped"  # not started yet, or shut down
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,7 @@ class SlotStatus:
 
     index: int
     device: str
-    state: str  # starting | ready | dead | stopped
+    state: SlotState
     alive: bool  # up and able to take jobs
     pid: int | None = None
     model: str | None = None  # the resident model

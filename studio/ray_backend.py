@@ -13,9 +13,14 @@ messages while it runs and ends with ``Done`` or ``Failed``; the parent turns th
 ``Progress`` events and errors as the local backend. Cancelling cancels the call: Serve raises
 ``CancelledError`` in the replica's generator, which stops the Engine at its next step. A job
 past ``settings.job_timeout_s`` is cancelled the same way and fails with ``JobTimeout``; a replica
-that dies fails only its own job (``WorkerFailed``). Per-owner limits (``studio.turns``): past
-``--max-running-per-user`` a job waits in this process until one of its owner's sent jobs ends;
-``--max-queue-per-user`` counts the owner's jobs no replica has taken yet.
+that dies fails only its own job (``WorkerFailed``).
+
+Admission is the local backend's policy (``studio.admission``): past ``--max-queue`` a job waits up
+to ``--queue-wait`` in this process before it is sent to Serve, or is refused with a Retry-After from
+the running jobs' pace; a load past ``--load-timeout`` fails its job and its replica is killed (Serve
+replaces it). Per-owner limits (``studio.turns``): past ``--max-running-per-user`` a job waits in this
+process until one of its owner's sent jobs ends; ``--max-queue-per-user`` counts the owner's jobs no
+replica has taken yet.
 
 The FastAPI app stays one process in front (it is the Ray driver); it imports this module only
 with ``--backend ray`` (``pip install "ray[serve]>=2.60,<3"``). Replicas import torch; this module's top level does not.
@@ -24,8 +29,9 @@ with ``--backend ray`` (``pip install "ray[serve]>=2.60,<3"``). Replicas import 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -41,17 +47,18 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import RequestCancelledError
 
 import studio
-from studio.admission import Line
-from studio.backend import BackendStatus, Observer, SlotStatus
+from studio.admission import Admission, Line, Verdict
+from studio.backend import BackendStatus, Observer, SlotState, SlotStatus
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
 from studio.jobs import ANONYMOUS, Job
 from studio.owners import tally
-from studio.turns import OwnerLimit
 from studio.protocol import Done, Failed, Preview, Stage, Step
-from studio.ray_replica import Placed, census, replica_application
+from studio.rayauth import AUTH_HINT, token_auth_for
+from studio.ray_replica import Placed, census, kill_replica, replica_application, slot_status
 from studio.schemas import GenerationRequest, JobStage, Progress
+from studio.turns import OwnerLimit
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +70,7 @@ FIRST_REPORT_S = 30.0  # start() waits this long for the replicas' first reports
 PLANNED_REPLICAS = 4  # before start, without --replicas: how many jobs the UI lets run at once
 POLL_S = 0.25  # through Ray Client (no streaming), progress is read from the census this often
 STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
-RETRY_AFTER_DEFAULT_S = 5  # a queue-full refusal's retry hint while no running job has made a step
-
-
-AUTH_HINT = ("If the cluster uses token authentication (Ray 2.60+ turns it on for `ray start --head` when "
-             "~/.ray/auth_token exists), give this machine its token: RAY_AUTH_TOKEN=<token>, or the token "
-             "in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH); the studio then sets RAY_AUTH_MODE=token.")
-
-
-def token_auth_for(address: str, environ) -> bool:
-    """Whether joining the cluster at ``address`` should use token authentication: a token is at hand
-    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` does
-    not say otherwise. Ray itself enables it only for a local cluster it finds, not an explicit address."""
-    if environ.get("RAY_AUTH_MODE"):
-        return environ["RAY_AUTH_MODE"].lower() == "token"
-    if environ.get("RAY_AUTH_TOKEN"):
-        return True
-    home = Path(environ.get("HOME") or Path.home())
-    token_file = Path(environ.get("RAY_AUTH_TOKEN_PATH") or home / ".ray" / "auth_token")
-    return token_file.is_file() and token_file.stat().st_size > 0
+TICK_S = 0.25  # how often the waiting room's deadlines and the loads' timeouts are looked at
 
 
 # ---------------------------------------------------------------- the backend (runs in the app)
@@ -100,6 +89,9 @@ class RayBackend:
         self._observers: list[Observer] = []
         self._running: dict[str, tuple[Job, Any]] = {}  # job id -> (job, its streaming call once sent)
         self._steps: dict[str, tuple[float, int, int]] = {}  # running job id -> (generating since, step, total)
+        self._loading: dict[str, tuple[float, Placed]] = {}  # job id -> (loading since, where) while its model loads
+        self.admission = Admission.from_settings(settings)  # --max-queue, --queue-wait, --load-timeout
+        self._seq = itertools.count()
         self._replicas: dict[str, int] = {}  # replica id -> its slot index, in order of first sight
         self._handle = None
         self._owns_app = False  # this backend deployed the replicas (else it found them running)
@@ -138,6 +130,7 @@ class RayBackend:
             self._phase = "stopped"
             raise WorkerFailed(f"the Ray backend could not start: {type(exc).__name__}: {exc}") from exc
         self._phase = "running"
+        threading.Thread(target=self._supervise, name="ray-supervisor", daemon=True).start()
         # Serve says the replicas are up; wait (briefly) until they have reported, so /health lists them.
         deadline = time.monotonic() + FIRST_REPORT_S
         while not (slots := self.status().slots) and time.monotonic() < deadline:
@@ -180,6 +173,9 @@ class RayBackend:
                 return
             self._phase = "stopping"
             running = list(self._running.values())
+            waiting = self.admission.clear()
+        for job in waiting:
+            self._end(job, JobCancelled(f"job {job.id} was cancelled: the studio is shutting down"))
         for job, _ in running:
             self._cancel(job, JobCancelled(f"job {job.id} was cancelled: the studio is shutting down"))
         deadline = time.monotonic() + STOP_WAIT_S
@@ -203,32 +199,35 @@ class RayBackend:
     # -- the public API ------------------------------------------------------------
 
     def submit(self, spec: ModelSpec, request: GenerationRequest, owner: str = ANONYMOUS) -> Job:
-        """Send ``owner``'s job to the deployment; ``QueueFull`` when ``settings.max_queue`` jobs already wait."""
-        job = Job(spec, request, on_cancel=self.cancel, owner=owner)
+        """Send ``owner``'s job to the deployment, or to the waiting room past ``settings.max_queue`` waiting jobs
+        (its ``wait()`` may then raise ``QueueFull``); ``QueueFull`` at once when the room is full too."""
+        job = Job(spec, request, on_cancel=self.cancel, seq=next(self._seq), owner=owner)
         with self._lock:
             refusal = None
             if self._phase != "running":
                 refusal = WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
             else:
-                waiting = len(self._running) - self._capacity()
+                verdict = self.admission.admit(job, self._line(), time.monotonic())
                 # --max-queue-per-user counts the owner's jobs no replica has taken yet (held here or in Serve's queue).
-                held = self.owner_limit.blocks(job, Line([each for each, _ in self._running.values()
-                                                          if each.slot is None], waiting))
-                if waiting >= self.settings.max_queue:
-                    refusal = QueueFull.retry_in(
-                        f"the queue is full: {waiting} jobs are waiting (limit {self.settings.max_queue})",
-                        self._queue_place_in_s(), RETRY_AFTER_DEFAULT_S)
+                held = self.owner_limit.blocks(job, self._line())
+                if verdict is Verdict.REFUSE:
+                    refusal = self._queue_full(job)
                 elif held:
-                    refusal = QueueFull.retry_in(held, self._queue_place_in_s(job.owner), RETRY_AFTER_DEFAULT_S)
-            if refusal is None:
-                self._running[job.id] = (job, None)
-                position = max(0, len(self._running) - 1 - self._capacity())
+                    self.admission.leave(job)
+                    refusal = QueueFull.retry_in(held, self._ends_in_s(1, job.owner),
+                                                 self.admission.unknown_retry_s)
+                elif verdict is Verdict.QUEUE:
+                    self._running[job.id] = (job, None)
         if refusal is not None:
-            self._end(job, refusal)
+            self._end(job, refusal)  # observers (metrics) count refusals from every face
             raise refusal
-        job.emit(Progress(JobStage.QUEUED, queue_position=position))
-        threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id[:8]}", daemon=True).start()
+        self._renumber()
+        if verdict is Verdict.QUEUE:
+            self._send(job)
         return job
+
+    def _send(self, job: Job) -> None:
+        threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id[:8]}", daemon=True).start()
 
     def cancel(self, job: Job, error: StudioError | None = None) -> bool:
         """What ``Job.cancel()`` does; False when the job had already ended."""
@@ -241,14 +240,14 @@ class RayBackend:
     def status(self) -> BackendStatus:
         """One line per replica, from what each last reported, and the jobs waiting in Serve's queue."""
         with self._lock:
-            census, phase = self._census, self._phase
-            in_flight = len(self._running)
+            census, phase, in_flight, waiting = self._census, self._phase, len(self._running), len(self.admission.room)
             jobs = [job for job, _ in self._running.values()]
-        # A job is running once a replica has taken it (its slot is known), else waiting in Serve's queue.
-        owners = tally(queued=[job for job in jobs if job.slot is None], running=[job for job in jobs if job.slot is not None])
+            # A job is running once a replica has taken it (its slot is known), else waiting (in Serve's queue or ours).
+            owners = tally(queued=[job for job in jobs if job.slot is None] + list(self.admission.room),
+                           running=[job for job in jobs if job.slot is not None])
         if phase in ("new", "starting"):  # not connected yet: the replicas that are planned
             planned = self.settings.max_replicas or self.settings.replicas or PLANNED_REPLICAS
-            slots = tuple(SlotStatus(index, "ray", "starting", alive=False) for index in range(planned))
+            slots = tuple(SlotStatus(index, "ray", SlotState.STARTING, alive=False) for index in range(planned))
             return BackendStatus(slots=slots, max_queue=self.settings.max_queue)
         lines = []
         if census is not None and phase == "running":
@@ -256,13 +255,14 @@ class RayBackend:
                 lines = ray.get(census.lines.remote(), timeout=STATUS_WAIT_S)
             except Exception as exc:  # the cluster is unreachable: no replica to show
                 log.warning("ray backend: no census: %s: %s", type(exc).__name__, exc)
-        slots = tuple(sorted((self._slot_status(line, age) for line, age in lines), key=lambda slot: slot.index))
+        slots = tuple(sorted((slot_status(line, self._slot_index(line["replica"]), age < ALIVE_S, age)
+                              for line, age in lines), key=lambda slot: slot.index))
         alive = [slot for slot in slots if slot.alive]
         if alive:
             self._replica_count = len(alive)
         busy = sum(1 for slot in alive if slot.busy)
-        return BackendStatus(slots=slots, queue_depth=max(0, in_flight - busy),
-                             max_queue=self.settings.max_queue, accepting=phase == "running", owners=owners)
+        return BackendStatus(slots=slots, queue_depth=max(0, in_flight - busy), max_queue=self.settings.max_queue,
+                             waiting_room=waiting, accepting=phase == "running", owners=owners)
 
     # -- following one job ---------------------------------------------------------
 
@@ -299,14 +299,14 @@ class RayBackend:
         if timer is not None:
             timer.daemon = True
             timer.start()
-        placed: list[str] = []
+        placed: list[Placed] = []
         try:
             outcome = self._relay(job, call, placed) if self._streaming else self._poll(job, call, placed)
         except (RequestCancelledError, TaskCancelledError, asyncio.CancelledError):
             outcome = JobCancelled(f"job {job.id} was cancelled")  # the cancel already set the outcome
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
             if placed and self._census is not None:
-                self._census.forget.remote(placed[0])
+                self._census.forget.remote(placed[0].replica)
             outcome = WorkerFailed(f"the replica running job {job.id} failed: {type(exc).__name__}; "
                                    "Serve is replacing it, try again")
         except Exception as exc:  # noqa: BLE001 - anything else from Ray still ends the job, once
@@ -316,15 +316,16 @@ class RayBackend:
                 timer.cancel()
         self._end(job, outcome)
 
-    def _relay(self, job: Job, call: Iterator, placed: list[str]) -> Any:
-        """Turn the replica's messages into ``job``'s events; returns its outcome. ``placed`` gets the replica's id."""
+    def _relay(self, job: Job, call: Iterator, placed: list[Placed]) -> Any:
+        """Turn the replica's messages into ``job``'s events; returns its outcome. ``placed`` gets where it runs."""
         for message in call:
             if isinstance(message, Placed):
-                placed.append(message.replica)
+                placed.append(message)
                 job.slot = self._slot_index(message.replica)
+                self._renumber()
             elif isinstance(message, Stage):
                 total = job.request.steps if message.stage == JobStage.GENERATING else 0
-                self._progress(job, Progress(JobStage(message.stage), total=total, slot=job.slot))
+                self._progress(job, Progress(JobStage(message.stage), total=total, slot=job.slot), placed)
             elif isinstance(message, Step):
                 self._progress(job, Progress(JobStage.STEP, step=message.step, total=message.total, slot=job.slot))
             elif isinstance(message, Preview):
@@ -333,7 +334,7 @@ class RayBackend:
                 return self._outcome(job, message)
         return self._outcome(job, None)
 
-    def _poll(self, job: Job, call, placed: list[str]) -> Any:
+    def _poll(self, job: Job, call, placed: list[Placed]) -> Any:
         """``_relay`` for a call that cannot stream: the replica's census line, a few times a second."""
         seen: tuple = (None, None, 0)
         while True:
@@ -345,37 +346,107 @@ class RayBackend:
             if line is None:
                 continue
             if not placed:
-                placed.append(line["replica"])
+                placed.append(Placed(line["replica"], line["device"]))
                 job.slot = self._slot_index(line["replica"])
+                self._renumber()
             stage = JobStage.LOADING if line["loading"] else JobStage.GENERATING if line["total"] else None
             current = (line["replica"], stage, line["step"])
             if stage and stage != seen[1]:
                 self._progress(job, Progress(stage, total=job.request.steps if stage == JobStage.GENERATING else 0,
-                                             slot=job.slot))
+                                             slot=job.slot), placed)
             if line["step"] and line["step"] != seen[2]:
                 self._progress(job, Progress(JobStage.STEP, step=line["step"], total=line["total"], slot=job.slot))
             seen = current
 
-    def _progress(self, job: Job, progress: Progress) -> None:
-        """Emit ``progress``; its steps also tell when the job should end (``_queue_place_in_s``)."""
-        if progress.stage in (JobStage.GENERATING, JobStage.STEP):
-            now = time.monotonic()
-            with self._lock:
-                if job.id in self._running:  # a late message of an ended job leaves nothing behind
+    def _progress(self, job: Job, progress: Progress, placed: list[Placed] | None = None) -> None:
+        """Emit ``progress``; a load's start arms ``--load-timeout``, and the steps tell when the job
+        should end (``_ends_in_s``)."""
+        now = time.monotonic()
+        with self._lock:
+            if job.id in self._running:  # a late message of an ended job leaves nothing behind
+                if progress.stage == JobStage.LOADING and placed:
+                    self._loading[job.id] = (now, placed[0])
+                elif progress.stage in (JobStage.GENERATING, JobStage.STEP):
+                    self._loading.pop(job.id, None)
                     since = now if progress.stage == JobStage.GENERATING else self._steps.get(job.id, (now,))[0]
                     self._steps[job.id] = (since, progress.step, progress.total)
         job.emit(progress)
 
-    def _queue_place_in_s(self, owner: str | None = None) -> int | None:
-        """Whole seconds (rounded up) until a place in the full queue frees: the first running job to end
-        lets a waiting one start (of ``owner``'s own jobs, when given: its limit's place). Estimated from each
-        job's pace so far (called under ``self._lock``); None while nothing has made a step yet (loading, or starting)."""
+    def _ends_in_s(self, count: int, owner: str | None = None) -> float | None:
+        """Seconds until ``count`` running jobs (``owner``'s, when she has some) have ended, each freed replica
+        taking the next job; from each job's pace so far (called under ``self._lock``); None while nothing
+        has made a step yet."""
+        if count <= 0:
+            return 0.0
         now = time.monotonic()
-        mine = {job.id for job, _ in self._running.values() if owner is None or job.owner == owner}
-        paces = [(job_id in mine, (now - since) / step * (total - step))
-                 for job_id, (since, step, total) in self._steps.items() if step]
-        remaining = [left for own, left in paces if own] or [left for _, left in paces]
-        return math.ceil(min(remaining)) if remaining else None
+        mine = {job.id for job, _ in self._running.values() if job.owner == owner}
+        steps = [line for job_id, line in self._steps.items() if job_id in mine] or list(self._steps.values())
+        paces = [((now - since) / step, step, total) for since, step, total in steps if step]
+        if not paces:
+            return None
+        ends = [pace * (total - step) for pace, step, total in paces]
+        whole_job_s = sum(pace * total for pace, _, total in paces) / len(paces)  # the next ones, at that pace
+        heapq.heapify(ends)
+        for _ in range(count):
+            at = heapq.heappop(ends)
+            heapq.heappush(ends, at + whole_job_s)
+        return at
+
+    # -- admission -------------------------------------------------------------------
+
+    def _line(self) -> Line:
+        """The jobs sent to Serve and not running yet (under ``self._lock``)."""
+        queued = [job for job, _ in self._running.values() if job.slot is None]
+        return Line(queued, max(0, len(self._running) - self._capacity()))
+
+    def _queue_full(self, job: Job) -> QueueFull:
+        """The refusal, with when a job arriving now would get a place: once as many running jobs have
+        ended as wait in the room before it, and one more (under ``self._lock``)."""
+        return self.admission.refusal(job, self._line(), self._ends_in_s(len(self.admission.room) + 1))
+
+    def _renumber(self) -> None:
+        """Tell each waiting job its place and when it should start (a replica is free, or running jobs end)."""
+        with self._lock:
+            line = [*self._line().queued, *self.admission.room]
+            idle = max(0, self._capacity() - sum(1 for job, _ in self._running.values() if job.slot is not None))
+            self.admission.announce(line, lambda position: self._ends_in_s(position + 1 - idle))
+
+    def _supervise(self) -> None:
+        """Let waiting jobs into free places, refuse those whose wait is over, and fail stuck loads."""
+        while self._phase == "running":
+            time.sleep(TICK_S)
+            self._tick(time.monotonic())
+
+    def _tick(self, now: float) -> None:
+        with self._lock:
+            refusals = [(job, self._queue_full(job)) for job in self.admission.expired(now)]
+            loads = [(self._running[job_id][0], since, where) for job_id, (since, where) in self._loading.items()]
+        for job, refusal in refusals:
+            self._end(job, refusal)
+        for job, since, where in loads:
+            error = self.admission.load_stuck(job, since, now, f"replica {job.slot} ({where.device})",
+                                              "its replica is replaced")
+            if error is None:
+                continue
+            log.warning("replica %s: loading %s took longer than %g s; killing the replica",
+                        where.replica, job.spec.id, self.settings.load_timeout_s)
+            self._cancel(job, error)
+            kill_replica(where.replica, self._census)
+        self._let_in()
+
+    def _let_in(self) -> None:
+        """Send the waiting jobs that now have a place, in the order they came."""
+        with self._lock:
+            if self._phase != "running":
+                return
+            admitted = []
+            for job in self.admission.let_in(self._line):
+                self._running[job.id] = (job, None)
+                admitted.append(job)
+        for job in admitted:
+            self._send(job)
+        if admitted:
+            self._renumber()
 
     def _outcome(self, job: Job, message) -> Any:
         """The job's result or error from the replica's last message."""
@@ -390,23 +461,32 @@ class RayBackend:
 
     def _cancel(self, job: Job, error: StudioError) -> bool:
         with self._lock:
-            if job.id not in self._running or job._ending:
+            if job.ending:
                 return False
-            _, call = self._running[job.id]
+            if self.admission.leave(job):  # in the waiting room: never sent
+                call = None
+            elif job.id in self._running:
+                _, call = self._running[job.id]
+            else:
+                return False
         if call is not None:
             call.cancel()
         return self._end(job, error)
 
     def _end(self, job: Job, outcome: Any) -> bool:
-        """The first outcome wins: observers see it, then the job's waiters."""
+        """The first outcome wins: observers see it, then the job's waiters; a freed place goes to the next."""
         with self._lock:
-            if job._ending:
+            if not job.claim_outcome():
                 return False
-            job._ending = True
-            self._running.pop(job.id, None)
+            freed = self._running.pop(job.id, None) is not None
             self._steps.pop(job.id, None)
+            self._loading.pop(job.id, None)
             observers = list(self._observers)
-        return job.settle(outcome, observers)
+        settled = job.settle(outcome, observers)
+        if freed:
+            self._let_in()
+            self._renumber()
+        return settled
 
     # -- slots ---------------------------------------------------------------------
 
@@ -416,14 +496,3 @@ class RayBackend:
     def _slot_index(self, replica: str) -> int:
         with self._lock:
             return self._replicas.setdefault(replica, len(self._replicas))
-
-    def _slot_status(self, line: dict, age_s: float) -> SlotStatus:
-        alive = age_s < ALIVE_S
-        return SlotStatus(
-            index=self._slot_index(line["replica"]), device=line["device"], state="ready" if alive else "dead",
-            alive=alive, last_error=None if alive else f"not heard from for {age_s:.0f} s",
-            pid=line["pid"], model=line["model"], loading=line["loading"], busy=line["job"] is not None,
-            job=line["job"], step=line["step"], total=line["total"], jobs_done=line["jobs_done"],
-            jobs_failed=line["jobs_failed"], loads=line["loads"], cache_hits=line["cache_hits"],
-            cached=tuple(line["cached"]), plan=line.get("plan"),
-        )

@@ -10,6 +10,7 @@ the app) is the other end. Runs in the Ray cluster; imports torch only inside a 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from studio.backend import SlotState, SlotStatus
 from studio.catalog import ModelSpec
 from studio.config import Settings
 from studio.jobloop import engine_state, run_job
@@ -28,10 +30,13 @@ from studio.schemas import GenerationRequest, JobStage
 from studio.speed import EngineOptions
 from studio.worker import call_hook
 
+log = logging.getLogger(__name__)
+
 CENSUS = "studio-census"  # the named actor every replica reports its state to
 CENSUS_NAMESPACE = "studio"
 REPORT_S = 1.0  # a replica reports at least this often (and at once on each change of job or stage)
 FORGET_S = 60.0  # a replica not heard from for this long leaves /health
+SERVE_NAMESPACE = "serve"  # where Serve names its replica actors (by their full replica id)
 
 
 def census():
@@ -64,6 +69,29 @@ class Census:
         now = time.monotonic()
         self._lines = {key: (line, at) for key, (line, at) in self._lines.items() if now - at < FORGET_S}
         return [(line, now - at) for line, at in self._lines.values()]
+
+
+def slot_status(line: dict, index: int, alive: bool, age_s: float) -> SlotStatus:
+    """A replica's census line (``EngineReplica.describe``) as its slot in ``BackendStatus``."""
+    return SlotStatus(
+        index=index, device=line["device"], state=SlotState.READY if alive else SlotState.DEAD,
+        alive=alive, last_error=None if alive else f"not heard from for {age_s:.0f} s",
+        pid=line["pid"], model=line["model"], loading=line["loading"], busy=line["job"] is not None,
+        job=line["job"], step=line["step"], total=line["total"], jobs_done=line["jobs_done"],
+        jobs_failed=line["jobs_failed"], loads=line["loads"], cache_hits=line["cache_hits"],
+        cached=tuple(line["cached"]), plan=line.get("plan"),
+    )
+
+
+def kill_replica(replica: str, census_actor=None) -> None:
+    """Kill a replica (one stuck in a model load: no cancel reaches it); Serve starts another, and it
+    leaves the census at once. ``replica``: its full id, as ``Placed`` and the census name it."""
+    try:
+        ray.kill(ray.get_actor(replica, namespace=SERVE_NAMESPACE), no_restart=True)
+    except Exception as exc:  # already gone, or the cluster is unreachable
+        log.warning("could not kill replica %s: %s: %s", replica, type(exc).__name__, exc)
+    if census_actor is not None:
+        census_actor.forget.remote(replica)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from studio.backend import SlotState
 from studio.jobs import Job
 from studio.schemas import GenerationRequest
 
@@ -145,12 +146,12 @@ class Estimates:
 class Slot:
     """What routing knows of one slot: its state, its models and the job it runs.
 
-    A backend subclasses it with what it needs to supervise the slot (``slots.WorkerSlot``).
+    A backend subclasses it with what it needs to supervise the slot (``workerslot.WorkerSlot``).
     """
 
     index: int
     device: str
-    state: str = "stopped"  # starting | ready | dead | stopped
+    state: SlotState = SlotState.STOPPED
     model: str | None = None  # resident model
     cached: list[str] = field(default_factory=list)  # models parked in the worker's RAM cache
     loras: tuple[str, ...] = ()  # the LoRA files its resident pipeline holds as adapters
@@ -167,7 +168,7 @@ class Slot:
 
     @property
     def available(self) -> bool:
-        return self.state == "ready" and self.job is None and not self.unreachable
+        return self.state == SlotState.READY and self.job is None and not self.unreachable
 
     @property
     def busy(self) -> bool:
@@ -195,7 +196,7 @@ def plan_dispatch(
     idle = [slot for slot in slots if slot.available]
     if not idle or not queue:
         return []
-    busy = [slot for slot in slots if slot.state == "ready" and slot.job is not None and not slot.unreachable]
+    busy = [slot for slot in slots if slot.state == SlotState.READY and slot.job is not None and not slot.unreachable]
     # What each slot will hold next and when it frees: the busy ones, then the ones this plan binds
     # (a slot bound a moment ago holds its job's model as surely as a busy one).
     holds = {slot.index: slot.next_model for slot in busy}
@@ -257,7 +258,7 @@ def room_in_s(sequence: Sequence[Job], slots: Sequence[Slot], estimates: Estimat
     Plays the busy slots forward: each time the first one frees it takes the next job, which
     leaves the queue and so makes a place.
     """
-    ready = [slot for slot in slots if slot.state == "ready" and not slot.unreachable]
+    ready = [slot for slot in slots if slot.state == SlotState.READY and not slot.unreachable]
     if not ready:
         return None
     idle = sum(1 for slot in ready if slot.available)
@@ -300,7 +301,7 @@ def _gives_up_a_model_in_use(slot: Slot, slots: Sequence[Slot], holds: dict[int,
     if slot.model is None or now - slot.last_used > IN_USE_S or slot.last_used == 0.0:
         return False
     return not any(other.model == slot.model or holds.get(other.index) == slot.model
-                   for other in slots if other is not slot and other.state == "ready")
+                   for other in slots if other is not slot and other.state == SlotState.READY)
 
 
 def _victim(idle: list[Slot], waiting: list[Job], model: str) -> Slot:

@@ -3,20 +3,21 @@
 Jobs wait in one queue in the parent (in arrival order; ``studio.turns`` offers them to routing in
 fair-share order between owners, within the per-owner limits) and are bound to a slot only when a
 slot is free (late binding). Who gets a place in the queue (``--max-queue``, the waiting room of
-``--queue-wait``, Retry-After) and when a load is stuck (``--load-timeout``) is
-``studio.admission``'s policy, shared with the Ray backend and the download phase; the estimates
-it tells are ``studio.routing``'s. Which job goes where is ``studio.routing``'s decision, the devices come from ``studio.devices``, the messages to and
-from the workers are ``studio.protocol``'s. This module supervises: it spawns the workers, reads
-their messages, enforces timeouts and restarts.
+``--queue-wait``, Retry-After) and when a load is stuck (``--load-timeout``) is the policy of
+``studio.admission``, shared with the Ray backend and the download phase. Which job goes where, and
+the estimates, are ``studio.routing``'s; the devices ``studio.devices``'; the messages
+``studio.protocol``'s; each slot's own bookkeeping (process, counters, back-off) is
+``studio.workerslot.WorkerSlot``'s. This module supervises: it holds the queue and the lock,
+spawns the workers, reads their messages, enforces timeouts and restarts.
 
 A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
-back-off when it keeps dying (and without its preloads once a restart failed to come up).
-While every slot is down (its last workers died before they were ready), jobs are refused with
-``WorkerFailed`` rather than left waiting for a recovery that may never come; the restarts go
-on, and the first worker that comes up serves again. A job running past ``settings.job_timeout_s`` is cancelled and
-fails with ``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed. A model
-load (which no cancel can interrupt) running past ``settings.load_timeout_s`` is stuck: its job fails
-with ``ModelLoadFailed`` and the worker is killed and replaced.
+back-off when it keeps dying (and without its preloads once a restart failed to come up). While
+every slot is down (its last workers died before they were ready), jobs are refused with
+``WorkerFailed`` rather than left waiting; the restarts go on, and the first worker that comes up
+serves again. A job running past ``settings.job_timeout_s`` is cancelled and fails with
+``JobTimeout``; a worker that ignores the cancel for ``cancel_grace_s`` is killed. A model load
+(which no cancel can interrupt) past ``settings.load_timeout_s`` fails its job with
+``ModelLoadFailed``, and the worker is killed and replaced.
 
 Runs in the parent process: never imports torch.
 """
@@ -28,99 +29,33 @@ import bisect
 import itertools
 import logging
 import multiprocessing
-import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from studio.backend import BackendStatus, Observer, SlotStatus
-from studio.catalog import Catalog, ModelSpec
 from studio.admission import Admission, Line, Verdict
+from studio.backend import BackendStatus, Observer, SlotState
+from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.devices import cpu_threads, preload_plan, resolve_devices
 from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, WorkerFailed
 from studio.jobs import ANONYMOUS, Job
 from studio.owners import tally
-from studio.protocol import (
-    CancelJob,
-    Done,
-    Failed,
-    Preview,
-    FromWorker,
-    Ready,
-    RunJob,
-    Stage,
-    StartFailed,
-    Step,
-    Stop,
-    ToWorker,
-    WorkerState,
-)
-from studio.routing import STARVATION_S, Estimates, Slot, backlog, plan_dispatch, room_in_s
-from studio.schemas import GenerationRequest, JobStage, Progress
+from studio.protocol import CancelJob, Done, Failed, FromWorker, Preview, Ready, Stage, StartFailed, Step, Stop
+from studio.routing import STARVATION_S, Estimates, backlog, plan_dispatch, room_in_s
+from studio.schemas import GenerationRequest
 from studio.speed import EngineOptions
 from studio.turns import OwnerLimit, Turns
 from studio.worker import worker_main
+from studio.workerslot import RESTART_BASE_S, RESTART_CAP_S, WorkerSlot, kill, reap
 
 log = logging.getLogger(__name__)
 
 CANCEL_GRACE_S = 10.0  # a worker gets this long to honour a timeout's cancel before it is killed
-RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as long each time ...
-RESTART_CAP_S = 60.0  # ... up to this
-STABLE_S = 60.0  # a worker that lived this long before dying starts its back-off afresh
 DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
-REAP_POLL_S = 0.02
 STOP_JOIN_S = 10.0  # shutdown waits this long for workers to exit before killing them
-
-
-def restart_delay(crashes_in_row: int, base_s: float = RESTART_BASE_S, cap_s: float = RESTART_CAP_S) -> float:
-    """The first crash restarts at once; each further one in a row doubles the wait, up to ``cap_s``."""
-    if crashes_in_row <= 1:
-        return 0.0
-    return min(cap_s, base_s * 2 ** (crashes_in_row - 2))
-
-
-
-@dataclass(eq=False)
-class WorkerSlot(Slot):
-    """A routing ``Slot`` plus what supervising its worker process takes."""
-
-    preload: list[ModelSpec] = field(default_factory=list)
-    process: Any = None
-    conn: Any = None
-    generation: int = 0  # which process incarnation messages must come from
-    started_at: float = 0.0
-    loading_at: float | None = None
-    job_started_at: float = 0.0
-    jobs_done: int = 0
-    jobs_failed: int = 0
-    loads: int = 0
-    cache_hits: int = 0
-    counts_before: tuple[int, int] = (0, 0)  # loads and cache hits of earlier incarnations: counts never go back
-    restarts: int = 0
-    crashes_in_row: int = 0
-    failed_starts: int = 0  # workers in a row that died before their handshake
-    restart_at: float | None = None
-    killed: bool = False  # we killed it (a job ignored its timeout): not a crash
-    warm: bool = False  # this worker has loaded a model: its next load is a swap, not the imports too
-    plan: str | None = None  # the resident model's memory plan, as the worker reports it
-    reap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # see reap() and kill()
-    last_error: str | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    def alive(self) -> bool:
-        # No process.is_alive() here: it reaps the child, racing the reader thread that wants the exit code.
-        # A dead process closes its pipe, and the reader marks the slot dead at once.
-        return self.state == "ready" and self.process is not None
-
-
-# ---------------------------------------------------------------- the manager
 
 
 class SlotManager:
@@ -183,8 +118,8 @@ class SlotManager:
         for slot in self._slots:
             self._spawn(slot)
         with self._cond:
-            self._cond.wait_for(lambda: all(slot.state != "starting" for slot in self._slots))
-            failed = [slot for slot in self._slots if slot.state != "ready"]
+            self._cond.wait_for(lambda: all(slot.state != SlotState.STARTING for slot in self._slots))
+            failed = [slot for slot in self._slots if slot.state != SlotState.READY]
             if not failed:
                 self._phase = "running"
         if failed:
@@ -214,7 +149,7 @@ class SlotManager:
             self._supervisor.join()  # after this no restart can begin
         with self._cond:
             for slot in self._slots:
-                self._send(slot, Stop())  # also cancels the running job, at its next step
+                slot.send(Stop())  # also cancels the running job, at its next step
         deadline = time.monotonic() + join_s
         for slot in self._slots:
             process = slot.process
@@ -228,7 +163,7 @@ class SlotManager:
             thread.join(5)
         with self._cond:
             for slot in self._slots:
-                slot.state = "stopped"
+                slot.state = SlotState.STOPPED
                 if slot.conn is not None:
                     slot.conn.close()
             self._phase = "stopped"
@@ -279,32 +214,7 @@ class SlotManager:
         """A snapshot for /health, the UI and metrics."""
         with self._cond:
             now = time.monotonic()
-            slots = tuple(
-                SlotStatus(
-                    index=slot.index,
-                    device=slot.device,
-                    pid=slot.pid,
-                    alive=slot.alive(),
-                    state=slot.state,
-                    model=slot.model,
-                    plan=slot.plan if slot.model else None,
-                    loading=slot.job.spec.id if slot.phase == "loading" and slot.job else None,
-                    busy=slot.busy,
-                    job=slot.job.id if slot.job else None,
-                    step=slot.step if slot.job else 0,
-                    total=slot.total if slot.job else 0,
-                    jobs_done=slot.jobs_done,
-                    jobs_failed=slot.jobs_failed,
-                    loads=slot.loads,
-                    cache_hits=slot.cache_hits,
-                    cached=tuple(slot.cached),
-                    restarts=slot.restarts,
-                    crashes_in_row=slot.crashes_in_row,
-                    restart_in_s=None if slot.restart_at is None else max(0.0, slot.restart_at - now),
-                    last_error=slot.last_error,
-                )
-                for slot in self._slots
-            )
+            slots = tuple(slot.status(now) for slot in self._slots)
             return BackendStatus(
                 slots=slots,
                 queue_depth=len(self._queue),
@@ -360,13 +270,8 @@ class SlotManager:
                          slot.index, slot.device, job.spec.id, job.id[:8], slot.model or "nothing", why)
             self.turns.started(job, self._queue)
             self._queue.remove(job)
-            slot.job, job.slot = job, slot.index
-            slot.phase, slot.phase_since, slot.job_started_at = "starting", now, now
-            slot.loading_at = slot.generating_at = slot.first_step_at = slot.last_step_at = None
-            slot.step = slot.total = 0
-            if not self._send(slot, RunJob(job.id, job.spec, job.request)):
+            if not slot.run(job, now):
                 # The worker died between jobs and never got this one: it goes back to its place.
-                slot.job, job.slot = None, None
                 bisect.insort(self._queue, job, key=lambda queued: queued.seq)
 
     def _renumber(self) -> None:
@@ -376,16 +281,6 @@ class SlotManager:
         line = [*self.turns.line(self._queue, now), *self.admission.room]
         self.admission.announce(
             line, lambda position: room_in_s(line[:position + 1], self._slots, self.estimates, now, limit=1))
-
-    def _send(self, slot: WorkerSlot, message: ToWorker) -> bool:
-        if slot.conn is None or slot.unreachable:
-            return False
-        try:
-            slot.conn.send(message)
-            return True
-        except (OSError, ValueError):  # broken pipe or closed: the reader thread will see the exit
-            slot.unreachable = True
-            return False
 
     def _cancel(self, job: Job, error: StudioError, now: float) -> bool:
         if job.ending:
@@ -399,21 +294,13 @@ class SlotManager:
         else:
             slot = next((slot for slot in self._slots if slot.job is job), None)
             if slot is not None:
-                self._send(slot, CancelJob(job.id))  # the slot stays busy until the worker confirms
+                slot.send(CancelJob(job.id))  # the slot stays busy until the worker confirms
         self._end(job, error)
         return True
 
     def _handle(self, slot: WorkerSlot, message: FromWorker, now: float) -> None:
         if isinstance(message, Ready):
-            slot.state, slot.failed_starts = "ready", 0
-            self._apply_state(slot, message.state)
-            # A new worker's first load pays for its imports too: not what a swap costs later.
-            for index, (model_id, seconds) in enumerate(message.timings):
-                if index:
-                    self.estimates.record_load(model_id, seconds)
-                else:
-                    self.estimates.record_first_load(model_id, seconds)
-            slot.warm = bool(message.timings)
+            slot.ready(message, self.estimates)
             self._cond.notify_all()  # start() waits on this
             if self._phase == "running":
                 log.info("slot %d (%s): worker %s ready again", slot.index, slot.device, slot.pid)
@@ -426,96 +313,38 @@ class SlotManager:
         if job is None or job.id != message.job_id:
             return  # a late message about a job this slot no longer runs
         if isinstance(message, Stage):
-            stage = message.stage
-            slot.phase, slot.phase_since = stage, now
-            if stage == JobStage.LOADING:
-                slot.loading_at, slot.model = now, None
-            elif stage == JobStage.GENERATING:
-                slot.generating_at, slot.model = now, job.spec.id
-            job.emit(Progress(JobStage(stage), total=job.request.steps if stage == JobStage.GENERATING else 0,
-                              slot=slot.index))
+            job.emit(slot.stage(job, message.stage, now))
         elif isinstance(message, Step):
-            slot.step, slot.total, slot.last_step_at = message.step, message.total, now
-            if slot.first_step_at is None:
-                slot.first_step_at = now
-            job.emit(Progress(JobStage.STEP, step=slot.step, total=slot.total, slot=slot.index))
+            job.emit(slot.step_done(message.step, message.total, now))
         elif isinstance(message, Preview):
             job.emit(message.progress(slot.index))
         elif isinstance(message, (Done, Failed)):
-            state = message.state
-            if state.model == job.spec.id and state.plan:
-                self.estimates.replanned(job.spec.id, state.plan)  # before the load and run below are recorded
-            if slot.loading_at is not None and slot.generating_at is not None:
-                from_cache = slot.counts_before[1] + state.cache_hits > slot.cache_hits
-                load_s = slot.generating_at - slot.loading_at
-                if slot.warm:
-                    self.estimates.record_load(job.spec.id, load_s, cached=from_cache)
-                else:
-                    self.estimates.record_first_load(job.spec.id, load_s)
-                slot.warm = True
-            slot.job, slot.last_used, slot.crashes_in_row = None, now, 0
+            outcome = slot.job_ended(job, message, self.estimates, now)
             self.turns.ended(job, now - slot.job_started_at, now)
-            self._apply_state(slot, state)
-            if isinstance(message, Done):
-                slot.jobs_done += 1
-                if slot.generating_at is not None:
-                    self.estimates.record_run(job.spec.id, job.request, now - slot.generating_at)
-                if slot.last_step_at is not None:
-                    self.estimates.record_tail(job.spec.id, now - slot.last_step_at)
-                outcome = message.result
-            else:
-                slot.jobs_failed += 1
-                outcome = message.error
             self._end(job, outcome)
             self._dispatch(now)
 
-    def _apply_state(self, slot: WorkerSlot, state: WorkerState) -> None:
-        """What the worker says it holds, and its counters on top of earlier incarnations'."""
-        loads_before, hits_before = slot.counts_before
-        slot.model, slot.cached, slot.loras = state.model, list(state.cached), state.loras
-        slot.plan = state.plan
-        slot.loads, slot.cache_hits = loads_before + state.loads, hits_before + state.cache_hits
-
     def _on_exit(self, slot: WorkerSlot, exitcode: int | None, now: float) -> None:
         """The worker process is gone: fail its job, and plan a restart unless we are stopping."""
-        was = slot.state
-        slot.state, slot.model, slot.cached, slot.loras = "dead", None, [], ()
-        slot.counts_before = (slot.loads, slot.cache_hits)
-        job, slot.job = slot.job, None
-        if self._phase in ("stopping", "stopped"):
-            slot.state = "stopped"
+        stopping = self._phase in ("stopping", "stopped")
+        was, job = slot.went_down(exitcode, stopping)
+        if stopping:
             if job is not None:
                 self._end(job, JobCancelled(f"job {job.id} was cancelled: the studio is shutting down"))
             return
-        how = describe_exit(exitcode)
-        if was == "starting":
-            slot.last_error = slot.last_error or f"the worker {how} before it was ready"
-            slot.failed_starts += 1
-        else:
-            slot.last_error = f"the worker {how}"
         log.warning("slot %d (%s): %s", slot.index, slot.device, slot.last_error)
-        if job is not None:
-            slot.jobs_failed += 1
-            self._end(job, WorkerFailed(
-                f"slot {slot.index} ({slot.device}) failed while running this job: the worker {how}; "
-                "the slot is restarting, try again"
-            ))
+        if job is not None:  # it was running, so last_error says how the worker ended
+            self._end(job, WorkerFailed(f"slot {slot.index} ({slot.device}) failed while running this job: "
+                                        f"{slot.last_error}; the slot is restarting, try again"))
         if self._phase == "starting":
             self._cond.notify_all()  # start() reports it; no restarts before the studio is up
             return
-        if was == "starting" and slot.preload:
+        if was == SlotState.STARTING and slot.preload:
             # Preloading is only a head start; a slot that cannot come up with it comes up empty.
             log.warning("slot %d (%s): restarting without preloading %s", slot.index, slot.device,
                         ", ".join(spec.id for spec in slot.preload))
             slot.preload = []
-        if slot.killed:
-            slot.killed = False
-        else:
-            if now - slot.started_at >= STABLE_S:
-                slot.crashes_in_row = 0
-            slot.crashes_in_row += 1
-        delay = restart_delay(slot.crashes_in_row, self.restart_base_s, self.restart_cap_s)
-        slot.restart_at = now + delay
+        delay = slot.plan_restart(now, self.restart_base_s, self.restart_cap_s)
         if delay:
             log.warning("slot %d (%s): restarting in %.0f s (%d crashes in a row)",
                         slot.index, slot.device, delay, slot.crashes_in_row)
@@ -551,7 +380,7 @@ class SlotManager:
 
         A job that crashes its worker does not count: the next worker comes up, and the jobs behind it run.
         """
-        if not all(slot.state == "dead" and slot.failed_starts >= DOWN_AFTER_FAILED_STARTS for slot in self._slots):
+        if not all(slot.state == SlotState.DEAD and slot.failed_starts >= DOWN_AFTER_FAILED_STARTS for slot in self._slots):
             return None
         slots = "; ".join(
             f"slot {slot.index} ({slot.device}): {slot.last_error}, next restart in "
@@ -576,11 +405,7 @@ class SlotManager:
             },
         )
         with self._cond:
-            slot.generation += 1
-            generation = slot.generation
-            slot.state, slot.started_at, slot.restart_at = "starting", time.monotonic(), None
-            slot.process, slot.conn, slot.unreachable, slot.last_error = process, parent_conn, False, None
-            slot.warm = False
+            generation = slot.attach(process, parent_conn, time.monotonic())
         try:
             process.start()
         except Exception as exc:  # out of processes, unpicklable preload ...
@@ -628,7 +453,7 @@ class SlotManager:
                 self._enforce_timeouts(now)
                 self._expire_waiting_room(now)
                 for slot in self._slots:
-                    if slot.state == "dead" and slot.restart_at is not None and slot.restart_at <= now:
+                    if slot.state == SlotState.DEAD and slot.restart_at is not None and slot.restart_at <= now:
                         slot.restart_at = None
                         slot.restarts += 1
                         restart.append(slot)
@@ -663,44 +488,6 @@ class SlotManager:
                             slot.index, slot.device, job.id, self.cancel_grace_s)
                 slot.killed = True
                 kill(slot.process, slot.reap_lock)
-
-
-def reap(process, lock: threading.Lock, timeout_s: float) -> int | None:
-    """Wait up to ``timeout_s`` for a worker to end; its exit code, or None while it runs.
-
-    Every wait on a worker goes through here: a non-blocking poll under the slot's lock, so two
-    threads (the slot's reader and ``shutdown``) never both wait on the pid, where the loser sees
-    "no such child" and takes a reaped worker for a hung one.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with lock:
-            code = process.exitcode  # polls: reaps an ended child, never blocks
-        if code is not None or time.monotonic() >= deadline:
-            return code
-        time.sleep(REAP_POLL_S)
-
-
-def kill(process, lock: threading.Lock) -> bool:
-    """SIGKILL a worker that has not been reaped; a reaped one's pid may already belong to another process."""
-    with lock:
-        if process.exitcode is not None:
-            return False
-        process.kill()
-        return True
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """``"was killed by SIGKILL"``, ``"exited with code 3"``: how a worker process ended."""
-    if exitcode is None:
-        return "stopped answering"
-    if exitcode < 0:
-        try:
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
-
 
 
 LocalBackend = SlotManager  # the name ``studio.server`` chooses it by

@@ -26,7 +26,7 @@ pytest.importorskip("ray.serve", reason="the Ray tests need ray[serve] (tests/re
 import faults  # noqa: E402
 
 from studio.config import Settings  # noqa: E402
-from studio.errors import JobCancelled, WorkerFailed  # noqa: E402
+from studio.errors import JobCancelled, ModelLoadFailed, QueueFull, WorkerFailed  # noqa: E402
 from studio.schemas import GenerationRequest  # noqa: E402
 from studio.server import create_app  # noqa: E402
 from tests.live import ROOT, metric, serve_app, wait_until  # noqa: E402
@@ -44,17 +44,21 @@ def app(tiny_models, tmp_path_factory):
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = path + (os.pathsep + saved if saved else "")
+    hang_load_marker = tmp_path_factory.mktemp("faults") / "hang-loads"  # the replicas inherit the variable
+    os.environ[faults.HANG_LOAD_MARKER_ENV] = str(hang_load_marker)
     settings = Settings(
         host="127.0.0.1", backend="ray", replicas=2, models_dir=tiny_models(BASE, TURBO), max_queue=4,
         job_timeout_s=JOB_TIMEOUT_S, outputs_dir=tmp_path_factory.mktemp("outputs"), fault_hook="faults:install",
     )
     application = create_app(settings)
     application.state.backend.start = in_a_passing_thread(application.state.backend.start)
+    application.state.hang_load_marker = hang_load_marker
     try:
         with serve_app(application, startup_timeout_s=START_S) as base_url:
             application.state.base_url = base_url
             yield application
     finally:
+        os.environ.pop(faults.HANG_LOAD_MARKER_ENV, None)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -298,6 +302,74 @@ def test_per_owner_limits_hold_on_ray(app, http, monkeypatch):
         for job in jobs:
             job.cancel()
     wait_until(lambda: replicas_idle(http), 30, "the replicas to free")
+
+
+# ---------------------------------------------------------------- admission: the local backend's policy
+
+
+def busy_with_a_full_queue(app) -> tuple[list, list]:
+    """Both replicas running long jobs (past their first steps) and --max-queue short jobs behind them."""
+    running = [submit(app, BASE, **LONG) for _ in range(2)]
+    for job in running:
+        running_step(job)
+    return running, [submit(app, TURBO, steps=1, seed=index) for index in range(app.state.settings.max_queue)]
+
+
+def test_past_the_queue_limit_a_job_waits_queue_wait_for_a_place(app, http, monkeypatch):
+    """--queue-wait on Ray as on the local backend: a job over --max-queue waits in the app (not sent
+    to Serve) for a place; it gets the first that frees, and one that finds none in time is refused
+    with the running jobs' pace as its Retry-After. Queued jobs hear when they should start."""
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
+    monkeypatch.setattr(app.state.settings, "queue_wait_s", 1.5)
+    running, queued = busy_with_a_full_queue(app)
+    try:
+        started = time.monotonic()
+        late = submit(app, TURBO, steps=1)  # no 429 at once: it waits for a place ...
+        with pytest.raises(QueueFull, match=r"limit 4") as caught:
+            late.wait(60)  # ... and none frees within its wait
+        assert time.monotonic() - started >= 1.5 and caught.value.status == 429
+        steps = [slot["step"] for slot in health(http)["slots"]]
+        assert faults.SLOW_STEP_S * (LONG["steps"] - max(steps)) - 1 <= caught.value.retry_after_s <= 300
+        first = next(queued[-1].iter_events(5))
+        assert first.stage == "queued" and first.queue_position == 3 and first.wait_s > 0
+
+        monkeypatch.setattr(app.state.settings, "queue_wait_s", 120)
+        waiting = submit(app, TURBO, steps=1, seed=99)
+        assert health(http)["waiting_room"] == 1
+        assert waiting.queue_position == 4 and next(waiting.iter_events(5)).wait_s > 0
+        running[0].cancel()  # a place frees: the waiting job takes it, and runs
+        assert waiting.wait(START_S).images
+        assert health(http)["waiting_room"] == 0
+    finally:
+        for job in queued + running:
+            job.cancel()
+    wait_until(lambda: replicas_idle(http), 30, "the replicas to free")
+
+
+def test_a_stuck_model_load_fails_its_job_and_serve_replaces_the_replica(app, http, monkeypatch):
+    """--load-timeout on Ray: a load never reports a step, so no cancel reaches it (and --job-timeout,
+    which starts after it, never fires); past the limit its job fails and its replica is killed."""
+    wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
+    held = [slot["model"] for slot in health(http)["slots"]]
+    model = next((model for model in (TURBO, BASE) if model not in held), TURBO)
+    if model in held:  # an out of memory unloads it (Serve still routes the model there): the next job loads
+        http.post("/v1/images/generations", json={"model": model, "prompt": faults.OOM, "steps": 1})
+        wait_until(lambda: model not in [slot["model"] for slot in health(http)["slots"]], 30, "the unload")
+    pids = {slot["index"]: slot["pid"] for slot in health(http)["slots"]}
+    monkeypatch.setattr(app.state.settings, "load_timeout_s", 3)
+    app.state.hang_load_marker.touch()
+    try:
+        job = submit(app, model, steps=1)
+        with pytest.raises(ModelLoadFailed, match=r"took longer than 3 s \(--load-timeout\)") as caught:
+            job.wait(START_S)
+        assert caught.value.status == 503 and "its replica is replaced" in caught.value.message
+    finally:
+        app.state.hang_load_marker.unlink()
+    stuck = pids[job.slot]
+    wait_until(lambda: replicas_idle(http) and stuck not in [slot["pid"] for slot in health(http)["slots"]],
+               START_S, "Serve to replace the stuck replica")
+    assert not is_our_replica(stuck)
+    assert submit(app, model, steps=1).wait(START_S).images
 
 
 # ---------------------------------------------------------------- a replica dies

@@ -32,7 +32,8 @@ from studio.errors import JobCancelled, JobTimeout, ModelLoadFailed, OutOfMemory
 from studio.schemas import GenerationRequest, JobResult
 from studio.devices import preload_plan
 from studio.jobs import Job
-from studio.slots import SlotManager, restart_delay
+from studio.slots import SlotManager
+from studio.workerslot import restart_delay
 from tests.live import wait_until
 
 BASE, TURBO, PIXART = "sdxl-base", "sdxl-turbo", "pixart-sigma"
@@ -547,7 +548,7 @@ def test_a_crash_loop_backs_off_and_recovers(one_slot, catalog):
 def test_two_threads_reaping_one_worker_both_see_its_exit_and_nobody_signals_it(monkeypatch):
     import multiprocessing
 
-    from studio.slots import kill, reap
+    from studio.workerslot import kill, reap
 
     signals = []
     real_kill = os.kill
