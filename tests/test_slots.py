@@ -128,7 +128,8 @@ def one_slot(tiny_models, catalog, tmp_path_factory):
         devices=["cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE],
         fault_hook="faults:crash_while_marked", max_queue=2, ram_cache_gb=0.5,
     )
-    manager = SlotManager(settings, catalog, cancel_grace_s=1.0, restart_base_s=0.5, restart_cap_s=2.0)
+    # A 3 s grace to honour a cancel: on a loaded machine one tiny step can take over a second.
+    manager = SlotManager(settings, catalog, cancel_grace_s=3.0, restart_base_s=0.5, restart_cap_s=2.0)
     manager.crash_marker = marker
     manager.hang_load_marker = marker.with_name("hang-loads")
     manager.start()
@@ -267,7 +268,8 @@ def test_concurrent_jobs_get_their_own_images(two_slots, catalog):
         alone = two_slots.submit(*spec_and_request).wait(START_S)
         result: JobResult = together[id(spec_and_request)]
         request = spec_and_request[1]
-        assert result.request == request
+        assert result.request.sampler  # the result names the sampler that ran; the rest is the request as sent
+        assert result.request.model_copy(update={"sampler": request.sampler}) == request
         assert len(result.images) == request.num_images == len(alone.images)
         for png, png_alone, seed in zip(result.images, alone.images, request.seeds):
             meta = pngmeta.read(png)
