@@ -77,7 +77,8 @@ def studio(models, tmp_path_factory):
 
 
 def test_readme_curl_example_writes_the_image_and_fails_plainly(studio, models, tmp_path):
-    code = snippet(containing="curl -s", language="bash").replace(README_URL, studio.base_url)
+    code = snippet(containing="curl -s", section="REST API (OpenAI-compatible)", language="bash")
+    code = code.replace(README_URL, studio.base_url)
     run = subprocess.run(["bash", "-c", code], cwd=tmp_path, env=shell_env(models), capture_output=True, text=True,
                          timeout=SNIPPET_TIMEOUT_S)
     assert run.returncode == 0, run.stderr
