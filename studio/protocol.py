@@ -5,6 +5,10 @@ pickles by class, so both ends must import this module; nothing here imports tor
 
 parent -> worker
     ``RunJob``      run one job (the request is already resolved by ``spec.check``)
+    ``RunBatch``    run compatible jobs as one pipeline call (``--batch-window-ms``); each member is
+                    answered as if it ran alone: its own ``Stage``/``Step``/``Preview`` messages and
+                    exactly one ``Done`` or ``Failed``. A member cancelled mid-run gets its ``Failed``
+                    at the next step and the others go on; an error fails every member with one message
     ``CancelJob``   stop that job at its next step (it may also be queued or already over)
     ``Stop``        cancel the running job and exit
 
@@ -49,6 +53,11 @@ class RunJob:
     job_id: str
     spec: ModelSpec
     request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    jobs: tuple[RunJob, ...]  # the same model, task, size, steps, guidance, sampler and LoRAs; in fair-share order
 
 
 @dataclass(frozen=True)
@@ -117,5 +126,5 @@ class Failed:
     state: WorkerState
 
 
-ToWorker = RunJob | CancelJob | Stop
+ToWorker = RunJob | RunBatch | CancelJob | Stop
 FromWorker = Ready | StartFailed | Stage | Step | Preview | Done | Failed

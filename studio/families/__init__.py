@@ -64,6 +64,7 @@ class Family:
     hub: tuple[HubRepo, ...] = (HubRepo(),)  # the repos its loader reads, and how
     step_cache: bool = False  # its denoising loop opens ``transformer.cache_context`` (first-block cache)
     fp8_unfit: str = ""  # why its pipelines cannot keep weights in fp8 (the memory plans); "": they can
+    batches: bool = False  # its adapter runs several jobs' prompts and seeds in one call (``RunBatch``)
 
     @property
     def tasks(self) -> tuple[str, ...]:
