@@ -49,7 +49,8 @@ class SlotStatus:
     plan: str | None = None  # its memory plan (studio/memory.py): full, offload-encoders, fp8, ...
     loading: str | None = None  # the model being loaded for the running job
     busy: bool = False
-    job: str | None = None  # the running job's id
+    job: str | None = None  # the running job's id (a batch's: its first member's)
+    batch: tuple[str, ...] = ()  # a running batch's members not ended yet (``--batch-window-ms``); () for one job
     step: int = 0  # of ``total``, while the job generates
     total: int = 0
     jobs_done: int = 0
@@ -123,7 +124,7 @@ class BackendStatus:
         """Plain JSON-ready data (lists, not tuples): the body of ``/health`` and the Gradio ``/status``."""
         data = asdict(self)
         for slot in data["slots"]:
-            slot["cached"] = list(slot["cached"])
+            slot["cached"], slot["batch"] = list(slot["cached"]), list(slot["batch"])
         data["slots"] = list(data["slots"])
         data["downloads"], data["model_errors"] = list(data["downloads"]), list(data["model_errors"])
         data["owners"] = list(data["owners"])

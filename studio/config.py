@@ -11,6 +11,9 @@ from studio import memory
 
 
 BACKENDS = ("local", "ray")
+DEFAULT_MAX_BATCH = 8  # images in one batched call: most of the gain of a batch, and its memory stays modest
+MAX_BATCH = 64
+MAX_BATCH_WINDOW_MS = 10_000.0  # a longer wait for companions than a job's own run is surely a mistake
 
 
 def _env(name: str, default=None):
@@ -111,6 +114,8 @@ class Settings:
     shares: dict[str, float] = field(default_factory=dict)  # --share: owner -> weight in fair share (default 1)
     max_queue_per_user: int = 0  # jobs one owner may have waiting (queued, in the waiting room, downloading); 0: no limit
     max_running_per_user: int = 0  # jobs of one owner running at once; 0: no limit
+    batch_window_ms: float = 0.0  # a batchable job waits this long for companions (studio.batching); 0: no batching
+    max_batch: int = DEFAULT_MAX_BATCH  # the most images one batched pipeline call makes
     # Test-only fault injection: "module:function" that every worker calls with (slot_index, device)
     # before it loads anything (tests/faults.py). No flag or environment variable sets it; leave it None.
     fault_hook: str | None = None
@@ -128,6 +133,10 @@ class Settings:
         unknown = sorted(set(admins) - {user for user, _ in args.ui_auth or []})
         if unknown:
             parser.error(f"--ui-admin {', '.join(unknown)}: not a login of --ui-auth")
+        if args.backend == "ray" and args.batch_window_ms:  # a replica runs one job at a time: nothing to batch
+            parser.error(f"--batch-window-ms {args.batch_window_ms:g}: the Ray backend does not batch jobs (each "
+                         f"replica runs one job at a time); leave it at 0 (or unset STUDIO_BATCH_WINDOW_MS) "
+                         f"with --backend ray")
         return cls(
             host=args.host,
             port=args.port,
@@ -162,6 +171,8 @@ class Settings:
             shares=args.share or {},
             max_queue_per_user=args.max_queue_per_user,
             max_running_per_user=args.max_running_per_user,
+            batch_window_ms=args.batch_window_ms,
+            max_batch=args.max_batch,
         )
 
 
@@ -260,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-running-per-user", type=_non_negative(int), default=_env("MAX_RUNNING_PER_USER", "0"), metavar="N",
         help="jobs of one owner running at once; the others wait their turn (default 0: no limit)",
     )
+    parser.add_argument(
+        "--batch-window-ms", type=_between(0.0, MAX_BATCH_WINDOW_MS), default=_env("BATCH_WINDOW_MS", "0"),
+        metavar="MS", help="compatible text-to-image jobs run as one pipeline call: a job waits up to MS for "
+        "companions (default 0: no batching; the local backend only)",
+    )
+    parser.add_argument(
+        "--max-batch", type=_between(1, MAX_BATCH), default=_env("MAX_BATCH", str(DEFAULT_MAX_BATCH)), metavar="IMAGES",
+        help=f"the most images one batched call makes (default {DEFAULT_MAX_BATCH}, 1..{MAX_BATCH})",
+    )
     parser.add_argument("--step-cache", action="store_true", default=_flag(_env("STEP_CACHE")), help="first-block cache")
     parser.add_argument(
         "--memory-plan", choices=memory.CHOICES, default=_env("MEMORY_PLAN", memory.AUTO),
@@ -297,6 +317,23 @@ def _at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be a whole number of at least {low}, not {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
+
+
+def _between(low, high):
+    """An argparse type: a number from ``low`` to ``high`` (a whole number when they are ints)."""
+    kind = type(low)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'} "
+                                             f"from {low:g} to {high:g}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, not {text}")
         return value
 
     return parse

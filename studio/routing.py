@@ -134,9 +134,9 @@ class Estimates:
             return max(0.0, steps_s) + self._tail_s.get(model, 0.0)
         if slot.generating_at is None and (slot.phase == "loading" or slot.model != model):  # a swap first
             swap_s = self.load_s(model, cached=model in slot.cached)
-            return max(0.0, swap_s - (now - slot.phase_since)) + self.job_s(model, job.request)
+            return max(0.0, swap_s - (now - slot.phase_since)) + self.job_s(model, slot.work)
         started = slot.generating_at if slot.generating_at is not None else slot.phase_since
-        return max(0.0, self.job_s(model, job.request) - (now - started))
+        return max(0.0, self.job_s(model, slot.work) - (now - started))
 
     def _blend(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.SMOOTHING * (new - old)
@@ -173,6 +173,11 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.job is not None
+
+    @property
+    def work(self) -> GenerationRequest | None:
+        """The running call's request: its job's (a batch's: the lead's, with every member's images)."""
+        return self.job.request if self.job is not None else None
 
     @property
     def next_model(self) -> str | None:

@@ -2,7 +2,9 @@
 
 Jobs wait in one queue in the parent (in arrival order; ``studio.turns`` offers them to routing in
 fair-share order between owners, within the per-owner limits) and are bound to a slot only when a
-slot is free (late binding). Who gets a place in the queue (``--max-queue``, the waiting room of
+slot is free (late binding). With ``--batch-window-ms``, ``studio.batching`` gathers compatible jobs
+among those offered into one call on one slot (each member ends on its own; the slot is free when
+all have). Who gets a place in the queue (``--max-queue``, the waiting room of
 ``--queue-wait``, Retry-After) and when a load is stuck (``--load-timeout``) is the policy of
 ``studio.admission``, shared with the Ray backend and the download phase. Which job goes where, and
 the estimates, are ``studio.routing``'s; the devices ``studio.devices``'; the messages
@@ -10,7 +12,7 @@ the estimates, are ``studio.routing``'s; the devices ``studio.devices``'; the me
 ``studio.workerslot.WorkerSlot``'s. This module supervises: it holds the queue and the lock,
 spawns the workers, reads their messages, enforces timeouts and restarts.
 
-A worker that dies fails only its in-flight job (``WorkerFailed``) and is restarted, with a
+A worker that dies fails only its in-flight jobs (``WorkerFailed``) and is restarted, with a
 back-off when it keeps dying (and without its preloads once a restart failed to come up). While
 every slot is down (its last workers died before they were ready), jobs are refused with
 ``WorkerFailed`` rather than left waiting; the restarts go on, and the first worker that comes up
@@ -36,6 +38,7 @@ from typing import Any
 
 from studio.admission import Admission, Line, Verdict
 from studio.backend import BackendStatus, Observer, SlotState
+from studio.batching import gather
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.devices import cpu_threads, preload_plan, resolve_devices
@@ -48,12 +51,11 @@ from studio.schemas import GenerationRequest
 from studio.speed import EngineOptions
 from studio.turns import OwnerLimit, Turns
 from studio.worker import worker_main
-from studio.workerslot import RESTART_BASE_S, RESTART_CAP_S, WorkerSlot, kill, reap
+from studio.workerslot import RESTART_BASE_S, RESTART_CAP_S, WorkerSlot, down_reason, kill, reap
 
 log = logging.getLogger(__name__)
 
 CANCEL_GRACE_S = 10.0  # a worker gets this long to honour a timeout's cancel before it is killed
-DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 TICK_S = 0.25  # how often the supervisor looks at timeouts, restarts and waiting jobs
 STOP_JOIN_S = 10.0  # shutdown waits this long for workers to exit before killing them
 
@@ -97,6 +99,7 @@ class SlotManager:
         self._threads: list[threading.Thread] = []
         self._supervisor: threading.Thread | None = None
         self._phase = "new"  # new | starting | running | stopping | stopped
+        self._wake_at: float | None = None  # when a batch waiting for companions (--batch-window-ms) must start
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -140,9 +143,8 @@ class SlotManager:
             for job in [*self._queue, *self.admission.clear()]:
                 self._end(job, JobCancelled(f"job {job.id} was cancelled: {reason}"))
             self._queue.clear()
-            for slot in self._slots:
-                if slot.job is not None:
-                    self._end(slot.job, JobCancelled(f"job {slot.job.id} was cancelled: {reason}"))
+            for job in self._running():
+                self._end(job, JobCancelled(f"job {job.id} was cancelled: {reason}"))
             self._cond.notify_all()
         atexit.unregister(self.shutdown)
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
@@ -183,7 +185,7 @@ class SlotManager:
                 raise WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
             now = time.monotonic()
             job, refusal = Job(spec, request, self.cancel, next(self._seq), owner=owner), None
-            down = self._down_reason(now)
+            down = down_reason(self._slots, now)
             if down:
                 refusal = WorkerFailed(down)
             else:
@@ -221,8 +223,7 @@ class SlotManager:
                 max_queue=self.settings.max_queue,
                 waiting_room=len(self.admission.room),
                 accepting=self._phase == "running",
-                owners=tally(queued=[*self._queue, *self.admission.room],
-                             running=[slot.job for slot in self._slots if slot.job is not None]),
+                owners=tally(queued=[*self._queue, *self.admission.room], running=self._running()),
             )
 
     # -- locking and ending jobs ---------------------------------------------------------
@@ -261,18 +262,26 @@ class SlotManager:
     def _line(self) -> Line:
         return Line(self._queue, backlog(self._queue, self._slots))
 
+    def _running(self) -> list[Job]:
+        return [job for slot in self._slots for job in slot.members]
+
     def _bind(self, now: float) -> None:
-        running = [slot.job for slot in self._slots if slot.job is not None]
-        offered, due = self.turns.order(self._queue, running, now)  # fair share, --max-running-per-user
-        for job, slot, why in plan_dispatch(offered, self._slots, self.estimates, now, self.starvation_s, due):
+        offered, due = self.turns.order(self._queue, self._running(), now)  # fair share, --max-running-per-user
+        batches, self._wake_at = gather(offered, now, self.settings.batch_window_ms / 1000, self.settings.max_batch)
+        by_lead = {batch.lead: batch for batch in batches}  # routing places each batch by its first member
+        for job, slot, why in plan_dispatch(list(by_lead), self._slots, self.estimates, now, self.starvation_s,
+                                            [job for job in due if job in by_lead]):
             if why:
                 log.info("slot %d (%s) loads %s for job %s (holds %s): %s",
                          slot.index, slot.device, job.spec.id, job.id[:8], slot.model or "nothing", why)
-            self.turns.started(job, self._queue)
-            self._queue.remove(job)
-            if not slot.run(job, now):
-                # The worker died between jobs and never got this one: it goes back to its place.
-                bisect.insort(self._queue, job, key=lambda queued: queued.seq)
+            batch = by_lead[job]
+            for member in batch.jobs:
+                self.turns.started(member, self._queue)
+                self._queue.remove(member)
+            if not slot.run(batch, now):
+                # The worker died between jobs and never got these: they go back to their places.
+                for member in batch.jobs:
+                    bisect.insort(self._queue, member, key=lambda queued: queued.seq)
 
     def _renumber(self) -> None:
         """Tell each job that moved its place in line, with when it should start (``wait_s``,
@@ -292,9 +301,9 @@ class SlotManager:
         elif self.admission.leave(job):
             self._renumber()
         else:
-            slot = next((slot for slot in self._slots if slot.job is job), None)
+            slot = next((slot for slot in self._slots if slot.member(job.id) is job), None)
             if slot is not None:
-                slot.send(CancelJob(job.id))  # the slot stays busy until the worker confirms
+                slot.send(CancelJob(job.id))  # the slot stays busy until the worker confirms (a batch's others go on)
         self._end(job, error)
         return True
 
@@ -309,8 +318,8 @@ class SlotManager:
         if isinstance(message, StartFailed):
             slot.last_error = message.message
             return
-        job = slot.job
-        if job is None or job.id != message.job_id:
+        job = slot.member(message.job_id)
+        if job is None:
             return  # a late message about a job this slot no longer runs
         if isinstance(message, Stage):
             job.emit(slot.stage(job, message.stage, now))
@@ -319,21 +328,23 @@ class SlotManager:
         elif isinstance(message, Preview):
             job.emit(message.progress(slot.index))
         elif isinstance(message, (Done, Failed)):
-            outcome = slot.job_ended(job, message, self.estimates, now)
-            self.turns.ended(job, now - slot.job_started_at, now)
+            share = slot.batch.share(job)  # a batch's time is charged to its members by their images
+            outcome, free = slot.job_ended(job, message, self.estimates, now)
+            self.turns.ended(job, (now - slot.job_started_at) * share, now)
             self._end(job, outcome)
-            self._dispatch(now)
+            if free:
+                self._dispatch(now)
 
     def _on_exit(self, slot: WorkerSlot, exitcode: int | None, now: float) -> None:
         """The worker process is gone: fail its job, and plan a restart unless we are stopping."""
         stopping = self._phase in ("stopping", "stopped")
-        was, job = slot.went_down(exitcode, stopping)
+        was, jobs = slot.went_down(exitcode, stopping)
         if stopping:
-            if job is not None:
+            for job in jobs:
                 self._end(job, JobCancelled(f"job {job.id} was cancelled: the studio is shutting down"))
             return
         log.warning("slot %d (%s): %s", slot.index, slot.device, slot.last_error)
-        if job is not None:  # it was running, so last_error says how the worker ended
+        for job in jobs:  # they were running, so last_error says how the worker ended
             self._end(job, WorkerFailed(f"slot {slot.index} ({slot.device}) failed while running this job: "
                                         f"{slot.last_error}; the slot is restarting, try again"))
         if self._phase == "starting":
@@ -348,7 +359,7 @@ class SlotManager:
         if delay:
             log.warning("slot %d (%s): restarting in %.0f s (%d crashes in a row)",
                         slot.index, slot.device, delay, slot.crashes_in_row)
-        down = self._down_reason(now)
+        down = down_reason(self._slots, now)
         if down:
             # Nobody can serve the queue: waiting jobs learn it now instead of hanging.
             for queued in [*self._queue, *self.admission.clear()]:
@@ -374,20 +385,6 @@ class SlotManager:
             self._end(job, self._queue_full(job, now))
         if expired:
             self._renumber()
-
-    def _down_reason(self, now: float) -> str | None:
-        """Why no job can run now (every slot's workers keep dying at start), or None while one could.
-
-        A job that crashes its worker does not count: the next worker comes up, and the jobs behind it run.
-        """
-        if not all(slot.state == SlotState.DEAD and slot.failed_starts >= DOWN_AFTER_FAILED_STARTS for slot in self._slots):
-            return None
-        slots = "; ".join(
-            f"slot {slot.index} ({slot.device}): {slot.last_error}, next restart in "
-            f"{max(0.0, (slot.restart_at or now) - now):.0f} s"
-            for slot in self._slots
-        )
-        return f"no slot can run jobs, every worker keeps failing ({slots}); try again later"
 
     # -- threads ------------------------------------------------------------------------
 
@@ -446,7 +443,8 @@ class SlotManager:
         while True:
             restart = []
             with self._locked():
-                self._cond.wait(TICK_S)
+                now = time.monotonic()  # a batch waiting for companions starts at its window's end
+                self._cond.wait(TICK_S if self._wake_at is None else min(TICK_S, max(0.0, self._wake_at - now)))
                 if self._phase != "running":
                     return
                 now = time.monotonic()
@@ -473,15 +471,16 @@ class SlotManager:
             if stuck is not None:
                 log.warning("slot %d (%s): loading %s took longer than %g s; killing the worker",
                             slot.index, slot.device, job.spec.id, self.settings.load_timeout_s)
-                self._end(job, stuck)
+                for member in slot.members:
+                    self._end(member, stuck)
                 slot.killed = True
                 kill(slot.process, slot.reap_lock)
             if job is None or not limit or slot.phase == "loading":
                 continue  # a model's load is no part of the job's time limit: it counts from the load's end
             running_s = now - (slot.generating_at or slot.job_started_at)
-            if running_s >= limit:
-                self._cancel(job, JobTimeout(
-                    f"job {job.id} ran longer than {limit:g} s on slot {slot.index} ({slot.device}) and was cancelled"
+            for member in slot.members if running_s >= limit else ():  # a batch's members share its time
+                self._cancel(member, JobTimeout(
+                    f"job {member.id} ran longer than {limit:g} s on slot {slot.index} ({slot.device}) and was cancelled"
                 ), now)
             if running_s >= limit + self.cancel_grace_s and slot.process is not None and not slot.killed:
                 log.warning("slot %d (%s): worker ignored the cancel of job %s for %.0f s; killing it",

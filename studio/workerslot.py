@@ -1,7 +1,8 @@
 """``WorkerSlot``: one slot of the local backend (``studio.slots.SlotManager``), its worker process and
-what that process has told: a routing ``Slot`` plus the process, its pipe, its counters (which
-never go back across restarts), its restart back-off, and the timings it feeds ``Estimates``.
-Also the helpers that wait on, kill and describe a worker process.
+what that process has told: a routing ``Slot`` plus the process, its pipe, the batch it runs (one job
+is a batch of one: ``studio.batching.Batch``), its counters (which never go back across restarts), its
+restart back-off, and the timings it feeds ``Estimates``.
+Also the helpers that wait on, kill and describe a worker process, and say when every slot is down.
 
 The manager owns the queue, the threads and the lock: each method here runs under its lock.
 Runs in the parent process: never imports torch.
@@ -17,17 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studio.backend import SlotState, SlotStatus
+from studio.batching import Batch
 from studio.catalog import ModelSpec
 from studio.jobs import Job
-from studio.protocol import Done, Failed, Ready, RunJob, ToWorker, WorkerState
+from studio.protocol import Done, Failed, Ready, ToWorker, WorkerState
 from studio.routing import Estimates, Slot
-from studio.schemas import JobStage, Progress
+from studio.schemas import GenerationRequest, JobStage, Progress
 
 log = logging.getLogger(__name__)
 
 RESTART_BASE_S = 1.0  # second crash in a row waits this long, then twice as long each time ...
 RESTART_CAP_S = 60.0  # ... up to this
 STABLE_S = 60.0  # a worker that lived this long before dying starts its back-off afresh
+DOWN_AFTER_FAILED_STARTS = 2  # a dead slot whose last two workers died before being ready is down
 REAP_POLL_S = 0.02
 
 
@@ -63,10 +66,23 @@ class WorkerSlot(Slot):
     reap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # see reap() and kill()
     last_error: str | None = None
     plan: str | None = None  # the resident model's memory plan, as the worker reports it
+    batch: Batch | None = None  # what the worker runs; ``job`` is its lead (routing reads it) until every member ended
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def work(self) -> GenerationRequest | None:
+        return self.batch.request if self.batch is not None else None
+
+    @property
+    def members(self) -> list[Job]:
+        """The jobs running here (a batch's members that have not had their last word; cancelled ones too)."""
+        return list(self.batch.running.values()) if self.batch is not None else []
+
+    def member(self, job_id: str) -> Job | None:
+        return self.batch.member(job_id) if self.batch is not None else None
 
     def alive(self) -> bool:
         # No process.is_alive() here: it reaps the child, racing the reader thread that wants the exit code.
@@ -78,7 +94,9 @@ class WorkerSlot(Slot):
         return SlotStatus(
             index=self.index, device=self.device, pid=self.pid, alive=self.alive(), state=self.state,
             model=self.model, plan=self.plan if self.model else None, loading=self.job.spec.id if self.phase == JobStage.LOADING and self.job else None,
-            busy=self.busy, job=self.job.id if self.job else None, step=self.step if self.job else 0,
+            busy=self.busy, job=self.job.id if self.job else None,
+            batch=tuple(job.id for job in self.members) if self.batch and len(self.batch.jobs) > 1 else (),
+            step=self.step if self.job else 0,
             total=self.total if self.job else 0, jobs_done=self.jobs_done, jobs_failed=self.jobs_failed,
             loads=self.loads, cache_hits=self.cache_hits, cached=tuple(self.cached), restarts=self.restarts,
             crashes_in_row=self.crashes_in_row,
@@ -126,24 +144,30 @@ class WorkerSlot(Slot):
 
     # -- its job ------------------------------------------------------------------------------
 
-    def run(self, job: Job, now: float) -> bool:
-        """Send ``job`` to the worker; False (and the slot stays free) when the worker died between jobs."""
-        self.job, job.slot = job, self.index
+    def run(self, batch: Batch, now: float) -> bool:
+        """Send ``batch`` to the worker; False (and the slot stays free) when the worker died between jobs."""
+        self.batch, self.job = batch, batch.lead
+        for job in batch.jobs:
+            job.slot = self.index
         self.phase, self.phase_since, self.job_started_at = "starting", now, now
         self.loading_at = self.generating_at = self.first_step_at = self.last_step_at = None
         self.step = self.total = 0
-        if self.send(RunJob(job.id, job.spec, job.request)):
+        if self.send(batch.message()):
             return True
-        self.job, job.slot = None, None
+        self.batch = self.job = None
+        for job in batch.jobs:
+            job.slot = None
         return False
 
     def stage(self, job: Job, stage: str, now: float) -> Progress:
-        """The worker's job entered ``stage``: the event the job hears."""
-        self.phase, self.phase_since = stage, now
-        if stage == JobStage.LOADING:
-            self.loading_at, self.model = now, None
-        elif stage == JobStage.GENERATING:
-            self.generating_at, self.model = now, job.spec.id
+        """The worker's job (a member of the batch) entered ``stage``: the event the job hears. The slot
+        enters it with the first member that does (each member hears each stage)."""
+        if stage != self.phase:
+            self.phase, self.phase_since = stage, now
+            if stage == JobStage.LOADING:
+                self.loading_at, self.model = now, None
+            elif stage == JobStage.GENERATING:
+                self.generating_at, self.model = now, job.spec.id
         return Progress(JobStage(stage), total=job.request.steps if stage == JobStage.GENERATING else 0,
                         slot=self.index)
 
@@ -153,10 +177,22 @@ class WorkerSlot(Slot):
             self.first_step_at = now
         return Progress(JobStage.STEP, step=step, total=total, slot=self.index)
 
-    def job_ended(self, job: Job, message: Done | Failed, estimates: Estimates, now: float):
-        """The worker's last word on its job: the slot is free, the estimates learn its timings; returns
-        the job's outcome (its result or its error)."""
-        state = message.state
+    def job_ended(self, job: Job, message: Done | Failed, estimates: Estimates, now: float) -> tuple[object, bool]:
+        """The worker's last word on one member: its outcome (its result or its error), and whether the
+        slot is free now (every member ended; the estimates then learn the call's timings, and the slot
+        what the worker holds)."""
+        if isinstance(message, Failed):
+            self.jobs_failed += 1
+        else:
+            self.jobs_done += 1
+        outcome = message.error if isinstance(message, Failed) else message.result
+        if not self.batch.end(job):
+            return outcome, False
+        self._call_ended(message, estimates, now)
+        return outcome, True
+
+    def _call_ended(self, message: Done | Failed, estimates: Estimates, now: float) -> None:
+        job, request, state = self.job, self.work, message.state
         if state.model == job.spec.id and state.plan:
             estimates.replanned(job.spec.id, state.plan)  # before the load and run below are recorded
         if self.loading_at is not None and self.generating_at is not None:
@@ -167,39 +203,35 @@ class WorkerSlot(Slot):
             else:
                 estimates.record_first_load(job.spec.id, load_s)
             self.warm = True
-        self.job, self.last_used, self.crashes_in_row = None, now, 0
+        self.job, self.batch, self.last_used, self.crashes_in_row = None, None, now, 0
         self.apply_state(state)
         if isinstance(message, Failed):
-            self.jobs_failed += 1
-            return message.error
-        self.jobs_done += 1
+            return
         if self.generating_at is not None:
-            estimates.record_run(job.spec.id, job.request, now - self.generating_at)
+            estimates.record_run(job.spec.id, request, now - self.generating_at)
         if self.last_step_at is not None:
             estimates.record_tail(job.spec.id, now - self.last_step_at)
-        return message.result
 
     # -- its death and restart -----------------------------------------------------------------
 
-    def went_down(self, exitcode: int | None, stopping: bool) -> tuple[SlotState, Job | None]:
-        """The worker process is gone: the state it was in, and the job it took with it. Unless the
+    def went_down(self, exitcode: int | None, stopping: bool) -> tuple[SlotState, list[Job]]:
+        """The worker process is gone: the state it was in, and the jobs it took with it. Unless the
         studio is stopping, ``last_error`` says how it ended."""
         was = self.state
         self.state = SlotState.STOPPED if stopping else SlotState.DEAD
         self.model, self.cached, self.loras = None, [], ()
         self.counts_before = (self.loads, self.cache_hits)
-        job, self.job = self.job, None
+        jobs, self.job, self.batch = self.members, None, None
         if stopping:
-            return was, job
+            return was, jobs
         how = describe_exit(exitcode)
         if was == SlotState.STARTING:
             self.last_error = self.last_error or f"the worker {how} before it was ready"
             self.failed_starts += 1
         else:
             self.last_error = f"the worker {how}"
-        if job is not None:
-            self.jobs_failed += 1
-        return was, job
+        self.jobs_failed += len(jobs)
+        return was, jobs
 
     def plan_restart(self, now: float, base_s: float, cap_s: float) -> float:
         """When the next worker starts: at once after a first crash (or our own kill), later after each
@@ -213,6 +245,21 @@ class WorkerSlot(Slot):
         delay = restart_delay(self.crashes_in_row, base_s, cap_s)
         self.restart_at = now + delay
         return delay
+
+
+def down_reason(slots: list[WorkerSlot], now: float) -> str | None:
+    """Why no job can run now (every slot's workers keep dying at start), or None while one could.
+
+    A job that crashes its worker does not count: the next worker comes up, and the jobs behind it run.
+    """
+    if not all(slot.state == SlotState.DEAD and slot.failed_starts >= DOWN_AFTER_FAILED_STARTS for slot in slots):
+        return None
+    described = "; ".join(
+        f"slot {slot.index} ({slot.device}): {slot.last_error}, next restart in "
+        f"{max(0.0, (slot.restart_at or now) - now):.0f} s"
+        for slot in slots
+    )
+    return f"no slot can run jobs, every worker keeps failing ({described}); try again later"
 
 
 def reap(process, lock: threading.Lock, timeout_s: float) -> int | None:

@@ -20,6 +20,7 @@ SEGFAULT = "fault:segfault"  # the process dies of SIGSEGV mid-job
 SLOW = "fault:slow"  # every step takes at least SLOW_STEP_S: a long job on any machine
 OOM_ONCE = "fault:once-oom"  # a CUDA out-of-memory the first time a worker sees the prompt, then fine
 DECODE_OOM_ONCE = "fault:once-decode-oom"  # the same, raised inside the VAE's decode
+FAIL = "fault:fail"  # a RuntimeError in the pipeline call: the job (a batch: every member) fails
 SLOW_STEP_S = 0.2
 
 CRASH_MARKER_ENV = "STUDIO_TEST_CRASH_MARKER"  # a path: while that file exists, workers die at start
@@ -34,7 +35,7 @@ def install(slot_index: int, device: str) -> None:
     seen: set[str] = set()  # the once-only faults' prompts this worker has failed already
 
     def generate(pipe, spec, request, on_step):
-        prompt = request.prompt
+        prompt = request.prompt if isinstance(request.prompt, str) else request.prompt[0]  # a batch: its first's
         if prompt.startswith(OOM_ONCE) and prompt not in seen:
             seen.add(prompt)
             import torch
@@ -49,6 +50,8 @@ def install(slot_index: int, device: str) -> None:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
         if prompt.startswith(OOM):
             raise MemoryError("injected")
+        if prompt.startswith(FAIL):
+            raise RuntimeError("injected failure")
         if prompt.startswith(HANG):
             time.sleep(3600)
         if prompt.startswith(SEGFAULT):
