@@ -9,9 +9,12 @@ jobs, slots or faces want it; then each waiting job is handed to the backend, wh
 download running for the others. Offline (``HF_HUB_OFFLINE=1`` or ``--offline``) a model not on
 disk is refused at once; a failed download (gated, missing repo, no hub) fails every job waiting
 on it with the plain message of ``studio.hub.explain``, and the next job for that model tries again.
-At most ``max_waiting`` jobs (``--max-queue``) wait for downloads: past that a job is refused
-with 429 and a Retry-After of the download's expected time left (``studio.admission``'s policy,
-as in the backends' queues; this line has no waiting room).
+At most ``max_waiting`` jobs (``--max-queue``) wait for downloads (a model's or a hub LoRA's): past
+that a job is refused with 429 and a Retry-After of the download's expected time left
+(``studio.admission``'s policy, as in the backends' queues; this line has no waiting room). The
+per-owner limit (``--max-queue-per-user``, ``studio.turns.OwnerLimit``) is one count with the
+backend's queue: the gate joins its rule to the backend's ``owner_limit``, so an owner's jobs
+waiting here and those queued there add up to the limit, not twice it.
 
 Runs in the parent process: never imports torch.
 """
@@ -74,8 +77,12 @@ class DownloadGate:
         self.admission = Admission(lambda: self.max_waiting, waiting_for=" for model downloads",
                                    unknown_retry_s=RETRY_AFTER_UNKNOWN_S)
         self.max_waiting_per_owner = max_waiting_per_owner  # --max-queue-per-user; 0: no limit
-        self.owner_limit = OwnerLimit(lambda: self.max_waiting_per_owner, waiting="waiting for model downloads")
+        self._phase: tuple[tuple[Job, hub.Progress | None], ...] = ()  # see _publish
+        self.owner_limit = OwnerLimit(lambda: self.max_waiting_per_owner, waiting="waiting for model downloads",
+                                      jobs=lambda: [job for job, _ in self._phase], starts_in_s=self._download_in_s)
         self.admission.rules.append(self.owner_limit)
+        if getattr(backend, "owner_limit", None) is not None:
+            self.owner_limit.join(backend.owner_limit)
         self._lock = threading.Lock()
         self._downloads: dict[str, Download] = {}
         self._complete: set[str] = set()  # models known to be all on disk
@@ -109,8 +116,10 @@ class DownloadGate:
 
     def shutdown(self) -> None:
         with self._lock:
-            waiting = [job for download in self._downloads.values() for job in download.waiting]
+            waiting = [job for job, _ in self._phase]
             self._downloads.clear()
+            self._lora_downloads.clear()
+            self._publish()
         for job in waiting:  # the download threads are daemons: an unfinished file resumes next time
             self._end(job, JobCancelled("the studio is shutting down"))
         self.backend.shutdown()
@@ -142,17 +151,8 @@ class DownloadGate:
         """Add ``job`` to the model's download, starting it if none runs; the refusal when too many wait."""
         with self._lock:
             download = self._downloads.get(spec.id)
-            waiting = [each_job for each in self._downloads.values() for each_job in each.waiting]
-            line = Line(waiting, len(waiting))
-            if job is not None and self.admission.admit(job, line, time.monotonic()) is not Verdict.QUEUE:
-                self.admission.leave(job)  # no waiting room in front of a download: refused at once
-                eta = download.progress.eta_s if download is not None else None
-                if self.owner_limit.blocks(job, line) and not self.admission.limit.blocks(job, line):
-                    # Held back by its owner's own limit: a place frees when one of the owner's downloads ends.
-                    etas = [each.progress.eta_s for each in self._downloads.values()
-                            if any(waiting.owner == job.owner for waiting in each.waiting)]
-                    eta = min((value for value in etas if value is not None), default=None)
-                return self.admission.refusal(job, line, eta)
+            if job is not None and (refusal := self._refusal(job, download)) is not None:
+                return refusal
             if download is None:
                 download = Download(spec, hub.Progress(spec.id, spec.label))
                 self._downloads[spec.id] = download
@@ -160,8 +160,34 @@ class DownloadGate:
                                  daemon=True).start()
             if job is not None:
                 download.waiting.append(job)
+                self._publish()
                 job.emit(download.event())
         return None
+
+    def _refusal(self, job: Job, download: Download | None) -> QueueFull | None:
+        """Under the lock: None when ``job`` may wait in the download phase, else its 429 (no waiting room here)."""
+        waiting = [each for each, _ in self._phase]
+        line = Line(waiting, len(waiting))
+        if self.admission.admit(job, line, time.monotonic()) is Verdict.QUEUE:
+            return None
+        self.admission.leave(job)
+        eta = download.progress.eta_s if download is not None else None
+        if self.owner_limit.blocks(job, line) and not self.admission.limit.blocks(job, line):
+            eta = self.owner_limit.place_in_s(job.owner, line)  # when one of the owner's own jobs should start
+        return self.admission.refusal(job, line, eta)
+
+    def _publish(self) -> None:
+        """Under the lock: the jobs in the download phase, each once, with its model download's progress (None
+        while it waits for a LoRA), as a snapshot the backend's owner count reads without taking our lock."""
+        phase = {job: download.progress for download in self._downloads.values() for job in download.waiting}
+        for jobs in self._lora_downloads.values():
+            phase.update((job, None) for job in jobs if job not in phase)
+        self._phase = tuple(phase.items())
+
+    def _download_in_s(self, owner: str) -> float | None:
+        """When the soonest of ``owner``'s model downloads should end (from the snapshot: no lock)."""
+        etas = [progress.eta_s for job, progress in self._phase if job.owner == owner and progress is not None]
+        return min((eta for eta in etas if eta is not None), default=None)
 
     def status(self) -> BackendStatus:
         """The backend's status, plus the downloads under way and each model's last failure."""
@@ -169,7 +195,7 @@ class DownloadGate:
         with self._lock:
             downloads = tuple(DownloadStatus.of(d.progress, jobs_waiting=len(d.waiting)) for d in self._downloads.values())
             errors = tuple(ModelError(model, message) for model, message in self._errors.items())
-            waiting = [job for download in self._downloads.values() for job in download.waiting]
+            waiting = [job for job, _ in self._phase]
         return dataclasses.replace(status, downloads=downloads, model_errors=errors,
                                    owners=tally(downloading=waiting, also=status.owners))
 
@@ -290,6 +316,7 @@ class DownloadGate:
             if self._downloads.get(download.spec.id) is download:
                 del self._downloads[download.spec.id]
             waiting, download.waiting = download.waiting, []
+            self._publish()
         return waiting
 
     def _hand_over(self, job: Job) -> None:
@@ -329,11 +356,17 @@ class DownloadGate:
             error = hublora.offline_error(names[0])
             self._end(job, error)
             raise error
+        with self._lock:
+            refusal = self._refusal(job, None)
+        if refusal is not None:
+            self._end(job, refusal)
+            raise refusal
         for name in names:
             with self._lock:
                 waiting = self._lora_downloads.setdefault(name, [])
                 first = not waiting
                 waiting.append(job)
+                self._publish()
             job.emit(Progress(JobStage.DOWNLOADING, detail=f"Downloading the LoRA {name} from the hub"))
             if first:
                 threading.Thread(target=self._download_lora, args=(name,), name="lora-download", daemon=True).start()
@@ -349,6 +382,7 @@ class DownloadGate:
             log.warning("download of the LoRA %s failed: %s", name, error.message)
         with self._lock:
             waiting = self._lora_downloads.pop(name, [])
+            self._publish()
         for job in waiting:
             if error is not None:
                 self._end(job, error)
@@ -380,6 +414,7 @@ class DownloadGate:
                     self._lora_downloads.values()):
                 if job in waiting:
                     waiting.remove(job)  # the download goes on for the others
+            self._publish()
         return self._end(job, JobCancelled(f"job {job.id} was cancelled"))
 
     def _end(self, job: Job, outcome: JobResult | BaseException) -> bool:

@@ -15,12 +15,13 @@ messages while it runs and ends with ``Done`` or ``Failed``; the parent turns th
 past ``settings.job_timeout_s`` is cancelled the same way and fails with ``JobTimeout``; a replica
 that dies fails only its own job (``WorkerFailed``).
 
-Admission is the local backend's policy (``studio.admission``): past ``--max-queue`` a job waits up
-to ``--queue-wait`` in this process before it is sent to Serve, or is refused with a Retry-After from
-the running jobs' pace; a load past ``--load-timeout`` fails its job and its replica is killed (Serve
-replaces it). Per-owner limits (``studio.turns``): past ``--max-running-per-user`` a job waits in this
-process until one of its owner's sent jobs ends; ``--max-queue-per-user`` counts the owner's jobs no
-replica has taken yet.
+Admission is the local backend's policy (``studio.admission``): past ``--max-queue`` (or its owner's
+``--max-queue-per-user``, counted with her jobs waiting for downloads) a job waits up to ``--queue-wait``
+in this process for a place, or is refused with a Retry-After from the running jobs' pace; a load past
+``--load-timeout`` fails its job and its replica is killed (Serve replaces it). Admitted jobs wait in
+this process too (``studio.rayqueue.RayQueue``) while every replica is busy, and are sent one per free
+replica in fair-share order (``studio.turns``, ``--max-running-per-user`` included), since Serve's own
+queue is first come, first served.
 
 The FastAPI app stays one process in front (it is the Ray driver); it imports this module only
 with ``--backend ray`` (``pip install "ray[serve]>=2.60,<3"``). Replicas import torch; this module's top level does not.
@@ -29,13 +30,11 @@ with ``--backend ray`` (``pip install "ray[serve]>=2.60,<3"``). Replicas import 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -57,6 +56,7 @@ from studio.owners import tally
 from studio.protocol import Done, Failed, Preview, Stage, Step
 from studio.rayauth import AUTH_HINT, token_auth_for
 from studio.ray_replica import Placed, census, kill_replica, replica_application, slot_status
+from studio.rayqueue import RayQueue
 from studio.schemas import GenerationRequest, JobStage, Progress
 from studio.turns import OwnerLimit
 
@@ -71,6 +71,7 @@ PLANNED_REPLICAS = 4  # before start, without --replicas: how many jobs the UI l
 POLL_S = 0.25  # through Ray Client (no streaming), progress is read from the census this often
 STOP_WAIT_S = 30.0  # shutdown waits this long for the jobs it cancelled to end
 TICK_S = 0.25  # how often the waiting room's deadlines and the loads' timeouts are looked at
+CENSUS_TICKS = 8  # ... and every this many ticks, how many replicas are alive
 
 
 # ---------------------------------------------------------------- the backend (runs in the app)
@@ -83,14 +84,16 @@ class RayBackend:
         self.settings = settings
         self.catalog = catalog
         self._lock = threading.Lock()
-        self._turn = threading.Condition(self._lock)  # --max-running-per-user: a held job waits for its turn
-        self._sent: Counter[str] = Counter()  # each owner's jobs sent to Serve (running or in Serve's queue)
-        self.owner_limit = OwnerLimit(lambda: settings.max_queue_per_user)
         self._observers: list[Observer] = []
-        self._running: dict[str, tuple[Job, Any]] = {}  # job id -> (job, its streaming call once sent)
-        self._steps: dict[str, tuple[float, int, int]] = {}  # running job id -> (generating since, step, total)
+        self._running: dict[str, tuple[Job, Any]] = {}  # job id -> (job, its streaming call once sent): admitted jobs
+        self.queue = RayQueue(settings)  # those held in this process, those sent, and their pace
         self._loading: dict[str, tuple[float, Placed]] = {}  # job id -> (loading since, where) while its model loads
         self.admission = Admission.from_settings(settings)  # --max-queue, --queue-wait, --load-timeout
+        self.owner_limit = OwnerLimit(  # the download phase joins it: one count with the jobs waiting for downloads
+            lambda: settings.max_queue_per_user, jobs=lambda: self._line().queued, lock=self._lock,
+            starts_in_s=lambda owner: self.queue.owner_starts_in_s(owner, self._waiting(), self._idle(),
+                                                                   time.monotonic()))
+        self.admission.rules.append(self.owner_limit)
         self._seq = itertools.count()
         self._replicas: dict[str, int] = {}  # replica id -> its slot index, in order of first sight
         self._handle = None
@@ -208,26 +211,28 @@ class RayBackend:
                 refusal = WorkerFailed("the studio is not running (starting up or shutting down); try again shortly")
             else:
                 verdict = self.admission.admit(job, self._line(), time.monotonic())
-                # --max-queue-per-user counts the owner's jobs no replica has taken yet (held here or in Serve's queue).
-                held = self.owner_limit.blocks(job, self._line())
                 if verdict is Verdict.REFUSE:
                     refusal = self._queue_full(job)
-                elif held:
-                    self.admission.leave(job)
-                    refusal = QueueFull.retry_in(held, self._ends_in_s(1, job.owner),
-                                                 self.admission.unknown_retry_s)
                 elif verdict is Verdict.QUEUE:
                     self._running[job.id] = (job, None)
+                    self.queue.hold(job)
         if refusal is not None:
             self._end(job, refusal)  # observers (metrics) count refusals from every face
             raise refusal
         self._renumber()
-        if verdict is Verdict.QUEUE:
-            self._send(job)
+        self._release()
         return job
 
-    def _send(self, job: Job) -> None:
-        threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id[:8]}", daemon=True).start()
+    def _release(self) -> None:
+        """Send held jobs to Serve while a replica has room for them, each the next in fair-share order."""
+        with self._lock:
+            if self._phase != "running":
+                return
+            jobs = self.queue.release(self.queue.places(self._replica_count), time.monotonic())
+        for job in jobs:
+            threading.Thread(target=self._follow, args=(job,), name=f"ray-job-{job.id[:8]}", daemon=True).start()
+        if jobs:
+            self._renumber()
 
     def cancel(self, job: Job, error: StudioError | None = None) -> bool:
         """What ``Job.cancel()`` does; False when the job had already ended."""
@@ -267,20 +272,15 @@ class RayBackend:
     # -- following one job ---------------------------------------------------------
 
     def _follow(self, job: Job) -> None:
-        """Send ``job`` to the deployment (once its owner is under ``--max-running-per-user``) and relay
-        its stream: progress, then its outcome."""
-        with self._turn:
-            while not job.done() and 0 < self.settings.max_running_per_user <= self._sent[job.owner]:
-                self._turn.wait(POLL_S)  # woken when one of the owner's jobs ends; polls for a cancel
-            if job.done():
-                return
-            self._sent[job.owner] += 1
+        """Send ``job`` to the deployment and relay its stream: progress, then its outcome. Its place
+        frees once the call has ended (for a cancelled job: once its replica has stopped it)."""
         try:
-            self._send_and_relay(job)
+            if not job.done():
+                self._send_and_relay(job)
         finally:
-            with self._turn:
-                self._sent[job.owner] -= 1
-                self._turn.notify_all()
+            with self._lock:
+                self.queue.ended(job, time.monotonic())
+            self._release()
 
     def _send_and_relay(self, job: Job) -> None:
         if self._streaming:
@@ -360,7 +360,7 @@ class RayBackend:
 
     def _progress(self, job: Job, progress: Progress, placed: list[Placed] | None = None) -> None:
         """Emit ``progress``; a load's start arms ``--load-timeout``, and the steps tell when the job
-        should end (``_ends_in_s``)."""
+        should end (``RayQueue.ends_in_s``)."""
         now = time.monotonic()
         with self._lock:
             if job.id in self._running:  # a late message of an ended job leaves nothing behind
@@ -368,53 +368,50 @@ class RayBackend:
                     self._loading[job.id] = (now, placed[0])
                 elif progress.stage in (JobStage.GENERATING, JobStage.STEP):
                     self._loading.pop(job.id, None)
-                    since = now if progress.stage == JobStage.GENERATING else self._steps.get(job.id, (now,))[0]
-                    self._steps[job.id] = (since, progress.step, progress.total)
+                    self.queue.paced(job, progress, now)
         job.emit(progress)
-
-    def _ends_in_s(self, count: int, owner: str | None = None) -> float | None:
-        """Seconds until ``count`` running jobs (``owner``'s, when she has some) have ended, each freed replica
-        taking the next job; from each job's pace so far (called under ``self._lock``); None while nothing
-        has made a step yet."""
-        if count <= 0:
-            return 0.0
-        now = time.monotonic()
-        mine = {job.id for job, _ in self._running.values() if job.owner == owner}
-        steps = [line for job_id, line in self._steps.items() if job_id in mine] or list(self._steps.values())
-        paces = [((now - since) / step, step, total) for since, step, total in steps if step]
-        if not paces:
-            return None
-        ends = [pace * (total - step) for pace, step, total in paces]
-        whole_job_s = sum(pace * total for pace, _, total in paces) / len(paces)  # the next ones, at that pace
-        heapq.heapify(ends)
-        for _ in range(count):
-            at = heapq.heappop(ends)
-            heapq.heappush(ends, at + whole_job_s)
-        return at
 
     # -- admission -------------------------------------------------------------------
 
     def _line(self) -> Line:
-        """The jobs sent to Serve and not running yet (under ``self._lock``)."""
+        """The admitted jobs no replica has taken yet: held here or sent (under ``self._lock``)."""
         queued = [job for job, _ in self._running.values() if job.slot is None]
         return Line(queued, max(0, len(self._running) - self._capacity()))
 
+    def _waiting(self) -> list[Job]:
+        """The admitted jobs no replica has taken yet, in the order they should start: those sent to Serve,
+        then those held here in fair-share order (under ``self._lock``)."""
+        sent = [job for job in self.queue.sent if job.slot is None and job.id in self._running]
+        return [*sent, *self.queue.line(time.monotonic())]
+
+    def _idle(self) -> int:
+        """Replicas running nothing of ours (under ``self._lock``)."""
+        return max(0, self._capacity() - sum(1 for job, _ in self._running.values() if job.slot is not None))
+
     def _queue_full(self, job: Job) -> QueueFull:
         """The refusal, with when a job arriving now would get a place: once as many running jobs have
-        ended as wait in the room before it, and one more (under ``self._lock``)."""
-        return self.admission.refusal(job, self._line(), self._ends_in_s(len(self.admission.room) + 1))
+        ended as wait in the room before it, and one more; past its owner's limit, once her first waiting
+        job starts (under ``self._lock``)."""
+        line = self._line()
+        if self.owner_limit.blocks(job, line) and not self.admission.limit.blocks(job, line):
+            return self.admission.refusal(job, line, self.owner_limit.place_in_s(job.owner, line))
+        return self.admission.refusal(job, line, self.queue.ends_in_s(len(self.admission.room) + 1, time.monotonic()))
 
     def _renumber(self) -> None:
         """Tell each waiting job its place and when it should start (a replica is free, or running jobs end)."""
         with self._lock:
-            line = [*self._line().queued, *self.admission.room]
-            idle = max(0, self._capacity() - sum(1 for job, _ in self._running.values() if job.slot is not None))
-            self.admission.announce(line, lambda position: self._ends_in_s(position + 1 - idle))
+            line, idle, now = [*self._waiting(), *self.admission.room], self._idle(), time.monotonic()
+            self.admission.announce(line, lambda position: self.queue.ends_in_s(position + 1 - idle, now))
 
     def _supervise(self) -> None:
-        """Let waiting jobs into free places, refuse those whose wait is over, and fail stuck loads."""
-        while self._phase == "running":
+        """Let waiting jobs into free places, refuse those whose wait is over, fail stuck loads, and count
+        the replicas alive (how many jobs go to Serve at once) from the census every few seconds."""
+        for tick in itertools.count(1):
+            if self._phase != "running":
+                return
             time.sleep(TICK_S)
+            if tick % CENSUS_TICKS == 0:
+                self.status()
             self._tick(time.monotonic())
 
     def _tick(self, now: float) -> None:
@@ -435,16 +432,16 @@ class RayBackend:
         self._let_in()
 
     def _let_in(self) -> None:
-        """Send the waiting jobs that now have a place, in the order they came."""
+        """Admit the waiting room's jobs that now have a place, in the order they came, and send what may go."""
         with self._lock:
             if self._phase != "running":
                 return
             admitted = []
-            for job in self.admission.let_in(self._line):
+            for job in self.admission.let_in(self._line):  # asks the line again after each is placed
                 self._running[job.id] = (job, None)
+                self.queue.hold(job)
                 admitted.append(job)
-        for job in admitted:
-            self._send(job)
+        self._release()
         if admitted:
             self._renumber()
 
@@ -479,7 +476,7 @@ class RayBackend:
             if not job.claim_outcome():
                 return False
             freed = self._running.pop(job.id, None) is not None
-            self._steps.pop(job.id, None)
+            self.queue.drop(job)
             self._loading.pop(job.id, None)
             observers = list(self._observers)
         settled = job.settle(outcome, observers)

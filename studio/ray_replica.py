@@ -37,6 +37,7 @@ CENSUS_NAMESPACE = "studio"
 REPORT_S = 1.0  # a replica reports at least this often (and at once on each change of job or stage)
 FORGET_S = 60.0  # a replica not heard from for this long leaves /health
 SERVE_NAMESPACE = "serve"  # where Serve names its replica actors (by their full replica id)
+MAX_ONGOING = 1  # requests a replica takes at once: one Engine runs one job (the app holds the rest)
 
 
 def census():
@@ -103,7 +104,7 @@ class Placed:
 
 
 class EngineReplica:
-    """One ``Engine`` on one device, serving one job at a time (``max_ongoing_requests=1``)."""
+    """One ``Engine`` on one device, serving one job at a time (``max_ongoing_requests=MAX_ONGOING``)."""
 
     def __init__(self, engine_options: EngineOptions, threads: int, fault_hook: str | None = None):
         import torch
@@ -219,7 +220,7 @@ def replica_application(settings: Settings):
     replicas = settings.replicas or gpus or 1
     options: dict[str, Any] = dict(
         name="EngineReplica",
-        max_ongoing_requests=1,  # one Engine runs one job at a time; the rest wait in Serve's queue
+        max_ongoing_requests=MAX_ONGOING,  # the app sends no more (studio.rayqueue): fair share is its
         max_queued_requests=-1,  # admission is the app's (settings.max_queue), as on the local backend
         health_check_period_s=2,
     )

@@ -91,7 +91,9 @@ class SlotManager:
         self._queue: list[Job] = []
         self.admission = Admission.from_settings(settings)  # --max-queue, --queue-wait, --load-timeout
         self.turns = Turns(settings, self.estimates)  # fair share, --max-running-per-user
-        self.owner_limit = OwnerLimit(lambda: settings.max_queue_per_user)
+        self.owner_limit = OwnerLimit(  # the download phase joins it: one count with the jobs waiting for downloads
+            lambda: settings.max_queue_per_user, jobs=lambda: self._queue, lock=self._cond,
+            starts_in_s=lambda owner: self.turns.owner_place_in_s(owner, self._queue, self._slots, time.monotonic()))
         self.admission.rules.append(self.owner_limit)
         self._seq = itertools.count()
         self._observers: list[Observer] = []
@@ -372,7 +374,7 @@ class SlotManager:
         with no slot up to estimate from (restarting), the policy's short, honest guess."""
         line = self._line()
         if self.owner_limit.blocks(job, line) and not self.admission.limit.blocks(job, line):
-            room_s = self.turns.owner_place_in_s(job.owner, self._queue, self._slots, now)  # its owner's own jobs
+            room_s = self.owner_limit.place_in_s(job.owner, line)  # its owner's own jobs, wherever they wait
         else:
             room_s = room_in_s([*self._queue, *self.admission.room], self._slots, self.estimates, now,
                                self.settings.max_queue)

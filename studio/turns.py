@@ -12,7 +12,8 @@ routing (``studio.routing.plan_dispatch``):
 - **``--max-queue-per-user N``** (``OwnerLimit``): an admission rule (``studio.admission``) that holds
   back only that owner's job; it waits in the waiting room for one of its owner's own jobs to start, or
   is refused with a 429 that names the owner's count and limit, and a Retry-After from the owner's own
-  jobs (``owner_place_in_s``).
+  jobs (``owner_place_in_s``). One count for the download phase and the backend's queue together: the
+  gate ``join``s its rule to the backend's.
 
 Pure bookkeeping under the backend's lock: no threads, no clock of its own. Never imports torch.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar
 
 from studio.admission import Line
@@ -30,23 +32,63 @@ from studio.routing import Estimates, Slot, room_in_s
 
 
 class OwnerLimit:
-    """``--max-queue-per-user``: at most ``limit()`` jobs of one owner waiting in a line (0: no limit)."""
+    """``--max-queue-per-user``: at most ``limit()`` jobs of one owner waiting, in this line and in the lines
+    ``join``ed to it (the download phase in front of a backend's queue): one count, wherever her jobs wait,
+    so jobs waiting for a download and jobs queued never add up to twice the limit.
+
+    Each line gives its rule ``jobs`` (its waiting jobs), ``starts_in_s`` (when an owner's first job there
+    should start) and the ``lock`` they are read under by the other lines. The download phase's are
+    lock-free snapshots, so only the gate ever waits for a backend's lock while holding its own."""
 
     shared: ClassVar[bool] = False  # only that owner's jobs are held back: everyone else passes them
 
-    def __init__(self, limit: Callable[[], int], waiting: str = "queued"):
+    def __init__(self, limit: Callable[[], int], waiting: str = "queued",
+                 jobs: Callable[[], Sequence[Job]] = tuple,
+                 starts_in_s: Callable[[str], float | None] = lambda owner: None,
+                 lock: AbstractContextManager = nullcontext()):
         self.limit = limit
         self.waiting = waiting  # what the owner's jobs do in this line, in words
+        self.jobs = jobs
+        self.starts_in_s = starts_in_s
+        self.lock = lock  # held by this line's own checks; taken to read it from another line
+        self.joined: list[OwnerLimit] = []
+
+    def join(self, other: OwnerLimit) -> None:
+        """Count ``other``'s line with this one (both ways)."""
+        self.joined.append(other)
+        other.joined.append(self)
+
+    def counts(self, owner: str, line: Line) -> list[tuple[str, int]]:
+        """``owner``'s waiting jobs in each line that has some: (what they do, how many), this line first."""
+        counts = [(self.waiting, _mine(line.queued, owner))]
+        for other in self.joined:
+            with other.lock:
+                counts.append((other.waiting, _mine(other.jobs(), owner)))
+        return [(words, count) for words, count in counts if count]
 
     def blocks(self, job: Job, line: Line) -> str | None:
         limit = self.limit()
         if not limit:
             return None
-        mine = sum(1 for queued in line.queued if queued.owner == job.owner)
+        counts = self.counts(job.owner, line)
+        mine = sum(count for _, count in counts)
         if mine < limit:
             return None
-        return (f"{job.owner} has {mine} job{'' if mine == 1 else 's'} {self.waiting} (--max-queue-per-user {limit}); "
+        jobs = f"{mine} job{'' if mine == 1 else 's'}"
+        what = (f"{jobs} {counts[0][0]}" if len(counts) == 1
+                else f"{jobs} waiting ({', '.join(f'{count} {words}' for words, count in counts)})")
+        return (f"{job.owner} has {what} (--max-queue-per-user {limit}); "
                 f"one of them must start before another is taken")
+
+    def place_in_s(self, owner: str, line: Line) -> float | None:
+        """The Retry-After of ``owner``'s refusal, from her own jobs: when the first of them should start,
+        in whichever line she has jobs waiting (the soonest; None when no line can tell)."""
+        estimates = [self.starts_in_s(owner)] if _mine(line.queued, owner) else []
+        for other in self.joined:
+            with other.lock:
+                if _mine(other.jobs(), owner):
+                    estimates.append(other.starts_in_s(owner))
+        return min((estimate for estimate in estimates if estimate is not None), default=None)
 
 
 class Turns:
@@ -104,6 +146,10 @@ class Turns:
 
     def _cost(self, job: Job) -> float:
         return self.estimates.job_s(job.spec.id, job.request)
+
+
+def _mine(jobs: Sequence[Job], owner: str) -> int:
+    return sum(1 for job in jobs if job.owner == owner)
 
 
 def _owner(job: Job) -> str:

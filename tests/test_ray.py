@@ -285,6 +285,7 @@ def test_per_owner_limits_hold_on_ray(app, http, monkeypatch):
 
     monkeypatch.setattr(app.state.settings, "max_queue_per_user", 1)
     monkeypatch.setattr(app.state.settings, "max_running_per_user", 1)
+    monkeypatch.setattr(app.state.settings, "queue_wait_s", 0)  # else her third waits in the room for a place
     wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
     spec, request = app.state.catalog.resolve(GenerationRequest(model=BASE, **LONG))
     jobs = [app.state.backend.submit(spec, request, "ann")]
@@ -302,6 +303,37 @@ def test_per_owner_limits_hold_on_ray(app, http, monkeypatch):
         for job in jobs:
             job.cancel()
     wait_until(lambda: replicas_idle(http), 30, "the replicas to free")
+
+
+def test_fair_share_on_ray_a_late_owner_waits_one_round_not_the_whole_flood(app, http, monkeypatch):
+    """Jobs wait in the app while both replicas are busy, and the next goes out in fair-share order: the
+    late owner's job is sent when a replica frees (at most one flood job, for the other replica, goes
+    before it); first come, first served (--no-fair-share), the whole rest of the flood goes first."""
+    monkeypatch.setattr(app.state.settings, "max_queue", 32)
+    ray_queue = app.state.backend.backend.queue
+    sent: list = []
+    started = ray_queue.turns.started
+
+    def recording(job, queue):
+        sent.append(job)
+        started(job, queue)
+
+    monkeypatch.setattr(ray_queue.turns, "started", recording)
+    spec, request = app.state.catalog.resolve(GenerationRequest(model=TURBO, prompt=faults.SLOW, steps=4))
+    for fair in (True, False):
+        monkeypatch.setattr(app.state.settings, "fair_share", fair)
+        wait_until(lambda: replicas_idle(http), START_S, "idle replicas")
+        sent.clear()
+        flood = [app.state.backend.submit(spec, request, "flood") for _ in range(6)]
+        time.sleep(0.5)
+        arrived = len(sent)  # the flood's jobs sent before the late one came: one per replica
+        late = app.state.backend.submit(spec, request, "late")
+        assert late.queue_position is not None  # it waits in line in the app, not at a replica
+        for job in [*flood, late]:
+            assert job.wait(START_S).images
+        passed = sent.index(late) - arrived
+        assert arrived >= 2 and len(flood) - arrived >= 3, arrived  # one job per replica, the rest held
+        assert passed <= 1 if fair else passed == len(flood) - arrived, (fair, arrived, passed)
 
 
 # ---------------------------------------------------------------- admission: the local backend's policy

@@ -114,6 +114,46 @@ def test_the_queue_per_user_refuses_with_the_owner_s_own_count(manager, settings
         job.cancel()
 
 
+def test_the_queue_per_user_is_one_count_with_the_jobs_waiting_for_downloads(manager, settings, tiny_models, tmp_path,
+                                                                             monkeypatch):
+    """--max-queue-per-user counts an owner's jobs waiting for a model download together with her queued ones
+    (not N of each): whichever door her next job comes in by, the 429 names both counts and her limit, with a
+    Retry-After from her own jobs; another owner passes."""
+    from hubserver import hub_repos, serve_hub, use_hub
+
+    from studio.catalog import load_catalog
+    from studio.downloads import DownloadGate
+
+    settings.max_queue_per_user = 2
+    hub_catalog = load_catalog()  # no models folder: every model comes from the hub
+    turbo = hub_catalog.resolve(GenerationRequest(model="sdxl-turbo", prompt="a red fox"))
+    base = manager.catalog.resolve(GenerationRequest(model=BASE, **LONG))  # on disk: straight to the queue
+    with serve_hub(hub_repos(tiny_models("sdxl-turbo"), ["sdxl-turbo"])) as hub:
+        use_hub(monkeypatch, hub, tmp_path / "hf", environment=False)
+        hub.throttle_bps = sum(len(f.data) for f in hub.repos["stabilityai/sdxl-turbo"].files.values()) / 60
+        gate = DownloadGate(manager, hub_catalog, offline=False, max_waiting=8, max_waiting_per_owner=2)
+        wait_until(lambda: not any(slot.busy for slot in manager.status().slots), START_S, "idle slots")
+        jobs = [gate.submit(*base, "ann") for _ in range(3)]  # two run, one is queued
+        try:
+            jobs.append(gate.submit(*turbo, "ann"))  # waits for its download: her second waiting job
+            for door in (base, turbo):  # the backend's queue, the download phase
+                with pytest.raises(QueueFull) as refused:
+                    gate.submit(*door, "ann")
+                message = str(refused.value)
+                assert "ann has 2 jobs waiting (" in message and "(--max-queue-per-user 2)" in message, message
+                assert "1 queued" in message and "1 waiting for model downloads" in message, message
+                assert refused.value.status == 429 and 1 <= refused.value.retry_after_s <= 60  # her queued job's start
+            jobs.append(gate.submit(*turbo, "bob"))  # another owner is not held back by ann's count
+            owners = {owner.owner: owner for owner in gate.status().owners}
+            assert (owners["ann"].running, owners["ann"].queued, owners["ann"].downloading) == (2, 1, 1)
+            assert owners["bob"].downloading == 1
+        finally:
+            manager.owner_limit.joined.remove(gate.owner_limit)  # the module's manager serves on alone
+            for job in jobs:
+                job.cancel()
+    wait_until(lambda: not any(slot.busy for slot in manager.status().slots), START_S, "idle slots")
+
+
 def test_the_running_per_user_leaves_a_slot_to_the_others(manager, settings):
     settings.max_running_per_user = 1
     ann = [submit(manager, "ann", **LONG) for _ in range(2)]
