@@ -24,6 +24,7 @@ from studio import families, hub, memory, placement, pngmeta, speed, weights
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled, OutOfMemory, StudioError
 from studio.families import scheduling
+from studio.families.batch import Batch
 from studio.lorapipe import ResidentLoras
 from studio.memory import Plan
 from studio.schemas import GenerationRequest, JobResult, JobStage
@@ -37,6 +38,7 @@ DECODE_FRAMES = frozenset({"decode", "_decode"})  # AutoencoderKL's (and the oth
 OnStep = Callable[[int, int], None]
 OnStage = Callable[[str], None]
 OnPreview = Callable[[int, int, int, bytes], None]  # (index, step, total, PNG of the preview)
+OnMemberPreview = Callable[[int, int, int, int, bytes], None]  # (member of the batch, then as OnPreview)
 
 
 def _ignore(*_args) -> None:
@@ -181,12 +183,46 @@ class Engine:
         ``request.previews`` previews of the first image, spread over the run, go to ``on_preview``.
         """
         started = time.perf_counter()
+        reporter = StepReporter(on_step, [(0, request.previews)], lambda _member, *preview: on_preview(*preview))
+        loaded, images, sampler = self.call(spec, request, reporter, on_stage)
+        request = request.model_copy(update={"sampler": sampler})
+        return JobResult(request=request, images=self.encode(spec, images, request),
+                         duration_s=time.perf_counter() - started, loaded_model=loaded)
+
+    def run_batch(
+        self,
+        spec: ModelSpec,
+        requests: list[GenerationRequest],
+        on_step: OnStep = _ignore,
+        on_stage: OnStage = _ignore,
+        on_preview: OnMemberPreview = _ignore,
+    ) -> list[JobResult]:
+        """Compatible text-to-image requests of a family that batches, as one pipeline call (the memory plan
+        sized for all their images, an out-of-memory retried for the whole batch): one result per request,
+        its own images with its own prompt and seeds in their metadata. Steps and stages are the batch's;
+        ``on_preview(member, index, step, total, png)`` shows each member's own first image."""
+        started = time.perf_counter()
+        batch = Batch(requests)
+        if not families.FAMILIES[spec.family].batches or batch.task != families.TEXT_TO_IMAGE:
+            raise StudioError(f"{spec.id} cannot run {batch.task} jobs as one batch")
+        reporter = StepReporter(on_step, list(zip(batch.first_images, (r.previews for r in requests))), on_preview)
+        loaded, images, sampler = self.call(spec, batch, reporter, on_stage)
+        results = []
+        for request, own in zip(requests, batch.split(images)):
+            request = request.model_copy(update={"sampler": sampler})
+            results.append(JobResult(request=request, images=self.encode(spec, own, request),
+                                     duration_s=time.perf_counter() - started, loaded_model=loaded))
+        return results
+
+    def call(self, spec: ModelSpec, request, reporter: StepReporter, on_stage: OnStage) -> tuple[bool, list, str]:
+        """Load if needed and make the images of ``request`` (one request or a ``Batch``) in one pipeline call,
+        an out-of-memory retried once on a smaller plan; whether it loaded, the images, the sampler that ran."""
         if self.spec != spec:
             on_stage(JobStage.LOADING)
         loaded = self.ensure(spec, request)
         on_stage(JobStage.GENERATING)
         try:
-            images, request = self._generate(spec, request, on_step, on_preview)
+            images, sampler = self._generate(spec, request, reporter)
         except JobCancelled:
             raise
         except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -197,21 +233,24 @@ class Engine:
                     f"out of memory generating {request.width}x{request.height} x{request.num_images} with {spec.id} "
                     f"on {self.device}; try a smaller size or fewer images"
                 ) from None
-            images, request = self._retry(spec, request, retry, on_step, on_preview)
+            images, sampler = self._retry(spec, request, retry, reporter)
         on_stage(JobStage.ENCODING)
-        changed = self.plan.value if self.plan in memory.CHANGES_WEIGHTS else None  # recorded where images differ
-        pngs = [pngmeta.encode(image, request, seed, spec.label, changed) for image, seed in zip(images, request.seeds)]
-        return JobResult(request=request, images=pngs, duration_s=time.perf_counter() - started, loaded_model=loaded)
+        return loaded, images, sampler
 
-    def _generate(self, spec: ModelSpec, request: GenerationRequest, on_step: OnStep, on_preview: OnPreview):
-        """The images, and the request as it ran (its sampler named, for the metadata)."""
+    def encode(self, spec: ModelSpec, images: list, request: GenerationRequest) -> list[bytes]:
+        """PNGs carrying ``request`` as it ran, each with its own seed."""
+        changed = self.plan.value if self.plan in memory.CHANGES_WEIGHTS else None  # recorded where images differ
+        return [pngmeta.encode(image, request, seed, spec.label, changed) for image, seed in zip(images, request.seeds)]
+
+    def _generate(self, spec: ModelSpec, request, reporter: StepReporter) -> tuple[list, str]:
+        """The images, and the name of the sampler that ran them (for the metadata)."""
         self.loras.apply(self.pipe, request.loras)  # edit pipelines share its modules, so its adapters
         pipe = self.task_pipe(request.task)
         if not speed.prepare(pipe, request) and spec.id in self.tiled_decode:
             speed.tile_vae(pipe)  # an out-of-memory in this model's decode moved it to tiles for good
         with scheduling.sampler(pipe, spec, request) as sampler, speed.step_cache_paused(pipe, request.task):
-            images = families.generate(pipe, spec, request, StepReporter(request.previews, on_step, on_preview))
-        return images, request.model_copy(update={"sampler": sampler})
+            images = families.generate(pipe, spec, request, reporter)
+        return images, sampler
 
     # -- out of memory: once more on a smaller plan ----------------------------------------
 
@@ -224,8 +263,7 @@ class Engine:
             return TILED_DECODE
         return memory.next_plan(self.plan, torch.device(self.device).type, memory.plans_for(spec.family))
 
-    def _retry(self, spec: ModelSpec, request: GenerationRequest, retry: str | Plan, on_step: OnStep,
-               on_preview: OnPreview):
+    def _retry(self, spec: ModelSpec, request, retry: str | Plan, reporter: StepReporter):
         """Run the job once more on ``retry``; the slot keeps it for the model when that works."""
         was = self.plan
         log.warning("%s on %s: out of memory on the %s plan; retrying once %s", spec.id, self.device, was,
@@ -238,7 +276,7 @@ class Engine:
             self.unload()  # the half-built activations and the old placement go; the retry loads afresh
         try:
             self.ensure(spec, request)
-            return self._generate(spec, request, on_step, on_preview)
+            return self._generate(spec, request, reporter)
         except (torch.OutOfMemoryError, MemoryError, OutOfMemory) as exc:
             # The smaller plan did not help: forget it, so the next job tries as it would have.
             self.tiled_decode.discard(spec.id) if retry == TILED_DECODE else self.kept_plans.pop(spec.id, None)
@@ -349,23 +387,28 @@ def preview_steps(count: int, total: int) -> set[int]:
 
 
 class StepReporter:
-    """The adapters' ``on_step`` with previews: progress after every step, and at ``count`` evenly spread
-    steps a preview (PNG) for ``on_preview(index, step, total, png)``."""
+    """The adapters' ``on_step`` with previews: progress after every step and, for each member of the call
+    (one for a single job), ``count`` previews of its first image at evenly spread steps, for
+    ``on_preview(member, index, step, total, png)``. ``previews``: (first image's index in the batch,
+    count) per member."""
 
-    def __init__(self, count: int, on_step: OnStep, on_preview: OnPreview):
-        self.count, self.on_step, self.on_preview = count, on_step, on_preview
-        self.sent = 0
+    def __init__(self, on_step: OnStep, previews: list[tuple[int, int]], on_preview: OnMemberPreview):
+        self.on_step, self.previews, self.on_preview = on_step, previews, on_preview
+        self.sent = [0] * len(previews)
         self._at: tuple[int, int] = (0, 0)
 
     def __call__(self, step: int, total: int) -> None:
         self._at = (step, total)
         self.on_step(step, total)
 
-    def wants_preview(self, step: int, total: int) -> bool:
-        return self.sent < self.count and step in preview_steps(self.count, total)
+    def wants_preview(self, step: int, total: int) -> list[int]:
+        """The batch indices of the images that get a preview after this step."""
+        return [first for (first, count), sent in zip(self.previews, self.sent)
+                if sent < count and step in preview_steps(count, total)]
 
-    def preview(self, image) -> None:
+    def preview(self, index: int, image) -> None:
+        member = [first for first, _ in self.previews].index(index)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)  # small and made often: speed over size
-        self.on_preview(self.sent, *self._at, buffer.getvalue())
-        self.sent += 1
+        self.on_preview(member, self.sent[member], *self._at, buffer.getvalue())
+        self.sent[member] += 1

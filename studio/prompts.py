@@ -187,7 +187,6 @@ def _pad(compel: Compel, embeds: torch.Tensor, length: int) -> torch.Tensor:
     return embeds
 
 
-@torch.no_grad()
 def sdxl_embeddings(pipe, prompt: str, negative_prompt: str | None, classifier_free_guidance: bool) -> dict:
     """The ``prompt_embeds``/``pooled_prompt_embeds`` (and negative) kwargs for a ``StableDiffusionXLPipeline``.
 
@@ -196,21 +195,43 @@ def sdxl_embeddings(pipe, prompt: str, negative_prompt: str | None, classifier_f
     ``force_zeros_for_empty_prompt`` (SDXL base) zeroes the negative itself, so none is passed;
     otherwise the empty prompt is encoded as the negative, padded to the prompt's length.
     """
-    prompts = [parse(prompt, "prompt")]
-    with_negative = classifier_free_guidance and bool(negative_prompt or not pipe.config.force_zeros_for_empty_prompt)
-    if with_negative:
-        prompts.append(parse(negative_prompt or "", "negative_prompt"))
-    texts = [text for text, _ in prompts]
+    return sdxl_batch_embeddings(pipe, [(prompt, negative_prompt)], classifier_free_guidance)
+
+
+@torch.no_grad()
+def sdxl_batch_embeddings(pipe, pairs: list[tuple[str, str | None]], classifier_free_guidance: bool) -> dict:
+    """``sdxl_embeddings`` of several (prompt, negative prompt) pairs, one row each (a batch of jobs).
+
+    Every prompt and negative is padded to the longest of them all with empty-prompt chunks, as compel
+    pads its own batches (``pad_conditioning_tensors_to_same_length``). Where one pair's negative is
+    zeroes (none given, ``force_zeros_for_empty_prompt``) and another's is not, its row is zeroes, as the
+    pipeline would make it; when no pair has one, none is passed.
+    """
+    parsed = [parse(prompt, "prompt") for prompt, _ in pairs]
+    zeroes = pipe.config.force_zeros_for_empty_prompt
+    negated = [classifier_free_guidance and bool(negative or not zeroes) for _, negative in pairs]
+    parsed += [parse(negative or "", "negative_prompt") for (_, negative), wanted in zip(pairs, negated) if wanted]
+    texts = [text for text, _ in parsed]
 
     encoders = [_compel(pipe.tokenizer, pipe.text_encoder), _compel(pipe.tokenizer_2, pipe.text_encoder_2)]
     hidden = [encoder(texts) for encoder in encoders]  # each (prompts, tokens, width), padded within the encoder
     length = max(h.shape[1] for h in hidden)
     embeds = torch.cat([_pad(encoder, h, length) for encoder, h in zip(encoders, hidden)], dim=-1)
     pooled = encoders[1].conditioning_provider.get_pooled_embeddings(
-        [pooled_text(conjunction) for _, conjunction in prompts]
+        [pooled_text(conjunction) for _, conjunction in parsed]
     ).to(embeds.dtype)
 
-    kwargs = {"prompt_embeds": embeds[:1], "pooled_prompt_embeds": pooled[:1]}
-    if with_negative:
-        kwargs.update(negative_prompt_embeds=embeds[1:], negative_pooled_prompt_embeds=pooled[1:])
+    count = len(pairs)
+    kwargs = {"prompt_embeds": embeds[:count], "pooled_prompt_embeds": pooled[:count]}
+    if any(negated):
+        rows = iter(range(count, len(parsed)))
+        picks = [next(rows) if wanted else None for wanted in negated]
+        kwargs.update(
+            negative_prompt_embeds=_rows(embeds, picks), negative_pooled_prompt_embeds=_rows(pooled, picks)
+        )
     return kwargs
+
+
+def _rows(tensor: torch.Tensor, picks: list[int | None]) -> torch.Tensor:
+    """The rows ``picks`` of ``tensor``, zeroes for None (shaped as a row)."""
+    return torch.stack([tensor[row] if row is not None else torch.zeros_like(tensor[0]) for row in picks])

@@ -17,8 +17,8 @@ import threading
 import time
 from collections import OrderedDict
 
-from studio.jobloop import engine_state, run_job
-from studio.protocol import CancelJob, Ready, RunJob, StartFailed, Stop, WorkerState
+from studio.jobloop import engine_state, run_batch, run_job
+from studio.protocol import CancelJob, Ready, RunBatch, RunJob, StartFailed, Stop, WorkerState
 from studio.schemas import GenerationRequest
 from studio.terminal import quiet_libraries
 
@@ -117,12 +117,15 @@ class Worker:
         self.conn = conn
         self.jobs: queue.Queue = queue.Queue()
         self.cancelled = RecentIds()
-        self.current: str | None = None
+        self.current: tuple[str, ...] = ()  # the running job's id, or a running batch's
 
     def serve(self) -> None:
         threading.Thread(target=self.listen, name="worker-listener", daemon=True).start()
         while (message := self.jobs.get()) is not None:
-            self.run_job(message.job_id, message.spec, message.request)
+            if isinstance(message, RunBatch):
+                self.run_batch(message.jobs)
+            else:
+                self.run_job(message.job_id, message.spec, message.request)
         self.conn.close()
 
     def listen(self) -> None:
@@ -132,26 +135,41 @@ class Worker:
             except (EOFError, OSError):
                 # The parent is gone (killed, crashed): nobody will read our results; leave now.
                 os._exit(0)
-            if isinstance(message, RunJob):
+            if isinstance(message, (RunJob, RunBatch)):
                 self.jobs.put(message)
             elif isinstance(message, CancelJob):
                 self.cancelled.add(message.job_id)
             elif isinstance(message, Stop):
-                if self.current:
-                    self.cancelled.add(self.current)
+                for job_id in self.current:
+                    self.cancelled.add(job_id)
                 self.jobs.put(None)
                 return
 
     def run_job(self, job_id: str, spec, request) -> None:
-        self.current = job_id
+        self.current = (job_id,)
         try:
             outcome = run_job(self.engine, job_id, spec, request, send=self.conn.send,
-                              cancelled=lambda: job_id in self.cancelled,
-                              where=f"slot {self.slot_index} ({self.engine.device})", slot=self.slot_index)
+                              cancelled=lambda: job_id in self.cancelled, where=self.where, slot=self.slot_index)
         finally:
-            self.current = None
+            self.current = ()
             self.cancelled.discard(job_id)
         self.conn.send(outcome)
+
+    def run_batch(self, jobs: tuple[RunJob, ...]) -> None:
+        """Compatible jobs as one call; ``run_batch`` sends each member's outcome itself."""
+        self.current = tuple(job.job_id for job in jobs)
+        try:
+            run_batch(self.engine, list(jobs), send=self.conn.send, cancelled=self.cancelled.__contains__,
+                      where=self.where, slot=self.slot_index)
+        finally:
+            self.current = ()
+            for job in jobs:
+                self.cancelled.discard(job.job_id)
+
+    @property
+    def where(self) -> str:
+        """How errors name this worker."""
+        return f"slot {self.slot_index} ({self.engine.device})"
 
     def state(self) -> WorkerState:
         return engine_state(self.engine)

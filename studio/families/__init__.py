@@ -12,7 +12,9 @@ Every adapter module exposes
 and, where loading is more than ``from_pretrained`` of the record's pipeline class
 (``base.from_pretrained``), ``load(spec: ModelSpec, device: str) -> pipeline``.
 
-``request`` is already resolved by ``ModelSpec.check`` (no field is None).
+``request`` is already resolved by ``ModelSpec.check`` (no field is None). Where the record's
+``batches`` is set, it may also be a ``families.batch.Batch``: several jobs' prompts and seeds, one
+text-to-image call (``Engine.run_batch``).
 ``on_step(step, total, preview)`` is called after each denoising step; it raises
 ``JobCancelled`` to stop the job, which propagates out of ``generate``. ``preview`` is a
 function that makes a cheap preview image of the current latents (``studio.families.preview``),
@@ -83,7 +85,7 @@ FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
         _family(
-            "sdxl", "StableDiffusionXLPipeline", "unet", takes_loras=True, preview=SDXL_VAE,
+            "sdxl", "StableDiffusionXLPipeline", "unet", takes_loras=True, preview=SDXL_VAE, batches=True,
             edits={IMAGE_TO_IMAGE: "StableDiffusionXLImg2ImgPipeline", INPAINTING: "StableDiffusionXLInpaintPipeline"},
         ),
         _family(

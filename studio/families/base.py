@@ -13,6 +13,7 @@ from studio import families, speed, uploads
 from studio.catalog import ModelSpec
 from studio.errors import ModelLoadFailed
 from studio.families import preview
+from studio.families.batch import images_per_prompt
 from studio.schemas import GenerationRequest
 
 OnStep = Callable[[int, int], None]
@@ -79,8 +80,9 @@ def generators(request: GenerationRequest) -> list[torch.Generator]:
 def step_callback(on_step: OnStep, request: GenerationRequest, spec: ModelSpec):
     """A ``callback_on_step_end`` that reports progress; ``on_step`` may raise to cancel.
 
-    When ``on_step`` also has ``wants_preview(step, total)`` and ``preview(image)`` (the engine's
-    ``StepReporter``), the steps it wants get a preview image of the latents.
+    When ``on_step`` also has ``wants_preview(step, total)``, the indices in the batch of the images
+    that get a preview now, and ``preview(index, image)`` (the engine's ``StepReporter``), those images
+    get a preview of their latents.
     """
     wants_preview = getattr(on_step, "wants_preview", None)
 
@@ -89,10 +91,10 @@ def step_callback(on_step: OnStep, request: GenerationRequest, spec: ModelSpec):
         total = getattr(pipe, "_num_timesteps", None) or request.steps
         on_step(step + 1, total)
         latents = callback_kwargs.get("latents")
-        if wants_preview is not None and latents is not None and wants_preview(step + 1, total):
-            image = preview.latents_to_image(pipe, spec.family, latents, request)
+        for index in wants_preview(step + 1, total) if wants_preview is not None and latents is not None else ():
+            image = preview.latents_to_image(pipe, spec.family, latents[index:index + 1], request)
             if image is not None:
-                on_step.preview(image)
+                on_step.preview(index, image)
         return {}
 
     return callback
@@ -100,10 +102,10 @@ def step_callback(on_step: OnStep, request: GenerationRequest, spec: ModelSpec):
 
 def image_arguments(request: GenerationRequest, negative: bool = True) -> dict:
     """What every pipeline call names alike: the prompt (and the negative one, where the family takes it),
-    the size, n images in one batched call and their seeds."""
+    the size, n images in one batched call and their seeds (a ``Batch``: a prompt and a seed per image)."""
     arguments = dict(
         prompt=request.prompt, width=request.width, height=request.height,
-        num_images_per_prompt=request.num_images, generator=generators(request),
+        num_images_per_prompt=images_per_prompt(request), generator=generators(request),
     )
     if negative:
         arguments["negative_prompt"] = request.negative_prompt

@@ -18,7 +18,7 @@ from studio.schemas import GenerationRequest
 
 @torch.no_grad()
 def latents_to_image(pipe, family: str, latents: torch.Tensor, request: GenerationRequest) -> Image.Image | None:
-    """A preview of the first image of the batch, at the latents' resolution; None where there is no way."""
+    """A preview of the first image of ``latents``, at the latents' resolution; None where there is no way."""
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return None

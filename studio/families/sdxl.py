@@ -7,16 +7,21 @@ is the one the model must run with; prompts go through compel (``studio.prompts`
 catalog says so, for weights, ``AND`` and prompts longer than 77 tokens. Edits run the same
 call on ``StableDiffusionXLImg2ImgPipeline`` / ``StableDiffusionXLInpaintPipeline`` made from the
 loaded pipeline (``studio.families.task_pipeline``).
+
+A batch of jobs (``studio.families.batch``) runs on text embeddings: each member's prompt and negative
+encoded as its own call would encode them (compel's rows padded to the same length), one row per image.
 """
 
 from __future__ import annotations
 
 import diffusers
+import torch
 from diffusers import StableDiffusionXLPipeline
 
 from studio import families, prompts
 from studio.catalog import ModelSpec
 from studio.families import base
+from studio.families.batch import Batch, images_per_prompt, members
 from studio.schemas import GenerationRequest
 
 
@@ -33,13 +38,18 @@ def _ensure_scheduler(pipe, spec: ModelSpec) -> None:
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
 
 
-def generate(pipe, spec: ModelSpec, request: GenerationRequest, on_step: base.OnStep) -> list:
+def generate(pipe, spec: ModelSpec, request: GenerationRequest | Batch, on_step: base.OnStep) -> list:
     # The pipeline's own rule for classifier-free guidance; below it the negative is never used.
     guided = request.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
     if spec.compel:
-        text = prompts.sdxl_embeddings(pipe, request.prompt, request.negative_prompt, guided)
+        pairs = [(member.prompt, member.negative_prompt) for member in members(request)]
+        text = prompts.sdxl_batch_embeddings(pipe, pairs, guided)
+    elif isinstance(request, Batch):
+        text = _encoded(pipe, request.requests, guided)
     else:
         text = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
+    if isinstance(request, Batch):
+        text = {name: rows.repeat_interleave(torch.tensor(request.counts), dim=0) for name, rows in text.items()}
     # Image-to-image takes its size from the (resized) input image; the others are told it.
     size = {} if request.task == families.IMAGE_TO_IMAGE else {"width": request.width, "height": request.height}
     result = pipe(
@@ -48,9 +58,22 @@ def generate(pipe, spec: ModelSpec, request: GenerationRequest, on_step: base.On
         **base.edit_arguments(request, size=False),
         num_inference_steps=request.steps,
         guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images,
+        num_images_per_prompt=images_per_prompt(request),
         generator=base.generators(request),
         callback_on_step_end=base.step_callback(on_step, request, spec),
         output_type="pil",
     )
     return result.images
+
+
+@torch.no_grad()
+def _encoded(pipe, requests, guided: bool) -> dict:
+    """Each request's text embeddings as the pipeline encodes them for its own call, one row each."""
+    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    encoded = [
+        pipe.encode_prompt(request.prompt, device=pipe._execution_device, do_classifier_free_guidance=guided,
+                           negative_prompt=request.negative_prompt if guided else None)
+        for request in requests
+    ]
+    rows = {name: [parts[index] for parts in encoded] for index, name in enumerate(names)}
+    return {name: torch.cat(tensors) for name, tensors in rows.items() if tensors[0] is not None}
