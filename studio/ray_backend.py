@@ -36,8 +36,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -45,7 +43,6 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, TaskCancelledError
 from ray.serve.exceptions import RequestCancelledError
 
-import studio
 from studio.admission import Admission, Line, Verdict
 from studio.backend import BackendStatus, Observer, SlotState, SlotStatus
 from studio.catalog import Catalog, ModelSpec
@@ -54,7 +51,7 @@ from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, Work
 from studio.jobs import ANONYMOUS, Job
 from studio.owners import tally
 from studio.protocol import Done, Failed, Preview, Stage, Step
-from studio.rayauth import AUTH_HINT, token_auth_for
+from studio.rayauth import join_ray
 from studio.ray_replica import Placed, census, kill_replica, replica_application, slot_status
 from studio.rayqueue import RayQueue
 from studio.schemas import GenerationRequest, JobStage, Progress
@@ -100,7 +97,7 @@ class RayBackend:
         self._owns_app = False  # this backend deployed the replicas (else it found them running)
         self._connected = False  # this backend called ray.init
         self._own_ray = False  # ... and that started a local Ray instance, not a connection to a cluster
-        self._ray_released = threading.Event()  # ends the thread that started Ray (see _init_ray)
+        self._ray_released = threading.Event()  # ends the thread that started Ray (see rayauth.join_ray)
         self._phase = "new"  # new | starting | running | stopping | stopped
         self._census = None  # the Census actor, once Ray is up
         self._streaming = not (settings.ray_address or "").startswith("ray://")  # Ray Client cannot stream
@@ -117,7 +114,7 @@ class RayBackend:
         try:
             if not ray.is_initialized():
                 address = self.settings.ray_address
-                self._init_ray(address)
+                join_ray(address, self._ray_released)
                 self._connected = True
                 self._own_ray = address is None and not os.environ.get("RAY_ADDRESS")  # started just now: ours to stop
             self._census = census()
@@ -139,34 +136,6 @@ class RayBackend:
         while not (slots := self.status().slots) and time.monotonic() < deadline:
             time.sleep(0.1)
         log.info("ray backend ready: %s", ", ".join(f"{s.index}={s.device}" for s in slots) or "no replica reported")
-
-    def _init_ray(self, address: str | None) -> None:
-        """``ray.init`` from a thread of this backend that lives until ``shutdown``. The kernel kills
-        a local Ray's GCS and raylet (started with PR_SET_PDEATHSIG) when the *thread* that started
-        them ends, and ``start`` may run on a server's pool thread that ends once idle: the cluster
-        would vanish under the replicas, and the driver (this process) exit a minute later."""
-        ready: Future = Future()
-
-        if address and token_auth_for(address, os.environ):
-            os.environ["RAY_AUTH_MODE"] = "token"  # Ray turns it on by itself only for a cluster it finds
-            log.info("ray backend: joining %s with token authentication (a token is set)", address)
-
-        def own_ray() -> None:
-            try:
-                # The replicas run this same code, shipped with the job: other machines need only the
-                # requirements (and the models, in their HF cache or a shared one).
-                ray.init(address=address, runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
-                         namespace="studio", log_to_driver=False, include_dashboard=False)
-            except BaseException as exc:
-                if address and isinstance(exc, (ConnectionError, RuntimeError)):
-                    exc = ConnectionError(f"{exc} {AUTH_HINT}")
-                ready.set_exception(exc)
-                return
-            ready.set_result(None)
-            self._ray_released.wait()
-
-        threading.Thread(target=own_ray, name="ray-owner", daemon=True).start()
-        ready.result()
 
     def shutdown(self) -> None:
         """Cancel every job, remove the deployment, and stop Ray when this process started it."""

@@ -92,3 +92,32 @@ def test_the_cli_downloads_a_hub_lora_first(studio, lora_models, tmp_path):
                      "--lora", f"{STYLES}/a.safetensors:0.5", "-o", str(out)]) == 0
     assert hub.downloads(STYLES).count("a.safetensors") == 1
     assert pngmeta.read(out)["loras"] == [{"name": f"{STYLES}/a.safetensors", "scale": 0.5}]
+
+
+def test_a_job_waiting_for_its_hub_lora_counts_toward_its_owner_s_queue_limit(lora_models, tmp_path, monkeypatch):
+    """Waiting for a hub LoRA is waiting in the download phase: --max-queue-per-user counts it (the 429 names
+    the owner's count), and another owner passes."""
+    from studio.catalog import load_catalog
+    from studio.downloads import DownloadGate
+    from studio.errors import QueueFull
+    from studio.schemas import GenerationRequest
+    from studio.slots import SlotManager
+
+    lora = (lora_models / "loras" / "tiny-sdxl-kohya.safetensors").read_bytes()
+    with serve_hub({INK: HubRepo({"pytorch_lora_weights.safetensors": HubFile(lora, lfs=True)})}) as hub:
+        use_hub(monkeypatch, hub, tmp_path / "hf", environment=False)
+        hub.throttle_bps = len(lora) / 60  # outlasts the test
+        catalog = load_catalog(lora_models, lora_dir=tmp_path)
+        gate = DownloadGate(SlotManager(Settings(devices=["cpu"]), catalog), catalog, offline=False, max_waiting=5,
+                            max_waiting_per_owner=1)
+        spec, request = catalog.resolve(GenerationRequest(model="sdxl-base", prompt="a red fox", loras=[INK]))
+        try:
+            gate.submit(spec, request, "ann")
+            with pytest.raises(QueueFull, match=r"ann has 1 job waiting for model downloads "
+                                                r"\(--max-queue-per-user 1\)") as caught:
+                gate.submit(spec, request, "ann")
+            assert caught.value.status == 429
+            gate.submit(spec, request, "bob")
+            assert [(o.owner, o.downloading) for o in gate.status().owners] == [("ann", 1), ("bob", 1)]
+        finally:
+            gate.shutdown()

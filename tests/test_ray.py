@@ -152,6 +152,39 @@ def test_before_it_starts_the_backend_lists_the_planned_replicas(tiny_catalog):
     assert not status.accepting
 
 
+def test_held_jobs_go_to_serve_one_per_free_place_in_fair_share_order():
+    """``RayQueue`` alone: a replica's worth of jobs goes out at once, the rest stay in the app; a freed
+    place goes to the owner with the least service (first come, first served without fair share);
+    --max-running-per-user holds an owner's job back while another's goes; autoscaling sends up to
+    --max-replicas, so that Serve sees the demand."""
+    from studio.catalog import load_catalog
+    from studio.jobs import Job
+    from studio.rayqueue import RayQueue
+
+    spec = load_catalog().get(TURBO)
+    request = spec.check(GenerationRequest(model=TURBO, prompt="a lighthouse"))
+    for fair in (True, False):
+        queue = RayQueue(Settings(backend="ray", fair_share=fair, max_running_per_user=2))
+        flood = [Job(spec, request, owner="flood", seq=seq) for seq in range(4)]
+        late = Job(spec, request, owner="late", seq=9)
+        for job in flood:
+            queue.hold(job)
+        assert queue.release(queue.places(2), 0.0) == flood[:2] and queue.held == flood[2:]
+        queue.hold(late)
+        assert queue.release(2, 1.0) == []  # both places taken
+        queue.ended(flood[0], 2.0)  # flood's first job ran 2 s
+        assert queue.release(2, 2.0) == ([late] if fair else [flood[2]])
+    queue.ended(flood[1], 3.0)  # first come, first served: two places free, the next two in arrival order
+    queue.ended(flood[2], 3.0)
+    assert queue.release(2, 3.0) == [flood[3], late]
+    queue = RayQueue(Settings(backend="ray", max_running_per_user=1))
+    ann, bob = (Job(spec, request, owner=owner) for owner in ("ann", "bob"))
+    for job in (Job(spec, request, owner="ann"), ann, bob):
+        queue.hold(job)
+    assert [job.owner for job in queue.release(3, 0.0)] == ["ann", "bob"] and queue.held == [ann]
+    assert RayQueue(Settings(backend="ray", min_replicas=1, max_replicas=4)).places(1) == 4
+
+
 # ---------------------------------------------------------------- the faces
 
 
@@ -432,7 +465,7 @@ def test_a_killed_replica_fails_only_its_job_and_serve_replaces_it(app, http):
     ({"RAY_AUTH_MODE": "token"}, False, True),
 ])
 def test_joining_a_cluster_uses_token_auth_when_a_token_is_at_hand(tmp_path, environ, token_in_home, expected):
-    from studio.ray_backend import token_auth_for
+    from studio.rayauth import token_auth_for
 
     if token_in_home:
         (tmp_path / ".ray").mkdir()
