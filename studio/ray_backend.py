@@ -234,6 +234,7 @@ class RayBackend:
         alive = [slot for slot in slots if slot.alive]
         if alive:
             self._replica_count = len(alive)
+            self.queue.resident = {slot.index: slot.model for slot in alive if slot.model}  # what the replicas say
         busy = sum(1 for slot in alive if slot.busy)
         return BackendStatus(slots=slots, queue_depth=max(0, in_flight - busy), max_queue=self.settings.max_queue,
                              waiting_room=waiting, accepting=phase == "running", owners=owners)
@@ -289,9 +290,7 @@ class RayBackend:
         """Turn the replica's messages into ``job``'s events; returns its outcome. ``placed`` gets where it runs."""
         for message in call:
             if isinstance(message, Placed):
-                placed.append(message)
-                job.slot = self._slot_index(message.replica)
-                self._renumber()
+                self._place(job, message, placed)
             elif isinstance(message, Stage):
                 total = job.request.steps if message.stage == JobStage.GENERATING else 0
                 self._progress(job, Progress(JobStage(message.stage), total=total, slot=job.slot), placed)
@@ -302,6 +301,14 @@ class RayBackend:
             else:
                 return self._outcome(job, message)
         return self._outcome(job, None)
+
+    def _place(self, job: Job, where: Placed, placed: list[Placed]) -> None:
+        """A replica took ``job``: its slot, the model that replica holds now, and everyone behind moves up."""
+        placed.append(where)
+        job.slot = self._slot_index(where.replica)
+        with self._lock:
+            self.queue.resident[job.slot] = job.spec.id
+        self._renumber()
 
     def _poll(self, job: Job, call, placed: list[Placed]) -> Any:
         """``_relay`` for a call that cannot stream: the replica's census line, a few times a second."""
@@ -315,9 +322,7 @@ class RayBackend:
             if line is None:
                 continue
             if not placed:
-                placed.append(Placed(line["replica"], line["device"]))
-                job.slot = self._slot_index(line["replica"])
-                self._renumber()
+                self._place(job, Placed(line["replica"], line["device"]), placed)
             stage = JobStage.LOADING if line["loading"] else JobStage.GENERATING if line["total"] else None
             current = (line["replica"], stage, line["step"])
             if stage and stage != seen[1]:

@@ -5,7 +5,10 @@ Serve's own queue is first come, first served: a flood sent at once would make e
 behind it. So the app sends a job only when a place is free (``places``: one per replica alive, each
 taking ``MAX_ONGOING`` requests at once; under autoscaling ``--max-replicas``, so that Serve still sees
 the demand it scales on), and picks it as the local backend does (``studio.turns.Turns``): fair share
-between owners, the one-round bound, ``--max-running-per-user``. A sent job holds its place until its
+between owners, the one-round bound, ``--max-running-per-user``, and model affinity within that
+choice: a job whose model only busy replicas hold lets the next job whose model an idle replica holds
+go first (Serve's multiplexing then routes it there, no load), and waits for its own replica, unless
+it is due. A sent job holds its place until its
 call ends (a cancelled one until its replica has stopped it), and its time is charged to its owner.
 The running jobs' pace (their steps) says when places free: queue positions, ``wait_s`` and
 Retry-After (``ends_in_s``).
@@ -34,6 +37,7 @@ class RayQueue:
         self.held: list[Job] = []  # in arrival order
         self.sent: dict[Job, float] = {}  # each sent job whose call has not ended -> when it was sent
         self._steps: dict[Job, tuple[float, int, int]] = {}  # a generating job -> (since, step, total)
+        self.resident: dict[int, str] = {}  # replica (slot index) -> the model it holds, as last seen
 
     def places(self, replicas: int) -> int:
         """How many jobs Serve may hold at once: what its replicas run (or, autoscaling, may run)."""
@@ -55,15 +59,29 @@ class RayQueue:
         """The held jobs to send now, one per free place, each the next in fair-share order."""
         released = []
         while self.held and len(self.sent) < places:
-            offered, _ = self.turns.order(self.held, list(self.sent), now)  # the due jobs come first
+            offered, due = self.turns.order(self.held, list(self.sent), now)  # the due jobs come first
             if not offered:
                 break  # the owners of all held jobs are at --max-running-per-user
-            job = offered[0]
+            job = self._affine(offered, due)
             self.turns.started(job, self.held)
             self.held.remove(job)
             self.sent[job] = now
             released.append(job)
         return released
+
+    def _affine(self, offered: list[Job], due: list[Job]) -> Job:
+        """The first offered job, unless only busy replicas hold its model while an idle one holds the model
+        of a later offered job: that one goes (no load), the first waits for its replica. A due job never
+        waits (the one-round bound); while a sent job has no replica yet, where it goes is Serve's choice."""
+        first = offered[0]
+        busy = {job.slot for job in self.sent}
+        if first in due or None in busy:
+            return first
+        idle = {model for slot, model in self.resident.items() if slot not in busy}
+        held_busy = {model for slot, model in self.resident.items() if slot in busy}
+        if first.spec.id in idle or first.spec.id not in held_busy:
+            return first
+        return next((job for job in offered if job.spec.id in idle), first)
 
     def ended(self, job: Job, now: float) -> None:
         """``job``'s call to Serve has ended: its place frees, and its time is its owner's service."""

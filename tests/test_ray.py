@@ -185,6 +185,32 @@ def test_held_jobs_go_to_serve_one_per_free_place_in_fair_share_order():
     assert RayQueue(Settings(backend="ray", min_replicas=1, max_replicas=4)).places(1) == 4
 
 
+def test_a_held_job_lets_one_whose_model_an_idle_replica_holds_go_first():
+    """Model affinity within fair share's choice on Ray: ann's job is first in fair order, but only the busy
+    replica holds its model; bob's job, whose model the idle replica holds, goes (no load), and ann's waits
+    for her model's replica."""
+    from studio.catalog import load_catalog
+    from studio.jobs import Job
+    from studio.rayqueue import RayQueue
+
+    catalog = load_catalog()
+    base, turbo = ((catalog.get(model), catalog.get(model).check(GenerationRequest(model=model, prompt="x")))
+                   for model in (BASE, TURBO))
+    queue = RayQueue(Settings(backend="ray"))
+    queue.resident = {0: BASE, 1: TURBO}
+    running = Job(*turbo, owner="cy")
+    queue.hold(running)
+    assert queue.release(2, 0.0) == [running]
+    running.slot = 1  # the replica holding Turbo took it
+    ann, bob = Job(*turbo, owner="ann", seq=1), Job(*base, owner="bob", seq=2)
+    queue.hold(ann)
+    queue.hold(bob)
+    assert queue.line(0.0) == [ann, bob]  # ann first in fair order ...
+    assert queue.release(2, 0.0) == [bob]  # ... but bob's job needs no load on the idle replica
+    queue.ended(running, 5.0)
+    assert queue.release(2, 5.0) == [ann]  # her model's replica freed
+
+
 # ---------------------------------------------------------------- the faces
 
 
