@@ -6,7 +6,7 @@ A1111's shape (``answers``). Closing the connection cancels the job, as on ``/v1
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from studio.a1111 import answers, translate
@@ -14,9 +14,9 @@ from studio.a1111.auth import Caller, require_caller
 from studio.a1111.bodies import IGNORED, REFUSED, Img2ImgRequest, OptionsUpdate, Txt2ImgRequest
 from studio.a1111.callers import Callers
 from studio.a1111.sampling import sampler_names
-from studio.errors import StudioError, echo
+from studio.errors import StudioError
 from studio.history import owner_dir
-from studio.openai_api import CLIENT_CLOSED, http_error, save_images, wait_for_result
+from studio.openai_api import CLIENT_CLOSED, save_images, wait_for_result
 
 PREFIX = "/sdapi"
 router = APIRouter(prefix=f"{PREFIX}/v1", dependencies=[Depends(require_caller)], tags=["A1111-compatible"])
@@ -140,16 +140,12 @@ for path, what in (("latent-upscale-modes", "Latent upscale modes"), ("sd-vae", 
     router.add_api_route(f"/{path}", empty_list(what), methods=["GET"], summary=f"{what} (A1111 API)")
 
 
-def served() -> list[str]:
-    return sorted(f"{method} {route.path}" for route in router.routes if getattr(route, "include_in_schema", False)
-                  for method in route.methods)
-
-
-# Registered after ``router``: any other /sdapi path (the UI at "/" would answer it with its own page).
+# Registered after ``router``: any other /sdapi path (the UI at "/" would answer it with its own page). A1111 is a
+# FastAPI app: a path it does not serve is FastAPI's plain 404, which its clients read as "not this feature".
 outside = APIRouter(prefix=PREFIX, dependencies=[Depends(require_caller)], include_in_schema=False)
 
 
 @outside.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def unknown_route(path: str):
-    """Other /sdapi routes are not served; the 404 names those that are."""
-    raise http_error(404, f"{PREFIX}/{echo(path)} is not served here; served: {', '.join(served())}")
+async def unknown_route() -> JSONResponse:
+    """Other /sdapi routes are not served: A1111's (FastAPI's) 404 body; the docs list those that are."""
+    return JSONResponse({"detail": "Not Found"}, status_code=404)
