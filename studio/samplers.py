@@ -14,7 +14,7 @@ model's training schedule (betas, shift, prediction type) is kept and only the s
 Unset, a request runs the scheduler the model ships; ``name_of`` names it for the metadata.
 
 Torch-free: the parent reads this table to check requests, list each model's samplers and answer
-A1111's ``GET /sdapi/v1/samplers`` and ``schedulers`` (``a1111_samplers``, ``SCHEDULE_TYPES``).
+A1111's ``GET /sdapi/v1/samplers`` (a model's, ``a1111_samplers``) and ``schedulers`` (``SCHEDULE_TYPES``).
 """
 
 from __future__ import annotations
@@ -152,20 +152,21 @@ def to_a1111(name: str) -> tuple[str, str]:
     return name, "Uniform" if name in A1111_AUTOMATIC else "Automatic"
 
 
-def a1111_samplers() -> list[A1111Sampler]:
-    """Every sampler of any family, once, in A1111's order: what ``GET /sdapi/v1/samplers`` lists."""
-    found: dict[str, A1111Sampler] = {}
-    tables = (*FAMILY_SAMPLERS.values(), *FIXED_SCHEDULERS.values())
-    for sampler in (sampler for samplers in tables for sampler in samplers):
-        name, schedule = to_a1111(sampler.name)  # EDM's "DPM++ 2M Karras" is A1111's DPM++ 2M on Karras
-        schedules = {"Automatic", schedule} | ({"Uniform", "Normal", "Karras"} if sampler.karras else set())
-        before = found.get(name, A1111Sampler(name, (), ()))
-        merged = set(before.schedules) | schedules
-        found[name] = A1111Sampler(
-            name, tuple(dict.fromkeys(before.aliases + sampler.aliases)),
-            tuple(label for label in SCHEDULE_TYPES.values() if label in merged),
-        )
-    return list(found.values())
+def a1111_samplers(family: str, fixed_scheduler: str | None = None) -> list[A1111Sampler]:
+    """A model's samplers as A1111's ``GET /sdapi/v1/samplers`` lists what the webui can run: each
+    ``sampler_name`` once, in A1111's order, with its aliases and the schedule types on which it is one of
+    the model's samplers (EDM's "DPM++ 2M Karras" is A1111's DPM++ 2M on Karras)."""
+    offered = choices(family, fixed_scheduler)
+    aliases: dict[str, tuple[str, ...]] = {}
+    for sampler in table(family, fixed_scheduler):
+        name = to_a1111(sampler.name)[0]
+        aliases[name] = tuple(dict.fromkeys(aliases.get(name, ()) + sampler.aliases))
+
+    def runs(name: str, schedule: str) -> bool:
+        return canonical(from_a1111(name, schedule, offered), family, fixed_scheduler) is not None
+
+    return [A1111Sampler(name, names, tuple(label for label in SCHEDULE_TYPES.values() if runs(name, label)))
+            for name, names in aliases.items()]
 
 
 def scheduler_of(name: str, family: str, fixed_scheduler: str | None = None) -> tuple[str, dict]:

@@ -148,9 +148,9 @@ def test_sillytavern_start_up_and_generation(server):
         upscalers[1:1] = latent  # "0 = None, then Latent Upscalers, then Upscalers"
         assert upscalers[0] == "None"
         assert [x["model_name"] for x in sillytavern_get(session, "sd-vae")] == []
-        samplers = [x["name"] for x in sillytavern_get(session, "samplers")]
+        samplers = [x["name"] for x in sillytavern_get(session, "samplers")]  # the checkpoint's: the default's
         schedulers = [x["name"] for x in sillytavern_get(session, "schedulers")]
-        assert "DDIM" in samplers and "Euler a" in samplers and "karras" in schedulers
+        assert "Euler a" in samplers and "karras" in schedulers
         models = [{"value": x["title"], "text": x["title"]} for x in sillytavern_get(session, "sd-models")]
         assert "sdxl-base" in [model["value"] for model in models]
         sillytavern_get(session, "options")["sd_model_checkpoint"]  # /get-model
@@ -159,6 +159,8 @@ def test_sillytavern_start_up_and_generation(server):
         assert response.is_success, response.text
         progress = sillytavern_get(session, "progress")
         assert progress["progress"] == 0.0 and progress["state"]["job_count"] == 0
+        # its user connects again (validateAutoUrl -> loadSettingOptions): the new checkpoint's samplers
+        assert "DDIM" in [x["name"] for x in sillytavern_get(session, "samplers")]
         # /generate: the extension's body, with getSdRequestBody()'s url and auth, sent on whole
         body = {
             "url": server, "auth": auth, "prompt": "a castle on a hill", "negative_prompt": "lowres",
@@ -221,6 +223,32 @@ def test_each_key_has_its_own_checkpoint(ann, bob):
     assert response.status_code == 200, response.text[:300]
     info = json.loads(response.json()["info"])
     assert info["sd_model_name"] == "sdxl-turbo" and info["all_seeds"] == [11]
+
+
+def test_samplers_are_those_the_callers_checkpoint_can_run(ann, bob):
+    """A1111 lists the samplers of the model it has loaded; here, of each key's sd_model_checkpoint."""
+    def names(session: httpx.Client) -> list[str]:
+        return [sampler["name"] for sampler in session.get("/sdapi/v1/samplers").json()]
+
+    def use(session: httpx.Client, checkpoint: str) -> None:
+        assert session.post("/sdapi/v1/options", json={"sd_model_checkpoint": checkpoint}).status_code == 200
+
+    before = {session: session.get("/sdapi/v1/options").json()["sd_model_checkpoint"] for session in (ann, bob)}
+    try:
+        use(ann, "flux-schnell")
+        use(bob, "sdxl-base")
+        flux = ann.get("/sdapi/v1/samplers").json()
+        assert [sampler["name"] for sampler in flux] == ["Euler", "Euler a"]
+        assert flux[1] == {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral"], "options": {}}
+        sdxl = names(bob)
+        assert sdxl[:3] == ["Euler", "Euler a", "DPM++ 2M"] and "DDIM" in sdxl and "DDPM" not in sdxl
+        use(ann, "hunyuan-dit")
+        assert names(ann)[:2] == ["DDPM", "Euler"]
+        use(ann, "playground-v2.5")  # EDM: A1111's DPM++ 2M and Euler, on Karras
+        assert names(ann) == ["DPM++ 2M", "Euler"]
+    finally:
+        for session, checkpoint in before.items():
+            use(session, checkpoint)
 
 
 def test_a_lora_in_the_prompt_as_a1111_writes_it(ann):

@@ -15,6 +15,7 @@ from studio.errors import InvalidRequest
 from studio.schemas import GenerationRequest
 
 FLOW_FAMILIES = ("flux", "chroma", "sana", "lumina")
+EDM = "EDMDPMSolverMultistepScheduler"  # Playground v2.5 keeps its scheduler: its samplers are EDM's
 
 
 def test_noise_prediction_families_take_a1111s_list_with_karras_variants():
@@ -56,17 +57,23 @@ def test_a1111_sampler_name_and_scheduler_give_our_sampler_value():
     assert samplers.canonical("DPM++ 2M", "flux") is None
 
 
-def test_a1111s_sampler_list_has_each_name_once_with_its_schedule_types():
-    listed = {sampler.name: sampler for sampler in samplers.a1111_samplers()}
-    assert list(listed)[:9] == ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DDIM", "UniPC", "Heun",
-                                "LMS"]
+def test_a1111s_sampler_list_is_the_models_each_name_once_with_its_schedule_types():
+    listed = {sampler.name: sampler for sampler in samplers.a1111_samplers("sdxl")}
+    assert list(listed) == ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS"]
     assert listed["DPM++ 2M"].schedules == ("Automatic", "Uniform", "Normal", "Karras")
-    assert listed["Euler a"].schedules == ("Automatic",) and "k_euler_a" in listed["Euler a"].aliases
-    assert not any(name.endswith("Karras") for name in listed)  # EDM's "DPM++ 2M Karras" is DPM++ 2M on Karras
-    for sampler in listed.values():  # every listed name, on every schedule listed, is some model's sampler
-        for schedule in sampler.schedules:
-            value = samplers.from_a1111(sampler.name, schedule)
-            assert any(samplers.canonical(value, family) for family in samplers.FAMILY_SAMPLERS), value
+    assert listed["Euler a"].schedules == ("Automatic", "Uniform", "Normal") and "k_euler_a" in listed["Euler a"].aliases
+    assert [sampler.name for sampler in samplers.a1111_samplers("flux")] == ["Euler", "Euler a"]
+    assert [sampler.name for sampler in samplers.a1111_samplers("hunyuan")][:2] == ["DDPM", "Euler"]
+    edm = {sampler.name: sampler.schedules for sampler in samplers.a1111_samplers("sdxl", EDM)}
+    assert edm == {"DPM++ 2M": ("Automatic", "Karras"), "Euler": ("Karras",)}  # EDM's names are A1111's on Karras
+    models = [(family, None) for family in samplers.FAMILY_SAMPLERS] + [("sdxl", EDM)]
+    for family, fixed in models:  # each listed name on each schedule listed is one of the model's samplers, and
+        offered = samplers.choices(family, fixed)  # together they reach every sampler it has
+        listed = samplers.a1111_samplers(family, fixed)
+        assert not any(sampler.name.endswith("Karras") for sampler in listed), family
+        reached = {samplers.from_a1111(sampler.name, schedule, offered) for sampler in listed
+                   for schedule in sampler.schedules}
+        assert reached == set(offered), (family, fixed)
 
 
 def test_the_model_own_scheduler_is_named():

@@ -107,9 +107,11 @@ async def sd_models(request: Request):
     return answers.catalog_titles(request.app.state.catalog)
 
 
-@router.get("/samplers", summary="Sampler names (A1111 API)")
-async def samplers():
-    return answers.samplers(sampler_names())
+@router.get("/samplers", summary="The samplers of the caller's checkpoint (A1111 API)")
+async def samplers(request: Request, caller: Caller = Depends(require_caller)):
+    """What the caller's sd_model_checkpoint (POST options) can run, as A1111 lists what its loaded model can:
+    name and aliases (sampler_name takes either; scheduler takes GET schedulers' names)."""
+    return answers.samplers(sampler_names(request.app.state.catalog.get(default_model(request, caller))))
 
 
 @router.get("/schedulers", summary="Schedule types (A1111 API)")

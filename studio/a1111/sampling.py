@@ -6,6 +6,7 @@ of "Automatic" live in ``studio.samplers``; the model's check refuses a sampler 
 from __future__ import annotations
 
 from studio import samplers
+from studio.catalog import ModelSpec
 
 
 def sampler_fields(sampler_name: str | None, scheduler: str | None, offered: list[str]) -> dict:
@@ -16,9 +17,9 @@ def sampler_fields(sampler_name: str | None, scheduler: str | None, offered: lis
     return {"sampler": samplers.from_a1111(sampler_name, scheduler, offered)}
 
 
-def sampler_names() -> list[tuple[str, list[str]]]:
-    """GET samplers: every sampler of any model, without its schedule type, with A1111's aliases."""
-    return [(sampler.name, list(sampler.aliases)) for sampler in samplers.a1111_samplers()]
+def sampler_names(spec: ModelSpec) -> list[tuple[str, list[str]]]:
+    """GET samplers: the samplers ``spec`` can run, without their schedule type, with A1111's aliases."""
+    return [(sampler.name, list(sampler.aliases)) for sampler in samplers.a1111_samplers(spec.family, spec.scheduler)]
 
 
 def schedule_names() -> dict[str, str]:
