@@ -223,6 +223,24 @@ def test_the_ui_picker_offers_the_loras_that_fit_and_reuse_carries_them(lora_mod
     assert ("styles/ink:-0.5", "styles/ink:-0.5") in reused["loras"]["choices"]  # a weight of its own, kept
 
 
+def test_a_model_change_keeps_the_lora_picks_that_fit(lora_models, lora_dir, tmp_path):
+    from studio.catalog import load_catalog
+    from studio.ui.handlers import Studio
+
+    studio = Studio(load_catalog(lora_models, lora_dir=lora_dir), backend=None,
+                    settings=Settings(outputs_dir=tmp_path / "outputs"))
+    picks = ["tiny-sdxl-kohya:0.5", "styles/ink:1", "tiny-flux-kohya:1", "someone/hub-lora:1"]
+    turbo = studio.on_model_change("sdxl-turbo", loras=picks)["loras"]  # SDXL's, and a hub LoRA not judged yet
+    assert turbo["value"] == ["tiny-sdxl-kohya:0.5", "styles/ink:1", "someone/hub-lora:1"]
+    assert ("tiny-sdxl-kohya:0.5", "tiny-sdxl-kohya:0.5") in turbo["choices"]  # its own weight, still offered
+    sized = studio.on_model_change(SDXL, width=64, height=64, size_chosen=True, loras=turbo["value"])
+    assert sized["loras"]["value"] == turbo["value"] and sized["width"]["value"] == 64
+    flux = studio.on_model_change(FLUX, loras=[*turbo["value"], "tiny-flux-kohya:1"])["loras"]
+    assert flux["value"] == ["someone/hub-lora:1", "tiny-flux-kohya:1"]
+    assert studio.on_model_change("pixart-sigma", loras=picks)["loras"]["value"] == []  # no LoRA loader: none sent
+    assert studio.on_card_use(FLUX, loras=picks)["loras"]["value"] == ["tiny-flux-kohya:1", "someone/hub-lora:1"]
+
+
 def test_the_browser_picks_a_lora_and_gets_the_image_rest_gets(server, client, outputs):
     from tests.test_ui import CHROMIUM, CHROMIUM_ARGS, fill_advanced, generate_and_wait, pick_model
 
@@ -239,6 +257,8 @@ def test_the_browser_picks_a_lora_and_gets_the_image_rest_gets(server, client, o
         pick_model(page, "SDXL Base 1.0")
         page.click("#loras input")
         page.click("ul[role=listbox] li:has-text('tiny-sdxl-kohya · tinystyle')")
+        for label in ("SDXL Turbo", "SDXL Base 1.0"):  # the pick fits both: it stays picked
+            pick_model(page, label)
         page.fill("#prompt textarea", "a red fox")
         fill_advanced(page, steps="2", seed="3")
         newest = generate_and_wait(page, outputs)

@@ -86,12 +86,17 @@ def _sampler(spec: ModelSpec, values: Mapping) -> Props:
 
 def _loras(spec: ModelSpec, values: Mapping) -> Props:
     """The LoRAs of the library that fit the model (``values["lora_library"]``, the listing), each offered at
-    weight 1 with its trigger words; another weight is typed as NAME:WEIGHT. Reuse fills the image's own."""
-    fitting = [lora for lora in values.get("lora_library", ()) if spec.id in lora["models"]]
+    weight 1 with its trigger words; another weight is typed as NAME:WEIGHT. Reuse fills the image's own; a
+    model change keeps the picks that fit the new model and drops those the listing says do not (a name the
+    library lacks, such as a hub LoRA, stays: it is checked when it runs)."""
+    library = values.get("lora_library", ())
+    fitting = [lora for lora in library if spec.id in lora["models"]]
     offered = [(lora["name"] + "".join(f" · {word}" for word in lora["trigger_words"]), f"{lora['name']}:1")
                for lora in fitting]
+    unfit = {lora["name"] for lora in library} - {lora["name"] for lora in fitting}
     chosen = [f"{lora['name']}:{lora['scale']:g}" if isinstance(lora, dict) else str(lora)
               for lora in values.get("loras") or ()]
+    chosen = [text for text in chosen if _lora_name(text) not in unfit] if families.takes_loras(spec.family) else []
     offered += [(text, text) for text in chosen if text not in [value for _, value in offered]]
     triggers = "; ".join(f"{lora['name']}: {', '.join(lora['trigger_words'])}" for lora in fitting
                          if lora["trigger_words"])
@@ -99,6 +104,11 @@ def _loras(spec: ModelSpec, values: Mapping) -> Props:
             + (f". Trigger words: {triggers}" if triggers else "") if fitting
             else f"No LoRA in the LoRA folder fits {spec.label}.")
     return dict(choices=offered, value=chosen, info=info, visible=families.takes_loras(spec.family))
+
+
+def _lora_name(pick: str) -> str:
+    """The name of a picker value, NAME or NAME:WEIGHT (as ``LoraUse.parse`` reads it)."""
+    return pick.strip().rpartition(":")[0].strip() if ":" in pick else pick.strip()
 
 
 def _guidance_fixed(spec: ModelSpec) -> bool:

@@ -267,25 +267,30 @@ class Studio(ApiHandlers):
         return {"job_status": status_html("Cancelled." if jobs else "Nothing to cancel."),
                 "live_preview": gr.Image(None, visible=False)}
 
-    def on_model_change(self, model: str, width=None, height=None, size_chosen: bool = False) -> Updates:
+    def on_model_change(self, model: str, width=None, height=None, size_chosen: bool = False,
+                        loras: list | None = None) -> Updates:
         """The new model's controls. A size the user chose (typed or picked, not the last model's default)
-        is kept where the model takes it; otherwise the nearest size it takes, said in the status line."""
+        is kept where the model takes it; otherwise the nearest size it takes, said in the status line.
+        The LoRA picks that fit the new model stay picked."""
         spec = self.catalog.get(model)
         typed = int_or_none(width), int_or_none(height)
+        kept_loras = dict(loras=loras or [])
         if not size_chosen or None in typed:
-            return model_updates(spec, library=self.catalog.lora_listing())
+            return model_updates(spec, kept_loras, self.catalog.lora_listing())
         if not accepts_size(spec, *typed):
             kept = spec.fit_size(*typed)
             note = (f"Size: {typed[0]}×{typed[1]} does not suit {spec.label} ({size_hint(spec).rstrip('.')}); "
                     f"now {kept[0]}×{kept[1]}.")
-            return {**model_updates(spec, dict(width=kept[0], height=kept[1]), self.catalog.lora_listing()), "job_status": status_html(note)}
-        return model_updates(spec, dict(width=typed[0], height=typed[1]), self.catalog.lora_listing())
+            sized = dict(width=kept[0], height=kept[1], **kept_loras)
+            return {**model_updates(spec, sized, self.catalog.lora_listing()), "job_status": status_html(note)}
+        return model_updates(spec, dict(width=typed[0], height=typed[1], **kept_loras), self.catalog.lora_listing())
 
-    def on_card_use(self, model_id: str) -> Updates:
-        """A "Use" button on the Models tab: pick the model with its recommended settings, go to the studio
-        and say what it set (steps and guidance sit in the collapsed Advanced panel)."""
+    def on_card_use(self, model_id: str, loras: list | None = None) -> Updates:
+        """A "Use" button on the Models tab: pick the model with its recommended settings (keeping the LoRA
+        picks that fit it), go to the studio and say what it set (steps and guidance sit in the collapsed
+        Advanced panel)."""
         spec = self.catalog.get(model_id)
-        use = spec.recommended()
+        use = {**spec.recommended(), "loras": loras or []}
         d = spec.defaults
         set_ = f"steps {use['steps']}" + (f", guidance {use['guidance']:g}" if spec.cfg else "")
         note = (f"Using {spec.label}: {set_}, size {d.width}×{d.height} (steps and guidance are in "
