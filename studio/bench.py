@@ -2,18 +2,16 @@
 
 On any machine (CPU is enough), with tiny models it builds itself in a temporary folder:
 
-  rest     REST end to end (the real app under uvicorn, one CPU slot, httpx) versus a bare
-           pipeline call of the same request in this process; tiny FLUX.1 [schnell] with the
-           steps chosen so the bare call takes about ``--job-s`` seconds; medians, interleaved
+  rest     REST end to end (the real app under uvicorn, one CPU slot, httpx) versus a bare pipeline call of the
+           same request in this process; tiny FLUX.1 [schnell], steps so the bare call takes ``--job-s``; medians
   routing  a mixed two-model burst on two CPU slots: model loads after warm-up with the slot manager's
            routing versus round-robin (two Engines fed jobs alternately, the workers' load-and-run code)
-  swap     swapping models from the Engine's RAM cache versus a cold load from disk
-  batch    images/s for n=4 in one call versus four n=1 calls
+  swap, batch  a model swap from the Engine's RAM cache vs from disk; images/s of n=4 in one call vs 4 calls
   lora     a LoRA switch on a warm slot vs a base model reload; per-step cost with one LoRA (studio.lorabench)
-  admission  Retry-After's honesty: for each queue-full refusal on two CPU slots (--max-queue 1,
-           no waiting room, two models mixed), its Retry-After over the time until a place
-           really freed (1.0 is exact; whole seconds, at least 1, so short waits read high)
+  admission  Retry-After's honesty: for each queue-full refusal on two CPU slots (--max-queue 1, no waiting
+           room, two models mixed), its Retry-After over the time until a place really freed (1.0: exact)
   fairness  a second owner's wait behind another's 20-job flood, fair share on and off (studio.fairbench)
+  batching  8 clients' jobs at once: throughput, latency, --batch-window-ms 100 vs none (studio.batchbench)
 
 ``--gpu --model ID`` on CUDA builds the full-size model from its real configs (random weights, nothing
 downloaded): s/image at its default size and steps, our speed options vs bare diffusers (``--memory-plan
@@ -41,6 +39,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from studio.batchbench import batching_rows, bench_batching
 from studio.fairbench import bench_fairness, fairness_row
 from studio.lorabench import bench_lora, lora_rows
 
@@ -371,6 +370,7 @@ def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str], backen
             "admission": lambda: bench_admission(models_dir, max(10, repeats)),
             "lora": lambda: bench_lora(models_dir, repeats),
             "fairness": lambda: bench_fairness(models_dir, REST_MODEL, PROMPT),
+            "batching": lambda: bench_batching(models_dir, PROMPT),
         }
         for name in sections:
             started = time.perf_counter()
@@ -424,12 +424,12 @@ def _admission_row(r: dict) -> Row:
 
 # Each CPU section's rows, in the table's order.
 CPU_ROWS = dict(rest=_rest_row, routing=_routing_row, swap=_swap_row, batch=_batch_row, admission=_admission_row,
-                lora=lora_rows, fairness=fairness_row)
+                lora=lora_rows, fairness=fairness_row, batching=batching_rows)
 
 
 def cpu_rows(results: dict) -> list[Row]:
     """(what, ours, baseline, ours / baseline) for each section that ran."""
-    rows = [row(results[name]) for name, row in CPU_ROWS.items() if name in results]  # lora_rows gives a list
+    rows = [row(results[name]) for name, row in CPU_ROWS.items() if name in results]  # some give a list
     return [line for row in rows for line in (row if isinstance(row, list) else [row])]
 
 
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=16, help="jobs in the mixed two-model workload")
     parser.add_argument("--job-s", type=float, default=0.2, help="target seconds of the bare call in the REST test")
     parser.add_argument("--only", default="rest,routing,swap,batch",
-                        help="comma list of CPU sections (also: admission, lora, fairness)")
+                        help="comma list of CPU sections (also: admission, lora, fairness, batching)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="the backend behind the app in the rest section (ray: a local Ray, one replica)")
     parser.add_argument("--gpu", action="store_true", help="full-size random-weight model on CUDA")

@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "companions (default 0: no batching; the local backend only)",
     )
     parser.add_argument(
-        "--max-batch", type=_between(1, MAX_BATCH), default=_env("MAX_BATCH", str(DEFAULT_MAX_BATCH)), metavar="IMAGES",
+        "--max-batch", type=_between(1, MAX_BATCH), default=_env("MAX_BATCH", str(DEFAULT_MAX_BATCH)),
+        metavar="IMAGES",
         help=f"the most images one batched call makes (default {DEFAULT_MAX_BATCH}, 1..{MAX_BATCH})",
     )
     parser.add_argument("--step-cache", action="store_true", default=_flag(_env("STEP_CACHE")), help="first-block cache")

@@ -481,9 +481,8 @@ class SlotManager:
                 continue  # a model's load is no part of the job's time limit: it counts from the load's end
             running_s = now - (slot.generating_at or slot.job_started_at)
             for member in slot.members if running_s >= limit else ():  # a batch's members share its time
-                self._cancel(member, JobTimeout(
-                    f"job {member.id} ran longer than {limit:g} s on slot {slot.index} ({slot.device}) and was cancelled"
-                ), now)
+                self._cancel(member, JobTimeout(f"job {member.id} ran longer than {limit:g} s on slot {slot.index} "
+                                                f"({slot.device}) and was cancelled"), now)
             if running_s >= limit + self.cancel_grace_s and slot.process is not None and not slot.killed:
                 log.warning("slot %d (%s): worker ignored the cancel of job %s for %.0f s; killing it",
                             slot.index, slot.device, job.id, self.cancel_grace_s)

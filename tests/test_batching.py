@@ -173,6 +173,18 @@ def test_members_end_one_by_one_and_share_the_call_by_images(presets, sdxl_batch
     assert batch.end(three) is True and batch.running == {}
 
 
+def test_the_bench_reads_percentiles_by_nearest_rank_and_prints_both_sides():
+    from studio.batchbench import batching_rows, percentile
+
+    samples = [float(value) for value in range(1, 21)]
+    assert (percentile(samples, 50), percentile(samples, 95), percentile(samples, 100)) == (10.0, 19.0, 20.0)
+    result = dict(clients=8, rounds=5, model=TURBO, size="512x512", window_ms=100.0, on_jobs_per_s=0.6,
+                  off_jobs_per_s=0.3, throughput_ratio=2.0, on_p50_s=1.0, on_p95_s=2.0, off_p50_s=2.0, off_p95_s=4.0)
+    throughput, latency = batching_rows(result)
+    assert throughput[0].startswith("jobs/s, 8 clients") and "--batch-window-ms 100" in throughput[0]
+    assert throughput[1:] == ("0.60", "0.30", "2.00") and latency[1:] == ("1.00 / 2.00", "2.00 / 4.00", "0.50 / 0.50")
+
+
 # ---------------------------------------------------------------- the flags
 
 
@@ -204,3 +216,217 @@ def test_bad_flags_are_refused_naming_the_flag(argv, says, capsys):
 def test_ray_without_a_window_starts_as_before():
     assert Settings.from_args(["--backend", "ray"]).batch_window_ms == 0.0
 
+
+# ---------------------------------------------------------------- end to end: REST, the slot manager, a worker
+#
+# One server for the tests below: one CPU slot with tiny sdxl-turbo, jobs of 64x64 and 2 steps, a long
+# window (members submitted one after another surely meet) and each test's own --max-batch, so that a
+# batch starts as soon as its last member arrives. The slot's sent messages are recorded: a test knows
+# which jobs ran as one call.
+
+E2E_WINDOW_MS = 3000.0
+JOB = dict(model=TURBO, size="64x64", steps=2)
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_models, tmp_path_factory):
+    from types import SimpleNamespace
+
+    from studio.server import create_app
+    from tests.live import serve_app
+
+    settings = Settings(host="127.0.0.1", devices=["cpu"], models_dir=tiny_models(TURBO), preload=[TURBO],
+                        fault_hook="faults:install", batch_window_ms=E2E_WINDOW_MS, max_batch=DEFAULT_MAX_BATCH,
+                        max_queue=16, outputs_dir=tmp_path_factory.mktemp("outputs"))
+    app = create_app(settings)
+    manager = app.state.backend.backend  # the SlotManager behind the download phase
+    slot, sent = manager._slots[0], []
+    real_send = slot.send
+
+    def recording(message):
+        sent.append(message)
+        return real_send(message)
+
+    slot.send = recording
+    with serve_app(app) as base_url:
+        yield SimpleNamespace(url=base_url, manager=manager, settings=settings, sent=sent)
+
+
+@pytest.fixture
+def live(studio, monkeypatch):
+    """The server, with whatever a test changes in its settings put back after it."""
+    for name in ("batch_window_ms", "max_batch"):
+        monkeypatch.setattr(studio.settings, name, getattr(studio.settings, name))
+    studio.sent.clear()
+    return studio
+
+
+def post(live, body: dict) -> dict:
+    import httpx
+
+    response = httpx.post(f"{live.url}/v1/images/generations", json={**JOB, "response_format": "b64_json", **body},
+                          timeout=START_S)
+    assert response.status_code == 200, response.text[:500]
+    return response.json()
+
+
+def post_all(live, bodies: list[dict]) -> list[dict]:
+    """Send every body at once (one thread each); their answers in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: post(live, body), bodies))
+
+
+def submit(live, owner: str = "ann", **fields) -> Job:
+    spec, request = live.manager.catalog.resolve(GenerationRequest(
+        model=TURBO, **{"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, **fields}))
+    return live.manager.submit(spec, request, owner)
+
+
+def batches_sent(live) -> list[list[str]]:
+    """The job ids of each call the slot was sent (one id: a job alone)."""
+    return [[run.job_id for run in message.jobs] if isinstance(message, RunBatch) else [message.job_id]
+            for message in live.sent if isinstance(message, (RunBatch, RunJob))]
+
+
+def started_after(job: Job, submitted: float) -> float:
+    """Seconds from ``submitted`` until the job's slot began on it (loading or generating)."""
+    import time
+
+    for event in job.iter_events(timeout=START_S):
+        if event.stage in ("loading", "generating"):
+            return time.monotonic() - submitted
+    raise AssertionError(f"{job} ended before it started")
+
+
+START_S = 120
+
+
+def png() -> bytes:
+    """An input image for an edit, which never batches."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pixels(b64: str):
+    import base64
+    import io
+
+    import numpy
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
+        return numpy.asarray(image.convert("RGB"), dtype=numpy.int16)
+
+
+def test_a_batch_gives_each_job_its_own_images_and_seeds_as_unbatched(live):
+    import base64
+
+    from studio import pngmeta
+
+    bodies = [dict(prompt="a red fox", seed=11), dict(prompt="a blue whale", seed=22, n=2),
+              dict(prompt="a green lighthouse at dusk, oil on canvas, very detailed", seed=33)]
+    live.settings.max_batch = 4  # the three jobs' four images fill it: it starts when the last arrives
+    batched = post_all(live, bodies)
+    assert [len(call) for call in batches_sent(live)] == [3]  # one call ran all three
+    for body, answer in zip(bodies, batched):
+        assert len(answer["data"]) == body.get("n", 1)
+        for index, item in enumerate(answer["data"]):
+            meta = pngmeta.read(base64.b64decode(item["b64_json"]))
+            assert (meta["prompt"], meta["seed"]) == (body["prompt"], body["seed"] + index)
+    live.settings.batch_window_ms = 0  # the same jobs, one by one
+    alone = [post(live, body) for body in bodies]
+    assert [len(call) for call in batches_sent(live)] == [3, 1, 1, 1]
+    for together, single in zip(batched, alone):
+        for a, b in zip(together["data"], single["data"]):
+            assert abs(pixels(a["b64_json"]) - pixels(b["b64_json"])).max() <= 1  # README: within one level
+
+
+def test_a_cancelled_member_does_not_fail_the_others(live):
+    import faults
+
+    from studio.errors import JobCancelled
+
+    live.settings.max_batch = 3
+    lead = submit(live, prompt=faults.SLOW, steps=4, seed=1)  # the whole call is slow: about 0.8 s
+    jobs = [lead, *(submit(live, prompt=f"{faults.SLOW} member {seed}", steps=4, seed=seed) for seed in (2, 3))]
+    for event in lead.iter_events(timeout=START_S):
+        if event.stage == "step":
+            break
+    assert jobs[1].cancel()
+    with pytest.raises(JobCancelled):
+        jobs[1].wait(START_S)
+    results = [jobs[0].wait(START_S), jobs[2].wait(START_S)]
+    assert [result.seeds for result in results] == [[1], [3]] and all(len(r.images) == 1 for r in results)
+    assert batches_sent(live) == [[job.id for job in jobs]]
+    assert not live.manager.status().slots[0].busy
+
+
+def test_an_error_fails_every_member_with_the_same_message(live):
+    import faults
+
+    from studio.errors import StudioError
+
+    live.settings.max_batch = 2
+    jobs = [submit(live, prompt=faults.FAIL, seed=1), submit(live, prompt="an innocent bystander", seed=2)]
+    errors = []
+    for job in jobs:
+        with pytest.raises(StudioError) as failed:
+            job.wait(START_S)
+        errors.append(str(failed.value))
+    assert errors[0] == errors[1] and "injected failure" in errors[0]
+    assert batches_sent(live) == [[job.id for job in jobs]]
+    assert submit(live, seed=3).wait(START_S).seeds == [3]  # the slot serves on
+
+
+def test_fair_share_picks_the_members(live):
+    """Owner A floods while the slot is busy, owner B sends one job last: B's job is in the first batch."""
+    import faults
+
+    live.settings.max_batch = 3
+    blocker = submit(live, owner="c", prompt=faults.SLOW, steps=4, seed=0, image=png(), strength=1.0)  # ~1 s, alone
+    for event in blocker.iter_events(timeout=START_S):
+        if event.stage == "step":
+            break
+    flood = [submit(live, owner="a", seed=seed) for seed in range(1, 7)]
+    late = submit(live, owner="b", seed=7)
+    for job in [blocker, *flood, late]:
+        job.wait(START_S)
+    calls = batches_sent(live)
+    assert calls[0] == [blocker.id] and late.id in calls[1] and len(calls[1]) == 3, calls
+
+
+def test_a_job_that_cannot_batch_never_waits_the_window(live):
+    """A batchable job alone waits the window for companions; an edit (image-to-image) sent after it
+    starts at once, passing it."""
+    import time
+
+    submitted = time.monotonic()
+    alone = submit(live, seed=2)
+    edit = submit(live, image=png(), strength=1.0, seed=1)
+    assert started_after(edit, submitted) < E2E_WINDOW_MS / 1000 / 2
+    assert started_after(alone, submitted) >= E2E_WINDOW_MS / 1000 * 0.9
+    edit.wait(START_S), alone.wait(START_S)
+    assert batches_sent(live) == [[edit.id], [alone.id]]
+
+
+def test_status_counts_every_running_member(live):
+    import faults
+
+    live.settings.max_batch = 3
+    jobs = [submit(live, owner=owner, prompt=f"{faults.SLOW} {index}", steps=4, seed=index)  # slow, whoever leads
+            for index, owner in enumerate(("ann", "ann", "bob"))]
+    for event in jobs[0].iter_events(timeout=START_S):
+        if event.stage == "step":
+            break
+    status = live.manager.status()
+    assert set(status.slots[0].batch) == {job.id for job in jobs} and status.slots[0].job in status.slots[0].batch
+    assert {(owner.owner, owner.running) for owner in status.owners} == {("ann", 2), ("bob", 1)}
+    for job in jobs:
+        job.wait(START_S)
