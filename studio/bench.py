@@ -369,7 +369,7 @@ def cpu_bench(repeats: int, jobs: int, job_s: float, sections: list[str], backen
             "batch": lambda: bench_batch(models_dir, max(3, repeats // 3)),
             "admission": lambda: bench_admission(models_dir, max(10, repeats)),
             "lora": lambda: bench_lora(models_dir, repeats),
-            "fairness": lambda: bench_fairness(models_dir, REST_MODEL, PROMPT),
+            "fairness": lambda: bench_fairness(models_dir, REST_MODEL, PROMPT, backend=backend),
             "batching": lambda: bench_batching(models_dir, PROMPT),
         }
         for name in sections:
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="rest,routing,swap,batch",
                         help="comma list of CPU sections (also: admission, lora, fairness, batching)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="the backend behind the app in the rest section (ray: a local Ray, one replica)")
+                        help="the backend of the rest and fairness sections (ray: a local Ray, one replica)")
     parser.add_argument("--gpu", action="store_true", help="full-size random-weight model on CUDA")
     parser.add_argument("--model", default=REST_MODEL, help="with --gpu: the catalog id to build")
     parser.add_argument("--compile", action="store_true", help="with --gpu: include torch.compile in ours")

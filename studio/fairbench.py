@@ -1,6 +1,7 @@
 """``python -m studio.bench --only fairness``: how long a second owner waits behind another's flood.
 
-One CPU slot and a tiny model whose steps are chosen so that one job takes about ``job_s`` seconds.
+One CPU slot (``backend="ray"``: one Ray Serve replica, on a local Ray it starts) and a tiny model
+whose steps are chosen so that one job takes about ``job_s`` seconds.
 One owner submits ``flood`` jobs at once; half a second later a second owner submits one job. The
 second owner's wait (from its submission to its job's start) is measured in units of one job's time
 (the median of the flood's own jobs, from start to end), with fair share on and off, in one run.
@@ -18,17 +19,27 @@ CALIBRATION_STEPS = 8
 MAX_STEPS = 200
 
 
-def bench_fairness(models_dir: Path, model: str, prompt: str, flood: int = 20, job_s: float = 1.0) -> dict:
+def bench_fairness(models_dir: Path, model: str, prompt: str, flood: int = 20, job_s: float = 1.0,
+                   backend: str = "local") -> dict:
     from studio.catalog import load_catalog
     from studio.config import Settings
     from studio.fairshare import FairShare
     from studio.schemas import GenerationRequest
-    from studio.slots import SlotManager
 
     catalog = load_catalog(models_dir)
     spec = catalog.get(model)
-    settings = Settings(devices=["cpu"], models_dir=models_dir, preload=[spec.id], max_queue=flood + 4)
-    manager = SlotManager(settings, catalog)
+    settings = Settings(devices=["cpu"], models_dir=models_dir, preload=[spec.id], max_queue=flood + 4,
+                        backend=backend, replicas=1)
+    if backend == "ray":
+        from studio.ray_backend import RayBackend
+
+        manager = RayBackend(settings, catalog)
+        turns = manager.queue.turns  # fair share in the app, in front of Serve
+    else:
+        from studio.slots import SlotManager
+
+        manager = SlotManager(settings, catalog)
+        turns = manager.turns
     manager.start()
 
     def request(steps: int, seed: int):
@@ -42,11 +53,11 @@ def bench_fairness(models_dir: Path, model: str, prompt: str, flood: int = 20, j
         runs = {}
         for fair in (True, False):
             settings.fair_share = fair
-            manager.turns.fair = FairShare(settings.shares)  # each run starts with no service on record
+            turns.fair = FairShare(settings.shares)  # each run starts with no service on record
             runs["on" if fair else "off"] = flood_and_one(manager, lambda seed: request(steps, seed), spec, flood)
     finally:
         manager.shutdown()
-    return {"model": spec.id, "steps": steps, "flood": flood, "late_after_s": LATE_AFTER_S, **{
+    return {"model": spec.id, "steps": steps, "flood": flood, "late_after_s": LATE_AFTER_S, "backend": backend, **{
         f"{name}_{key}": value for name, run in runs.items() for key, value in run.items()}}
 
 
@@ -88,7 +99,8 @@ def fairness_row(r: dict) -> tuple[str, str, str, str]:
     """The bench table's row: the second owner's wait in job times, fair share on vs off."""
     return (
         f"second owner's wait / one job's time ({r['flood']}-job flood of one owner, the second's one job "
-        f"{r['late_after_s']:g} s later; 1 CPU slot, {r['model']} 64x64, {r['steps']} steps = "
+        f"{r['late_after_s']:g} s later; {'1 Ray replica' if r.get('backend') == 'ray' else '1 CPU slot'}, "
+        f"{r['model']} 64x64, {r['steps']} steps = "
         f"{r['on_job_s']:.2f} s a job): fair share vs first come, first served",
         f"{r['on_late_wait_jobs']:.2f}", f"{r['off_late_wait_jobs']:.2f}",
         f"{r['on_late_wait_jobs'] / r['off_late_wait_jobs']:.3f}",
