@@ -382,6 +382,7 @@ def test_an_error_fails_every_member_with_the_same_message(live):
         errors.append(str(failed.value))
     assert errors[0] == errors[1] and "injected failure" in errors[0]
     assert batches_sent(live) == [[job.id for job in jobs]]
+    live.settings.max_batch = 1  # a batch of one is full: no window to wait
     assert submit(live, seed=3).wait(START_S).seeds == [3]  # the slot serves on
 
 
@@ -394,7 +395,7 @@ def test_fair_share_picks_the_members(live):
     for event in blocker.iter_events(timeout=START_S):
         if event.stage == "step":
             break
-    flood = [submit(live, owner="a", seed=seed) for seed in range(1, 7)]
+    flood = [submit(live, owner="a", seed=seed) for seed in range(1, 6)]  # with B's, two full batches
     late = submit(live, owner="b", seed=7)
     for job in [blocker, *flood, late]:
         job.wait(START_S)
