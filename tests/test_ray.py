@@ -358,6 +358,8 @@ def test_per_owner_limits_hold_on_ray(app, http, monkeypatch):
         assert running_step(jobs[-1]) is not None  # bob's job runs on the other replica at once
         owners = {owner["owner"]: owner for owner in health(http)["owners"]}
         assert (owners["ann"]["running"], owners["ann"]["queued"], owners["bob"]["running"]) == (1, 1, 1)
+        # One count with her jobs waiting for downloads: the download phase's rule is joined to Ray's.
+        assert app.state.backend.owner_limit.joined == [app.state.backend.backend.owner_limit]
     finally:
         for job in jobs:
             job.cancel()
