@@ -6,11 +6,14 @@ Jobs wait in one queue and are bound to a slot only when a slot is free, so the 
 is true at that moment. The queue comes in priority order (arrival, or fair share's order between
 owners), and each rule takes the jobs in that order:
 
-1. a job that waited past ``starvation_s``, or that waited its round of fair share (``due``, from
-   ``studio.fairshare``), takes any idle slot first;
-2. a job whose model an idle slot already holds goes there (no load); of several, the one holding most
+1. a job that waited past ``starvation_s`` takes any idle slot first;
+2. a job that waited its round of fair share (``due``, from ``studio.fairshare``) goes before the
+   others, but model affinity still applies to it: an idle slot holding its model, else rule 4 (it
+   waits for a busy slot holding its model when that is sooner than a swap). Fair share decides
+   whose job goes next, never that a slot loads a model it could have waited for;
+3. a job whose model an idle slot already holds goes there (no load); of several, the one holding most
    of the job's LoRAs as adapters (no LoRA load either): a preference among idle slots, never a wait;
-3. a job whose model a busy slot holds (or is about to hold, this plan's bindings included)
+4. a job whose model a busy slot holds (or is about to hold, this plan's bindings included)
    waits for it when that slot is expected free sooner than a swap would take, as measured: warm
    loads of the model (from disk or from a worker's RAM cache; a worker's first load, which pays
    for its imports, is never recorded) and job durations; with no warm load measured yet, it takes
@@ -18,7 +21,7 @@ owners), and each rule takes the jobs in that order:
    ``IN_USE_S``) costs two loads, this one (a guess will do) and the one that brings that model
    back for its next job (once measured), so such a swap must beat both: otherwise the two slots
    would merely exchange their models;
-4. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
+5. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
    an empty one, then one holding a model nobody in the queue wants, then the least recently
    used; that slot swaps models.
 """
@@ -81,6 +84,17 @@ class Estimates:
     def measured_load_s(self, model_id: str, cached: bool = False) -> float | None:
         """A load time that was really measured (warm), else None: no guess ever makes a job wait."""
         return self._load_s.get((model_id, cached))
+
+    def load_words(self, model_id: str, cached: bool = False) -> str:
+        """The swap time that decided a load, in words with its figure, for the log line of the load."""
+        source = " from RAM" if cached else ""
+        warm = self._load_s.get((model_id, cached))
+        if warm is not None:
+            return f"a measured load of {model_id}{source} (~{warm:.1f} s)"
+        first = self._first_load_s.get(model_id)
+        if first is not None and not cached:
+            return f"no warm load of {model_id} measured (a worker's first took ~{first:.1f} s, imports included)"
+        return f"no load of {model_id}{source} measured (guessed ~{self.load_s(model_id, cached):.1f} s)"
 
     def job_s(self, model_id: str, request: GenerationRequest) -> float:
         """From its load's end to its result: as measured for this shape, else scaled by megapixel-steps
@@ -217,26 +231,15 @@ def plan_dispatch(
         idle.remove(slot)
         waiting.remove(job)
 
-    for job in [job for job in waiting if now - job.queued_at >= starvation_s or job in due]:
-        if not idle:
-            return plan
-        starved = now - job.queued_at >= starvation_s
-        bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id),
-             f"it waited {now - job.queued_at:.0f} s, past {starvation_s:.0f} s: any idle slot" if starved
-             else "it waited its round of fair share: any idle slot")
-    for job in list(waiting):
-        match = _same_model(idle, job)
-        if match:
-            bind(job, match)
-    for job in list(waiting):
-        if not idle:
-            break
+    def place(job: Job, turn: str = "") -> None:
+        """No idle slot holds ``job``'s model: an idle slot swaps to it, unless a busy slot that holds
+        it (or is about to) frees sooner than the swap would take; then the job waits for that slot."""
         model = job.spec.id
         victim = _victim(idle, waiting, model)
-        holders = [index for index, held in holds.items() if held == model]
+        holders = [index for index, next_model in holds.items() if next_model == model]
         if not holders:
-            bind(job, victim, f"no slot holds {model}")
-            continue
+            bind(job, victim, f"no slot holds {model}{turn}")
+            return
         soonest = min(holders, key=free_at.__getitem__)
         wait_s = free_at[soonest] - now
         cached = model in victim.cached
@@ -247,11 +250,35 @@ def plan_dispatch(
             swap = f"{model}'s load plus {victim.model}'s load back (~{swap_s:.1f} s)"
         else:
             swap_s = estimates.measured_load_s(model, cached)  # only a measured load may make a job wait
-            swap = "no warm load measured" if swap_s is None else f"a measured load of {model} (~{swap_s:.1f} s)"
+            swap = estimates.load_words(model, cached)
         if swap_s is not None and wait_s < swap_s:
             free_at[soonest] += estimates.job_s(model, job.request)
-            continue
-        bind(job, victim, f"slot {soonest} with {model} frees in ~{wait_s:.1f} s; {swap}")
+            held.append(job)
+            return
+        bind(job, victim, f"slot {soonest} with {model} frees in ~{wait_s:.1f} s; {swap}{turn}")
+
+    held: list[Job] = []  # jobs that wait for a busy slot holding their model
+    for job in [job for job in waiting if now - job.queued_at >= starvation_s]:
+        if not idle:
+            return plan
+        bind(job, _same_model(idle, job) or _victim(idle, waiting, job.spec.id),
+             f"it waited {now - job.queued_at:.0f} s, past {starvation_s:.0f} s: any idle slot")
+    for job in [job for job in waiting if job in due]:  # before the others, but never a needless load
+        if not idle:
+            return plan
+        match = _same_model(idle, job)
+        if match:
+            bind(job, match)
+        else:
+            place(job, " (it waited its round of fair share)")
+    for job in list(waiting):
+        match = _same_model(idle, job)
+        if match:
+            bind(job, match)
+    for job in [job for job in waiting if job not in held]:
+        if not idle:
+            break
+        place(job)
     return plan
 
 

@@ -241,6 +241,28 @@ def test_a_load_says_why(presets):
     assert plan_dispatch([job], [holder], Estimates(), now)[0].why == ""  # no load, nothing to say
 
 
+
+def test_a_job_due_its_turn_of_fair_share_waits_for_its_model_rather_than_load_it(presets):
+    """Fair share decides whose job goes next, never that a slot loads: a due job whose model's slot frees
+    in about a second waits for it rather than evict the other model in use (the next job would load it
+    back); it still goes before the others."""
+    now = 1000.0
+    busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
+    in_use = Slot(1, "cpu", state="ready", model=TURBO, last_used=now - 2)
+    due = queued_job(presets, BASE, waited_s=5)
+    assert pairs(plan_dispatch([due], [busy, in_use], Estimates(), now, due=[due])) == []
+    turbo = queued_job(presets, TURBO, waited_s=1)
+    assert pairs(plan_dispatch([due, turbo], [busy, in_use], Estimates(), now, due=[due])) == [(turbo, in_use)]
+    other_turbo = queued_job(presets, TURBO, waited_s=9)
+    assert pairs(plan_dispatch([other_turbo, turbo], [in_use], Estimates(), now, due=[turbo])) == [(turbo, in_use)]
+    # A holder busy for longer than both loads: the due job takes the idle slot, and says why in numbers.
+    slow = busy_slot(0, queued_job(presets, BASE), now, step=2, total=502, per_step_s=0.2)  # 100 s left
+    plan = plan_dispatch([due], [slow, in_use], Estimates(), now, due=[due])
+    assert pairs(plan) == [(due, in_use)]
+    assert plan[0].why == (f"slot 0 with {BASE} frees in ~100.0 s; {BASE}'s load plus {TURBO}'s load back (~20.0 s)"
+                           " (it waited its round of fair share)")
+
+
 # ---------------------------------------------------------------- LoRAs: a preference, never a wait
 
 
