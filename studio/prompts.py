@@ -195,12 +195,16 @@ def sdxl_embeddings(pipe, prompt: str, negative_prompt: str | None, classifier_f
     ``force_zeros_for_empty_prompt`` (SDXL base) zeroes the negative itself, so none is passed;
     otherwise the empty prompt is encoded as the negative, padded to the prompt's length.
     """
-    return sdxl_batch_embeddings(pipe, [(prompt, negative_prompt)], classifier_free_guidance)
+    kwargs, _ = sdxl_batch_embeddings(pipe, [(prompt, negative_prompt)], classifier_free_guidance)
+    return kwargs
 
 
 @torch.no_grad()
-def sdxl_batch_embeddings(pipe, pairs: list[tuple[str, str | None]], classifier_free_guidance: bool) -> dict:
-    """``sdxl_embeddings`` of several (prompt, negative prompt) pairs, one row each (a batch of jobs).
+def sdxl_batch_embeddings(
+    pipe, pairs: list[tuple[str, str | None]], classifier_free_guidance: bool
+) -> tuple[dict, list[int]]:
+    """``sdxl_embeddings`` of several (prompt, negative prompt) pairs, one row each (a batch of jobs), and
+    the tokens each pair's own call would have (the longer of its prompt and negative).
 
     Every prompt and negative is padded to the longest of them all with empty-prompt chunks, as compel
     pads its own batches (``pad_conditioning_tensors_to_same_length``). Where one pair's negative is
@@ -211,25 +215,29 @@ def sdxl_batch_embeddings(pipe, pairs: list[tuple[str, str | None]], classifier_
     zeroes = pipe.config.force_zeros_for_empty_prompt
     negated = [classifier_free_guidance and bool(negative or not zeroes) for _, negative in pairs]
     parsed += [parse(negative or "", "negative_prompt") for (_, negative), wanted in zip(pairs, negated) if wanted]
-    texts = [text for text, _ in parsed]
 
     encoders = [_compel(pipe.tokenizer, pipe.text_encoder), _compel(pipe.tokenizer_2, pipe.text_encoder_2)]
-    hidden = [encoder(texts) for encoder in encoders]  # each (prompts, tokens, width), padded within the encoder
-    length = max(h.shape[1] for h in hidden)
-    embeds = torch.cat([_pad(encoder, h, length) for encoder, h in zip(encoders, hidden)], dim=-1)
+    hidden = [[encoder.build_conditioning_tensor(text) for text, _ in parsed] for encoder in encoders]
+    tokens = [max(rows[index].shape[1] for rows in hidden) for index in range(len(parsed))]  # each text's own
+    length = max(tokens)
+    embeds = torch.cat(
+        [torch.cat([_pad(encoder, row, length) for row in rows]) for encoder, rows in zip(encoders, hidden)], dim=-1
+    )
     pooled = encoders[1].conditioning_provider.get_pooled_embeddings(
         [pooled_text(conjunction) for _, conjunction in parsed]
     ).to(embeds.dtype)
 
     count = len(pairs)
     kwargs = {"prompt_embeds": embeds[:count], "pooled_prompt_embeds": pooled[:count]}
+    own = tokens[:count]
     if any(negated):
         rows = iter(range(count, len(parsed)))
         picks = [next(rows) if wanted else None for wanted in negated]
         kwargs.update(
             negative_prompt_embeds=_rows(embeds, picks), negative_pooled_prompt_embeds=_rows(pooled, picks)
         )
-    return kwargs
+        own = [max(tokens[index], tokens[pick]) if pick is not None else tokens[index] for index, pick in enumerate(picks)]
+    return kwargs, own
 
 
 def _rows(tensor: torch.Tensor, picks: list[int | None]) -> torch.Tensor:

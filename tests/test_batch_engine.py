@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from family_checks import AllDenoiserCalls
 from PIL import Image
 
 from studio import families
@@ -23,9 +24,10 @@ from studio.schemas import GenerationRequest
 
 BATCHING = [name for name, family in families.FAMILIES.items() if family.batches]
 MODEL_OF = {"sdxl": "sdxl-base", "flux": "flux-schnell", "pixart": "pixart-sigma", "sana": "sana-1.5",
-            "chroma": "chroma", "hunyuan": "hunyuan-dit", "lumina": "lumina-next"}
+            "chroma": "chroma", "hunyuan": "hunyuan-dit", "lumina": "lumina-next", "cascade": "stable-cascade"}
 SIZE = {"width": 64, "height": 64, "steps": 2}
-LONG_PROMPT = "a red fox in a dark forest at golden hour, cinematic photo of the sky. " * 5  # > 77 CLIP tokens
+SIDE = {"cascade": 128}  # Stable Cascade's sizes are multiples of 128
+LONG_PROMPT = "a red fox in a dark forest at golden hour, cinematic photo of the sky. " * 2  # > 77 CLIP tokens
 
 
 class Pipe:
@@ -63,7 +65,9 @@ def worker_on(engine, pipe: Pipe):
 
 
 def job(spec, job_id: str, prompt: str, seed: int, **fields) -> RunJob:
-    return RunJob(job_id, spec, spec.check(GenerationRequest(prompt=prompt, seed=seed, **(SIZE | fields))))
+    side = SIDE.get(spec.family, SIZE["width"])
+    size = SIZE | {"width": side, "height": side}
+    return RunJob(job_id, spec, spec.check(GenerationRequest(prompt=prompt, seed=seed, **(size | fields))))
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -87,7 +91,7 @@ def assert_alone(engine, member: RunJob, done: Done, previews: list | None = Non
         assert data["negative_prompt"] == member.request.negative_prompt
     assert done.result.request.sampler == alone.request.sampler and done.result.slot == 2
     if previews is not None:
-        assert len(previews) == len(solo_previews) == member.request.previews
+        assert len(previews) == len(solo_previews)
         for preview, solo in zip(previews, solo_previews):
             assert np.abs(pixels(preview.png) - pixels(solo)).max() <= 1, f"{member.job_id}: its preview"
 
@@ -100,32 +104,39 @@ def test_each_member_gets_its_own_images_seeds_and_progress(engine, catalog, fam
     negative = {"negative_prompt": "blurry, low quality, jpeg artifacts, watermark"} if spec.negative_prompt else {}
     members = [job(spec, "a", "a red fox in a dark forest at golden hour", 11, num_images=2, previews=1),
                job(spec, "b", "a lighthouse", 500, previews=1, **negative),
-               job(spec, "c", "a bowl of ramen", 7, num_images=3)]
+               job(spec, "c", "a bowl of ramen", 7)]
     pipe = Pipe()
-    worker_on(engine, pipe).run_batch(tuple(members))
+    engine.ensure(spec)
+    with AllDenoiserCalls(engine.pipe) as calls:
+        worker_on(engine, pipe).run_batch(tuple(members))
+    for denoiser in calls.values():  # one call: every denoising step holds all four images (and their negatives)
+        assert denoiser.batches and all(size % 4 == 0 for size in denoiser.batches)
     for member in members:
         [done] = pipe.of(member.job_id, Done)
         assert_alone(engine, member, done, pipe.of(member.job_id, Preview))
         assert [message.stage for message in pipe.of(member.job_id, Stage)][-2:] == ["generating", "encoding"]
-        assert [message.step for message in pipe.of(member.job_id, Step)] == [1, 2]
+        steps = [message.step for message in pipe.of(member.job_id, Step)]
+        assert steps[0] == 1 and steps[-1] == 2 + (spec.decoder_steps or 0)  # Stable Cascade: its decoder's too
         assert not pipe.of(member.job_id, Failed)
+    # Stable Cascade keeps no RGB-decodable latents; every other family previews the first image
+    assert len(pipe.of("a", Preview)) == (0 if family == "cascade" else 1) and not pipe.of("c", Preview)
+    first, other = (pixels(pipe.of(job_id, Done)[0].result.images[0]) for job_id in ("a", "c"))
+    assert np.abs(first - other).max() > 1  # the members' own seeds and prompts make other images
 
 
 def test_compel_prompts_of_different_lengths_and_weights_batch(engine, catalog):
     spec = catalog.get("sdxl-base")
     assert spec.compel
-    # The long prompt sets the batch's length; the short one has a long negative, so its own run pads to it too.
+    # A long prompt sets the batch's length; the others are padded to it as compel pads, and masked where
+    # their own call has fewer tokens: each member's image is its own.
     members = [job(spec, "long", LONG_PROMPT, 3),
-               job(spec, "short", "a (red:1.4) fox AND a cat", 4, negative_prompt=LONG_PROMPT),
-               job(spec, "plain", "a (lighthouse:1.2)", 5, num_images=2)]
+               job(spec, "short", "a (red:1.4) fox AND a cat", 4, negative_prompt=LONG_PROMPT + " blurry"),
+               job(spec, "plain", "a (lighthouse:1.2)", 5, num_images=2),
+               job(spec, "negated", "a lighthouse", 6, negative_prompt="(fog:-0.5), blurry")]
     pipe = Pipe()
     worker_on(engine, pipe).run_batch(tuple(members))
-    for member in members[:2]:
-        [done] = pipe.of(member.job_id, Done)
-        assert_alone(engine, member, done)
-    # The plain prompt is padded with empty-prompt chunks, as compel pads a batch: its own prompt and seeds.
-    [done] = pipe.of("plain", Done)
-    assert [metadata(png)["seed"] for png in done.result.images] == [5, 6]
+    for member in members:
+        assert_alone(engine, member, pipe.of(member.job_id, Done)[0])
     without = replace(spec, compel=False)  # the pipeline's own 77-token encoding, through encode_prompt
     members = [job(without, "x", "a red fox", 1, negative_prompt="blurry"), job(without, "y", "a cat", 2)]
     pipe = Pipe()
@@ -196,11 +207,10 @@ def test_an_error_fails_every_member_with_one_message(engine, catalog):
     assert len([message for message in pipe.sent if isinstance(message, Done)]) == 2
 
 
-def test_a_family_that_does_not_batch_fails_its_members_clearly(engine, tiny_catalog):
-    spec = tiny_catalog("stable-cascade").get("stable-cascade")
-    assert not families.FAMILIES[spec.family].batches
+def test_a_family_that_does_not_batch_fails_its_members_clearly(engine, catalog, monkeypatch):
+    spec = catalog.get("flux-schnell")
+    monkeypatch.setitem(families.FAMILIES, "flux", replace(families.FAMILIES["flux"], batches=False))
     pipe = Pipe()
-    size = {"width": 128, "height": 128}  # its multiple; the batch fails before any step
-    worker_on(engine, pipe).run_batch((job(spec, "s1", "a fox", 1, **size), job(spec, "s2", "a cat", 2, **size)))
+    worker_on(engine, pipe).run_batch((job(spec, "s1", "a fox", 1), job(spec, "s2", "a cat", 2)))
     messages = {message.error.message for message in pipe.sent if isinstance(message, Failed)}
-    assert messages == {"stable-cascade cannot run text-to-image jobs as one batch"}
+    assert messages == {"flux-schnell cannot run text-to-image jobs as one batch"}

@@ -35,6 +35,12 @@ def sdxl_batches(monkeypatch):
     monkeypatch.setitem(FAMILIES, "sdxl", dataclasses.replace(FAMILIES["sdxl"], batches=True))
 
 
+@pytest.fixture
+def pixart_alone(monkeypatch):
+    """A family whose adapter runs no batches (every family's does now)."""
+    monkeypatch.setitem(FAMILIES, "pixart", dataclasses.replace(FAMILIES["pixart"], batches=False))
+
+
 def queued(presets, model: str = BASE, owner: str = "ann", waited_s: float = 0.0, seq: int = 0, loras=(),
            **fields) -> Job:
     spec, request = presets.resolve(GenerationRequest(model=model, **{"prompt": "a lighthouse at dusk", **fields}))
@@ -71,7 +77,7 @@ def test_a_lora_scale_is_part_of_the_key(presets, sdxl_batches):
     assert batch_key(half) != batch_key(full)
 
 
-def test_edits_and_families_without_batching_never_batch(presets, sdxl_batches):
+def test_edits_and_families_without_batching_never_batch(presets, sdxl_batches, pixart_alone):
     edit = queued(presets)
     edit.request = edit.request.model_copy(update={"image": b"png", "strength": 0.5})
     assert batch_key(edit) is None
@@ -121,7 +127,7 @@ def test_a_full_batch_starts_at_once(presets, sdxl_batches):
     assert members(batches) == [jobs] and wake_at is None
 
 
-def test_a_job_that_cannot_batch_never_waits_and_passes_a_waiting_batch(presets, sdxl_batches):
+def test_a_job_that_cannot_batch_never_waits_and_passes_a_waiting_batch(presets, sdxl_batches, pixart_alone):
     waiting = queued(presets)
     alone = [queued(presets, model=PIXART)]
     batches, wake_at = gather([waiting, *alone], NOW, 5.0, max_images=4)

@@ -81,6 +81,9 @@ def _family(name: str, pipeline: str, *denoisers: str, **rest) -> Family:
 # Edits: diffusers 0.42 has no edit pipelines for PixArt, Sana 1.5, HunyuanDiT, Lumina-Next or Stable
 # Cascade. Previews: PixArt-Sigma, HunyuanDiT and Lumina-Next decode with SDXL's VAE (or its fp16 fix),
 # Chroma with FLUX's; Sana's DC-AE has no published projection, Stable Cascade no RGB-decodable latents.
+# Batches: every adapter takes a ``Batch`` (a prompt and a seed per image). Most pass the lists to the
+# pipeline; SDXL (None as the negative means zeroes) and Lumina-Next (which would pad each prompt to the
+# longest and cut negatives there) encode each member as its own call does.
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
@@ -89,21 +92,21 @@ FAMILIES: dict[str, Family] = {
             edits={IMAGE_TO_IMAGE: "StableDiffusionXLImg2ImgPipeline", INPAINTING: "StableDiffusionXLInpaintPipeline"},
         ),
         _family(
-            "flux", "FluxPipeline", "transformer", takes_loras=True, preview=FLUX_VAE, step_cache=True,
+            "flux", "FluxPipeline", "transformer", takes_loras=True, preview=FLUX_VAE, step_cache=True, batches=True,
             edits={IMAGE_TO_IMAGE: "FluxImg2ImgPipeline", INPAINTING: "FluxInpaintPipeline"},
         ),
         _family(
-            "chroma", "ChromaPipeline", "transformer", takes_loras=True, preview=FLUX_VAE,
+            "chroma", "ChromaPipeline", "transformer", takes_loras=True, preview=FLUX_VAE, batches=True,
             edits={IMAGE_TO_IMAGE: "ChromaImg2ImgPipeline", INPAINTING: "ChromaInpaintPipeline"},
         ),
-        _family("pixart", "PixArtSigmaPipeline", "transformer", takes_loras=False, preview=SDXL_VAE),
-        _family("sana", "SanaPipeline", "transformer", takes_loras=True),
-        _family("hunyuan", "HunyuanDiTPipeline", "transformer", takes_loras=False, preview=SDXL_VAE),
-        _family("lumina", "LuminaPipeline", "transformer", takes_loras=False, preview=SDXL_VAE),
+        _family("pixart", "PixArtSigmaPipeline", "transformer", takes_loras=False, preview=SDXL_VAE, batches=True),
+        _family("sana", "SanaPipeline", "transformer", takes_loras=True, batches=True),
+        _family("hunyuan", "HunyuanDiTPipeline", "transformer", takes_loras=False, preview=SDXL_VAE, batches=True),
+        _family("lumina", "LuminaPipeline", "transformer", takes_loras=False, preview=SDXL_VAE, batches=True),
         # The prior (stage C) and the decoder (stage B) are two repos (studio/families/cascade.py): the prior
         # as a pipeline without its CLIP image encoder, the decoder's parts one by one.
         _family(
-            "cascade", "StableCascadeCombinedPipeline", "prior_prior", "decoder", takes_loras=False,
+            "cascade", "StableCascadeCombinedPipeline", "prior_prior", "decoder", takes_loras=False, batches=True,
             hub=(
                 HubRepo("prior_repo", pinned=False, passed=("image_encoder", "feature_extractor")),
                 HubRepo(folders=("decoder", "scheduler", "vqgan")),

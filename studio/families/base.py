@@ -13,7 +13,7 @@ from studio import families, speed, uploads
 from studio.catalog import ModelSpec
 from studio.errors import ModelLoadFailed
 from studio.families import preview
-from studio.families.batch import images_per_prompt
+from studio.families.batch import Batch, images_per_prompt
 from studio.schemas import GenerationRequest
 
 OnStep = Callable[[int, int], None]
@@ -133,3 +133,10 @@ def edit_arguments(request: GenerationRequest, size: bool = True) -> dict:
     if not size:
         return arguments
     return arguments | {"width": request.width, "height": request.height}
+
+
+def per_image(rows: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+    """Text embeddings (or masks) made one row per member, repeated for each of its images, as a call of
+    its own repeats them for ``num_images_per_prompt``."""
+    counts = torch.tensor(batch.counts)
+    return {name: tensor.repeat_interleave(counts.to(tensor.device), dim=0) for name, tensor in rows.items()}

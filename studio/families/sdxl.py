@@ -9,10 +9,14 @@ call on ``StableDiffusionXLImg2ImgPipeline`` / ``StableDiffusionXLInpaintPipelin
 loaded pipeline (``studio.families.task_pipeline``).
 
 A batch of jobs (``studio.families.batch``) runs on text embeddings: each member's prompt and negative
-encoded as its own call would encode them (compel's rows padded to the same length), one row per image.
+encoded as its own call would encode them, one row per image. Compel rows of different lengths are padded
+to the longest as compel pads them, and the UNet's cross-attention masks each row's padding past its
+own call's length, so every member's image stays its own.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import diffusers
 import torch
@@ -41,29 +45,54 @@ def _ensure_scheduler(pipe, spec: ModelSpec) -> None:
 def generate(pipe, spec: ModelSpec, request: GenerationRequest | Batch, on_step: base.OnStep) -> list:
     # The pipeline's own rule for classifier-free guidance; below it the negative is never used.
     guided = request.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+    own_tokens = None  # compel rows padded past a member's own length: how many tokens each row really has
     if spec.compel:
         pairs = [(member.prompt, member.negative_prompt) for member in members(request)]
-        text = prompts.sdxl_batch_embeddings(pipe, pairs, guided)
+        text, own_tokens = prompts.sdxl_batch_embeddings(pipe, pairs, guided)
     elif isinstance(request, Batch):
         text = _encoded(pipe, request.requests, guided)
     else:
         text = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
     if isinstance(request, Batch):
-        text = {name: rows.repeat_interleave(torch.tensor(request.counts), dim=0) for name, rows in text.items()}
+        text = base.per_image(text, request)
     # Image-to-image takes its size from the (resized) input image; the others are told it.
     size = {} if request.task == families.IMAGE_TO_IMAGE else {"width": request.width, "height": request.height}
-    result = pipe(
-        **text,
-        **size,
-        **base.edit_arguments(request, size=False),
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=images_per_prompt(request),
-        generator=base.generators(request),
-        callback_on_step_end=base.step_callback(on_step, request, spec),
-        output_type="pil",
-    )
+    with _attending(pipe.unet, own_tokens, request):
+        result = pipe(
+            **text,
+            **size,
+            **base.edit_arguments(request, size=False),
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            num_images_per_prompt=images_per_prompt(request),
+            generator=base.generators(request),
+            callback_on_step_end=base.step_callback(on_step, request, spec),
+            output_type="pil",
+        )
     return result.images
+
+
+@contextmanager
+def _attending(unet, own_tokens: list[int] | None, request):
+    """Within it, the UNet's cross-attention sees only each row's own tokens (a batch's compel rows padded
+    to the longest member's): the padding chunks are masked out, so a member's image is its own call's.
+    Each member's prompt and negative rows have its one length ([negatives; prompts] under guidance)."""
+    if own_tokens is None or len(set(own_tokens)) == 1:
+        yield  # nothing padded past its own length: the call as it is
+        return
+    lengths = torch.tensor(own_tokens).repeat_interleave(torch.tensor(request.counts))
+    mask = torch.arange(max(own_tokens))[None, :] < lengths[:, None]  # (images, tokens)
+
+    def add_mask(module, args, kwargs):
+        states = kwargs["encoder_hidden_states"]
+        kwargs["encoder_attention_mask"] = mask.repeat(states.shape[0] // mask.shape[0], 1).to(states.device)
+        return args, kwargs
+
+    handle = unet.register_forward_pre_hook(add_mask, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
