@@ -261,7 +261,7 @@ def studio(tiny_models, tmp_path_factory):
 @pytest.fixture
 def live(studio, monkeypatch):
     """The server, with whatever a test changes in its settings put back after it."""
-    for name in ("batch_window_ms", "max_batch"):
+    for name in ("batch_window_ms", "max_batch", "job_timeout_s"):
         monkeypatch.setattr(studio.settings, name, getattr(studio.settings, name))
     studio.sent.clear()
     return studio
@@ -390,6 +390,21 @@ def test_an_error_fails_every_member_with_the_same_message(live):
     assert batches_sent(live) == [[job.id for job in jobs]]
     live.settings.max_batch = 1  # a batch of one is full: no window to wait
     assert submit(live, seed=3).wait(START_S).seeds == [3]  # the slot serves on
+
+
+def test_a_timeout_ends_every_member(live):
+    import faults
+
+    from studio.errors import JobTimeout
+
+    live.settings.max_batch, live.settings.job_timeout_s = 2, 0.3  # the call's 4 slow steps take at least 0.8 s
+    jobs = [submit(live, prompt=f"{faults.SLOW} {seed}", steps=4, seed=seed) for seed in (1, 2)]
+    for job in jobs:
+        with pytest.raises(JobTimeout, match="ran longer than 0.3 s"):
+            job.wait(START_S)
+    assert batches_sent(live) == [[job.id for job in jobs]]
+    live.settings.max_batch, live.settings.job_timeout_s = 1, 600
+    assert submit(live, seed=3).wait(START_S).seeds == [3]  # the worker honoured the cancels: the slot serves on
 
 
 def test_fair_share_picks_the_members(live):
