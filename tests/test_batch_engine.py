@@ -214,3 +214,48 @@ def test_a_family_that_does_not_batch_fails_its_members_clearly(engine, catalog,
     worker_on(engine, pipe).run_batch((job(spec, "s1", "a fox", 1), job(spec, "s2", "a cat", 2)))
     messages = {message.error.message for message in pipe.sent if isinstance(message, Failed)}
     assert messages == {"flux-schnell cannot run text-to-image jobs as one batch"}
+
+
+def test_an_out_of_memory_retries_the_whole_batch_once_then_fails_every_member(catalog, monkeypatch):
+    import torch
+
+    from studio.engine import Engine
+    from studio.errors import OutOfMemory
+
+    spec = catalog.get("flux-schnell")
+    real_generate, calls = families.generate, []
+
+    def generate(pipe, spec, request, on_step):
+        calls.append(request.num_images)
+        if len(calls) == 1 or "always" in request.prompt[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_generate(pipe, spec, request, on_step)
+
+    monkeypatch.setattr(families, "generate", generate)
+    engine = Engine("cpu")  # its own: the retry moves the model to a smaller plan for good
+    pipe = Pipe()
+    worker_on(engine, pipe).run_batch((job(spec, "o1", "a fox", 1, num_images=2), job(spec, "o2", "a cat", 5)))
+    assert calls == [3, 3]  # the whole batch, twice
+    for job_id in ("o1", "o2"):
+        [done] = pipe.of(job_id, Done)
+        assert {metadata(png)["memory_plan"] for png in done.result.images} == {"fp8"}  # retried on fp8 (CPU)
+    pipe = Pipe()
+    worker_on(engine, pipe).run_batch((job(spec, "o3", "always", 1), job(spec, "o4", "a cat", 2)))
+    failures = [message for message in pipe.sent if isinstance(message, Failed)]
+    assert [message.job_id for message in failures] == ["o3", "o4"]
+    assert all(isinstance(message.error, OutOfMemory) for message in failures)
+    assert len({message.error.message for message in failures}) == 1
+
+
+@pytest.mark.parametrize("model_id", ["sdxl-base", "flux-schnell"])
+def test_an_ancestral_sampler_draws_each_images_step_noise_from_its_own_seed(engine, catalog, model_id):
+    # SDXL's pipeline passes its generators to the sampler's step; FLUX's passes none (scheduling.seeded_steps)
+    spec = catalog.get(model_id)
+    members = [job(spec, "s1", "a red fox", 21, num_images=2, sampler="Euler a"),
+               job(spec, "s2", "a lighthouse", 40, sampler="Euler a")]
+    pipe = Pipe()
+    worker_on(engine, pipe).run_batch(tuple(members))
+    for member in members:
+        [done] = pipe.of(member.job_id, Done)
+        assert done.result.request.sampler == "Euler a"
+        assert_alone(engine, member, done)
