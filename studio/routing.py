@@ -14,13 +14,14 @@ owners), and each rule takes the jobs in that order:
 3. a job whose model an idle slot already holds goes there (no load); of several, the one holding most
    of the job's LoRAs as adapters (no LoRA load either): a preference among idle slots, never a wait;
 4. a job whose model a busy slot holds (or is about to hold, this plan's bindings included)
-   waits for it when that slot is expected free sooner than a swap would take, as measured: warm
-   loads of the model (from disk or from a worker's RAM cache; a worker's first load, which pays
-   for its imports, is never recorded) and job durations; with no warm load measured yet, it takes
-   the idle slot. But evicting the only resident copy of a model in use (one that ran in the last
-   ``IN_USE_S``) costs two loads, this one (a guess will do) and the one that brings that model
-   back for its next job (once measured), so such a swap must beat both: otherwise the two slots
-   would merely exchange their models;
+   waits for it when that slot is expected free sooner than a swap would take, as measured: loads
+   of the model (warm, from disk or from a worker's RAM cache; before any swap, a worker's first
+   load of it, which pays for its imports too: a swap takes at most that long) and job durations;
+   with no load of it measured, it takes the idle slot. But evicting the only resident copy of a
+   model in use (one that ran in the last ``IN_USE_S``) costs two loads, this one (a guess will do)
+   and the one that brings that model back for its next job (once measured), so such a swap must
+   beat both: otherwise the two slots would merely exchange their models. No job waits by choice
+   while others wait for a place in the queue (``crowded``): an idle slot then takes it;
 5. otherwise it takes an idle slot, preferring one with the model parked in its RAM cache, then
    an empty one, then one holding a model nobody in the queue wants, then the least recently
    used; that slot swaps models.
@@ -82,8 +83,13 @@ class Estimates:
         return self._first_load_s.get(model_id, self.default_load_s)
 
     def measured_load_s(self, model_id: str, cached: bool = False) -> float | None:
-        """A load time that was really measured (warm), else None: no guess ever makes a job wait."""
-        return self._load_s.get((model_id, cached))
+        """A load time that was really measured, else None: no guess ever makes a job wait. Warm; else,
+        from disk, a worker's first load of the model (a fresh server knows it from its preloads): its
+        imports included, so a swap takes at most that long."""
+        measured = self._load_s.get((model_id, cached))
+        if measured is None and not cached:
+            return self._first_load_s.get(model_id)
+        return measured
 
     def load_words(self, model_id: str, cached: bool = False) -> str:
         """The swap time that decided a load, in words with its figure, for the log line of the load."""
@@ -93,7 +99,7 @@ class Estimates:
             return f"a measured load of {model_id}{source} (~{warm:.1f} s)"
         first = self._first_load_s.get(model_id)
         if first is not None and not cached:
-            return f"no warm load of {model_id} measured (a worker's first took ~{first:.1f} s, imports included)"
+            return f"{model_id}'s first load on a worker (~{first:.1f} s, imports included)"
         return f"no load of {model_id}{source} measured (guessed ~{self.load_s(model_id, cached):.1f} s)"
 
     def job_s(self, model_id: str, request: GenerationRequest) -> float:
@@ -209,9 +215,10 @@ class Binding(NamedTuple):
 
 def plan_dispatch(
     queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S,
-    due: Collection[Job] = (),
+    due: Collection[Job] = (), crowded: int = 0,
 ) -> list[Binding]:
-    """Which queued jobs start now, and where (see the module docstring for the rules)."""
+    """Which queued jobs start now, and where (see the module docstring for the rules); ``crowded``:
+    how many jobs wait for a place in the queue."""
     idle = [slot for slot in slots if slot.available]
     if not idle or not queue:
         return []
@@ -251,11 +258,13 @@ def plan_dispatch(
         else:
             swap_s = estimates.measured_load_s(model, cached)  # only a measured load may make a job wait
             swap = estimates.load_words(model, cached)
-        if swap_s is not None and wait_s < swap_s:
+        worth_waiting = swap_s is not None and wait_s < swap_s
+        if worth_waiting and not crowded:
             free_at[soonest] += estimates.job_s(model, job.request)
             held.append(job)
             return
-        bind(job, victim, f"slot {soonest} with {model} frees in ~{wait_s:.1f} s; {swap}{turn}")
+        door = f"; {crowded} more wait for a place in the queue" if worth_waiting else ""  # the idle slot works
+        bind(job, victim, f"slot {soonest} with {model} frees in ~{wait_s:.1f} s; {swap}{door}{turn}")
 
     held: list[Job] = []  # jobs that wait for a busy slot holding their model
     for job in [job for job in waiting if now - job.queued_at >= starvation_s]:

@@ -272,7 +272,7 @@ class SlotManager:
         batches, self._wake_at = gather(offered, now, self.settings.batch_window_ms / 1000, self.settings.max_batch)
         by_lead = {batch.lead: batch for batch in batches}  # routing places each batch by its first member
         for job, slot, why in plan_dispatch(list(by_lead), self._slots, self.estimates, now, self.starvation_s,
-                                            [job for job in due if job in by_lead]):
+                                            [job for job in due if job in by_lead], crowded=len(self.admission.room)):
             if why:
                 log.info("slot %d (%s) loads %s for job %s (holds %s): %s",
                          slot.index, slot.device, job.spec.id, job.id[:8], slot.model or "nothing", why)

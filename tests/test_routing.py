@@ -115,8 +115,8 @@ def test_plan_skips_dead_and_busy_slots(presets):
 
 
 def test_plan_never_holds_a_job_on_a_load_time_nobody_measured(presets):
-    """A fresh server: the holder is busy, the other slot idle, no warm load known (the first
-    load of a worker, imports included, is never recorded): the job takes the idle slot."""
+    """A fresh server: the holder is busy, the other slot idle, no load of the model measured (no
+    worker has loaded it yet): the job takes the idle slot."""
     now = 1000.0
     busy = busy_slot(0, queued_job(presets, BASE), now, step=5, total=10, per_step_s=0.2)  # 1 s left
     idle = Slot(1, "cpu", state="ready", model=TURBO)
@@ -261,6 +261,43 @@ def test_a_job_due_its_turn_of_fair_share_waits_for_its_model_rather_than_load_i
     assert pairs(plan) == [(due, in_use)]
     assert plan[0].why == (f"slot 0 with {BASE} frees in ~100.0 s; {BASE}'s load plus {TURBO}'s load back (~20.0 s)"
                            " (it waited its round of fair share)")
+
+
+
+def test_a_fresh_server_waits_on_a_first_load_measured_at_start_up(presets):
+    """Before any swap, the preloads' first loads (imports included: a swap takes at most that long) are
+    measured: a job whose model's slot frees at once waits for it rather than evict an idle preload
+    (the bench's burst of two models loaded twice at start-up this way, an exchange of the two)."""
+    now = 1000.0
+    holder = busy_slot(0, queued_job(presets, BASE), now, step=2, total=3, per_step_s=0.05)  # about to free
+    preload = Slot(1, "cpu", state="ready", model=TURBO)  # never used
+    job = queued_job(presets, BASE)
+    estimates = Estimates()
+    estimates.record_first_load(BASE, 5.0)
+    estimates.record_first_load(TURBO, 5.0)
+    assert pairs(plan_dispatch([job], [holder, preload], estimates, now)) == []
+    slow = busy_slot(0, queued_job(presets, BASE), now, step=2, total=52, per_step_s=0.2)  # 10 s left
+    plan = plan_dispatch([job], [slow, preload], estimates, now)
+    assert pairs(plan) == [(job, preload)]
+    assert plan[0].why == f"slot 0 with {BASE} frees in ~10.0 s; {BASE}'s first load on a worker (~5.0 s, imports included)"
+    estimates.record_load(BASE, 12.0)  # a warm load measured: it decides from now on
+    assert pairs(plan_dispatch([job], [slow, preload], estimates, now)) == []
+
+
+def test_no_job_waits_by_choice_while_others_wait_for_a_place(presets):
+    """Waiting for the busy slot with its model would be quicker for the job, but it would keep jobs
+    out of a full queue while a slot idles: the idle slot takes it."""
+    now = 1000.0
+    holder = busy_slot(0, queued_job(presets, BASE), now, step=2, total=4, per_step_s=0.05)  # 0.1 s left
+    preload = Slot(1, "cpu", state="ready", model=TURBO)
+    job = queued_job(presets, BASE)
+    estimates = Estimates()
+    estimates.record_load(BASE, 5.0)
+    assert pairs(plan_dispatch([job], [holder, preload], estimates, now, crowded=0)) == []
+    plan = plan_dispatch([job], [holder, preload], estimates, now, crowded=3)
+    assert pairs(plan) == [(job, preload)]
+    assert plan[0].why == (f"slot 0 with {BASE} frees in ~0.1 s; a measured load of {BASE} (~5.0 s); "
+                           "3 more wait for a place in the queue")
 
 
 # ---------------------------------------------------------------- LoRAs: a preference, never a wait

@@ -587,8 +587,9 @@ def test_a_normal_shutdown_kills_no_worker(tiny_models, catalog, caplog):
 
 def test_a_burst_of_one_model_uses_both_slots_and_the_limit_counts_only_the_backlog(tiny_models, catalog):
     """Slots holding [sdxl-base, sdxl-turbo], 40 sdxl-turbo jobs at once, --max-queue 2: one runs
-    where its model is, one takes the other slot (no warm load measured says waiting is better),
-    two wait: 4 accepted. Holding the second job for the busy slot let only 3 in."""
+    where its model is, one takes the other slot (waiting for the busy one would be quicker for it, but
+    no job waits by choice while others wait for a place), two wait: 4 accepted. Holding the second job
+    for the busy slot let only 3 in."""
     settings = Settings(devices=["cpu", "cpu"], models_dir=tiny_models(BASE, TURBO), preload=[BASE, TURBO],
                         max_queue=2)
     manager = SlotManager(settings, catalog)
