@@ -24,7 +24,7 @@ from studio import families, hub, memory, placement, pngmeta, speed, weights
 from studio.catalog import ModelSpec
 from studio.errors import JobCancelled, OutOfMemory, StudioError
 from studio.families import scheduling
-from studio.families.batch import Batch
+from studio.families.batch import BatchedRequest
 from studio.lorapipe import ResidentLoras
 from studio.memory import Plan
 from studio.schemas import GenerationRequest, JobResult, JobStage
@@ -202,7 +202,7 @@ class Engine:
         its own images with its own prompt and seeds in their metadata. Steps and stages are the batch's;
         ``on_preview(member, index, step, total, png)`` shows each member's own first image."""
         started = time.perf_counter()
-        batch = Batch(requests)
+        batch = BatchedRequest(requests)
         if not families.FAMILIES[spec.family].batches or batch.task != families.TEXT_TO_IMAGE:
             raise StudioError(f"{spec.id} cannot run {batch.task} jobs as one batch")
         reporter = StepReporter(on_step, list(zip(batch.first_images, (r.previews for r in requests))), on_preview)
@@ -215,7 +215,7 @@ class Engine:
         return results
 
     def call(self, spec: ModelSpec, request, reporter: StepReporter, on_stage: OnStage) -> tuple[bool, list, str]:
-        """Load if needed and make the images of ``request`` (one request or a ``Batch``) in one pipeline call,
+        """Load if needed and make the images of ``request`` (one request or a ``BatchedRequest``) in one pipeline call,
         an out-of-memory retried once on a smaller plan; whether it loaded, the images, the sampler that ran."""
         if self.spec != spec:
             on_stage(JobStage.LOADING)

@@ -13,7 +13,7 @@ and, where loading is more than ``from_pretrained`` of the record's pipeline cla
 (``base.from_pretrained``), ``load(spec: ModelSpec, device: str) -> pipeline``.
 
 ``request`` is already resolved by ``ModelSpec.check`` (no field is None). Where the record's
-``batches`` is set, it may also be a ``families.batch.Batch``: several jobs' prompts and seeds, one
+``batches`` is set, it may also be a ``families.batch.BatchedRequest``: several jobs' prompts and seeds, one
 text-to-image call (``Engine.run_batch``).
 ``on_step(step, total, preview)`` is called after each denoising step; it raises
 ``JobCancelled`` to stop the job, which propagates out of ``generate``. ``preview`` is a
@@ -81,7 +81,7 @@ def _family(name: str, pipeline: str, *denoisers: str, **rest) -> Family:
 # Edits: diffusers 0.42 has no edit pipelines for PixArt, Sana 1.5, HunyuanDiT, Lumina-Next or Stable
 # Cascade. Previews: PixArt-Sigma, HunyuanDiT and Lumina-Next decode with SDXL's VAE (or its fp16 fix),
 # Chroma with FLUX's; Sana's DC-AE has no published projection, Stable Cascade no RGB-decodable latents.
-# Batches: every adapter takes a ``Batch`` (a prompt and a seed per image). Most pass the lists to the
+# Batches: every adapter takes a ``BatchedRequest`` (a prompt and a seed per image). Most pass the lists to the
 # pipeline; SDXL (None as the negative means zeroes) and Lumina-Next (which would pad each prompt to the
 # longest and cut negatives there) encode each member as its own call does.
 FAMILIES: dict[str, Family] = {

@@ -13,7 +13,7 @@ from studio import families, speed, uploads
 from studio.catalog import ModelSpec
 from studio.errors import ModelLoadFailed
 from studio.families import preview
-from studio.families.batch import Batch, images_per_prompt
+from studio.families.batch import BatchedRequest, images_per_prompt
 from studio.schemas import GenerationRequest
 
 OnStep = Callable[[int, int], None]
@@ -102,7 +102,7 @@ def step_callback(on_step: OnStep, request: GenerationRequest, spec: ModelSpec):
 
 def image_arguments(request: GenerationRequest, negative: bool = True) -> dict:
     """What every pipeline call names alike: the prompt (and the negative one, where the family takes it),
-    the size, n images in one batched call and their seeds (a ``Batch``: a prompt and a seed per image)."""
+    the size, n images in one batched call and their seeds (a ``BatchedRequest``: a prompt and a seed per image)."""
     arguments = dict(
         prompt=request.prompt, width=request.width, height=request.height,
         num_images_per_prompt=images_per_prompt(request), generator=generators(request),
@@ -135,7 +135,7 @@ def edit_arguments(request: GenerationRequest, size: bool = True) -> dict:
     return arguments | {"width": request.width, "height": request.height}
 
 
-def per_image(rows: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+def per_image(rows: dict[str, torch.Tensor], batch: BatchedRequest) -> dict[str, torch.Tensor]:
     """Text embeddings (or masks) made one row per member, repeated for each of its images, as a call of
     its own repeats them for ``num_images_per_prompt``."""
     counts = torch.tensor(batch.counts)

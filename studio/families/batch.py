@@ -1,9 +1,9 @@
 """Compatible requests as one pipeline call (``RunBatch``): what an adapter reads instead of one request.
 
-A ``Batch`` answers the settings its members share (model, task, size, steps, guidance, sampler, LoRAs)
-as its first member does, and the per-image ones image by image: ``prompt`` and ``negative_prompt`` are
-lists with each member's text repeated for each of its images ("" for no negative), ``seeds`` all members' seeds in order,
-``num_images`` their sum. An adapter that passes the lists with one image per prompt
+A ``BatchedRequest`` answers the settings its members share (model, task, size, steps, guidance, sampler,
+LoRAs) as its first member does, and the per-image ones image by image: ``prompt`` and ``negative_prompt``
+are lists with each member's text repeated for each of its images ("" for no negative), ``seeds`` all
+members' seeds in order, ``num_images`` their sum. An adapter that passes the lists with one image per prompt
 (``images_per_prompt``) and one generator per seed (``base.generators``) makes image i of a member
 what that member's own call makes, up to batched float math.
 
@@ -21,7 +21,7 @@ from studio.schemas import GenerationRequest
 SHARED = ("model", "task", "width", "height", "steps", "guidance", "sampler", "loras")
 
 
-class Batch:
+class BatchedRequest:
     """The members of one pipeline call, in order; image indices run member by member."""
 
     def __init__(self, requests):
@@ -69,9 +69,9 @@ class Batch:
 
 def members(request) -> tuple[GenerationRequest, ...]:
     """The requests one call runs: a batch's members, or the request itself."""
-    return request.requests if isinstance(request, Batch) else (request,)
+    return request.requests if isinstance(request, BatchedRequest) else (request,)
 
 
 def images_per_prompt(request) -> int:
     """``num_images_per_prompt``: a batch lists a prompt per image; one request repeats its one prompt."""
-    return 1 if isinstance(request, Batch) else request.num_images
+    return 1 if isinstance(request, BatchedRequest) else request.num_images

@@ -27,13 +27,14 @@ from diffusers import LuminaPipeline
 
 from studio.catalog import ModelSpec
 from studio.families import base
-from studio.families.batch import Batch
+from studio.families.batch import BatchedRequest
 from studio.schemas import GenerationRequest
 
 
-def generate(pipe: LuminaPipeline, spec: ModelSpec, request: GenerationRequest | Batch, on_step: base.OnStep) -> list:
+def generate(pipe: LuminaPipeline, spec: ModelSpec, request: GenerationRequest | BatchedRequest,
+             on_step: base.OnStep) -> list:
     arguments = base.call_arguments(spec, request, on_step)
-    if isinstance(request, Batch):
+    if isinstance(request, BatchedRequest):
         arguments |= dict(prompt=None, negative_prompt=None, **base.per_image(_encoded(pipe, request), request))
     result = pipe(
         **arguments,
@@ -47,7 +48,7 @@ NAMES = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "ne
 
 
 @torch.no_grad()
-def _encoded(pipe: LuminaPipeline, batch: Batch) -> dict:
+def _encoded(pipe: LuminaPipeline, batch: BatchedRequest) -> dict:
     """Each member's embeddings and masks as its own call makes them, one row each, padded to the longest
     with masked-out (zero) tokens."""
     encoded = [

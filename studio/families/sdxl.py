@@ -25,7 +25,7 @@ from diffusers import StableDiffusionXLPipeline
 from studio import families, prompts
 from studio.catalog import ModelSpec
 from studio.families import base
-from studio.families.batch import Batch, images_per_prompt, members
+from studio.families.batch import BatchedRequest, images_per_prompt, members
 from studio.schemas import GenerationRequest
 
 
@@ -42,18 +42,18 @@ def _ensure_scheduler(pipe, spec: ModelSpec) -> None:
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
 
 
-def generate(pipe, spec: ModelSpec, request: GenerationRequest | Batch, on_step: base.OnStep) -> list:
+def generate(pipe, spec: ModelSpec, request: GenerationRequest | BatchedRequest, on_step: base.OnStep) -> list:
     # The pipeline's own rule for classifier-free guidance; below it the negative is never used.
     guided = request.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
     own_tokens = None  # compel rows padded past a member's own length: how many tokens each row really has
     if spec.compel:
         pairs = [(member.prompt, member.negative_prompt) for member in members(request)]
         text, own_tokens = prompts.sdxl_batch_embeddings(pipe, pairs, guided)
-    elif isinstance(request, Batch):
+    elif isinstance(request, BatchedRequest):
         text = _encoded(pipe, request.requests, guided)
     else:
         text = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
-    if isinstance(request, Batch):
+    if isinstance(request, BatchedRequest):
         text = base.per_image(text, request)
     # Image-to-image takes its size from the (resized) input image; the others are told it.
     size = {} if request.task == families.IMAGE_TO_IMAGE else {"width": request.width, "height": request.height}
