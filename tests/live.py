@@ -50,7 +50,7 @@ def serve_app(app, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    server = StoppingAsAppPy(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     try:
@@ -66,6 +66,18 @@ def serve_app(app, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str
         server.should_exit = True
         thread.join(SHUTDOWN_TIMEOUT_S)
         sock.close()
+
+
+class StoppingAsAppPy(uvicorn.Server):
+    """uvicorn's server, stopping as app.py's does: open pages' session streams (Gradio heartbeats, a
+    gradio_client's) end first, else each one holds the stop for the whole grace period."""
+
+    async def shutdown(self, sockets=None) -> None:
+        from studio.server import end_session_streams
+
+        if hasattr(self.config.app, "state"):
+            end_session_streams(self.config.app)
+        await super().shutdown(sockets)
 
 
 @dataclass
