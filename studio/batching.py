@@ -10,7 +10,9 @@ per-owner limits (``studio.turns.Turns.order``), so fair share decides who joins
 the first offered job of its kind and the compatible ones behind it, in that order, up to
 ``--max-batch`` images. A batch that is not full waits for companions until its oldest member has
 been queued ``--batch-window-ms`` (other jobs pass it meanwhile); a full batch, and a job that
-cannot batch, never waits. With a window of 0 every job runs alone, as without batching.
+cannot batch, never waits. With a window of 0 every job runs alone, as without batching. ``calls``
+is that grouping without the window: the queue as the slots will run it, which routing's estimates
+(queue positions, Retry-After) play forward.
 
 ``Batch`` is a slot's per-member bookkeeping while it runs: which members are still running, each
 member's share of the call (fair share charges its GPU-seconds by images), and the message to send.
@@ -82,12 +84,28 @@ class Batch:
 def gather(offered: Sequence[Job], now: float, window_s: float, max_images: int) -> tuple[list[Batch], float | None]:
     """The batches that may start now, in ``offered``'s order (each by its lead), and when the
     earliest held batch's window ends (None: none is held). Jobs of a held batch are in no batch."""
+    if window_s <= 0:  # no batching: nothing waits (a job queued after ``now`` was read included)
+        return calls(offered, window_s, max_images), None
+    batches: list[Batch] = []
+    wake_at: float | None = None
+    for batch in calls(offered, window_s, max_images):
+        deadline = min(member.queued_at for member in batch.jobs) + window_s
+        if batch_key(batch.lead) is not None and batch.images < max_images and now < deadline:
+            wake_at = deadline if wake_at is None else min(wake_at, deadline)  # waits for companions
+            continue
+        batches.append(batch)
+    return batches, wake_at
+
+
+def calls(offered: Sequence[Job], window_s: float, max_images: int) -> list[Batch]:
+    """``offered`` as the slots will run it, windows aside: each batch the first job of its kind and the
+    compatible ones behind it, up to ``max_images`` images, in order of their leads; with a window of 0
+    a job a call. What estimates play forward (queue positions, Retry-After) and what ``gather`` holds."""
     if window_s <= 0:
-        return [Batch((job,)) for job in offered], None
+        return [Batch((job,)) for job in offered]
     keys = {job.id: batch_key(job) for job in offered}
     taken: set[str] = set()
     batches: list[Batch] = []
-    wake_at: float | None = None
     for index, job in enumerate(offered):
         if job.id in taken:
             continue
@@ -101,9 +119,5 @@ def gather(offered: Sequence[Job], now: float, window_s: float, max_images: int)
                     members.append(other)
                     images += other.request.num_images
         taken.update(member.id for member in members)
-        deadline = min(member.queued_at for member in members) + window_s
-        if key is not None and images < max_images and now < deadline:
-            wake_at = deadline if wake_at is None else min(wake_at, deadline)  # waits for companions
-            continue
         batches.append(Batch(members))
-    return batches, wake_at
+    return batches

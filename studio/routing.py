@@ -1,6 +1,6 @@
 """Routing: which queued job starts now, and on which slot, and when the queue will have room.
 Pure (no processes, no threads, no clock of its own), so every rule is tested alone;
-``SlotManager`` calls ``plan_dispatch`` and ``room_in_s`` under its lock.
+``SlotManager`` calls ``plan_dispatch``, ``room_in_s`` and ``starts_in_s`` under its lock.
 
 Jobs wait in one queue and are bound to a slot only when a slot is free, so the choice uses what
 is true at that moment. The queue comes in priority order (arrival, or fair share's order between
@@ -30,16 +30,19 @@ owners), and each rule takes the jobs in that order:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from studio.backend import SlotState
+from studio.batching import Batch
 from studio.jobs import Job
 from studio.schemas import GenerationRequest
 
 STARVATION_S = 60.0  # past this wait a job takes any idle slot, whatever the estimates say
 IN_USE_S = 60.0  # a model that ran this recently is in use: its only resident copy is not given up lightly
+
+Calls = Callable[[Sequence[Job]], Sequence[Batch]]  # queued jobs as the slots will run them (``batching.calls``)
 
 
 def work_units(request: GenerationRequest) -> float:
@@ -215,10 +218,11 @@ class Binding(NamedTuple):
 
 def plan_dispatch(
     queue: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float, starvation_s: float = STARVATION_S,
-    due: Collection[Job] = (), crowded: int = 0,
+    due: Collection[Job] = (), crowded: int = 0, batches: Mapping[Job, Batch] | None = None,
 ) -> list[Binding]:
     """Which queued jobs start now, and where (see the module docstring for the rules); ``crowded``:
-    how many jobs wait for a place in the queue."""
+    how many jobs wait for a place in the queue; ``batches``: the call each job of ``queue`` leads (a
+    batch's lead stands for every member: the slot's time is the call's, all its images)."""
     idle = [slot for slot in slots if slot.available]
     if not idle or not queue:
         return []
@@ -230,11 +234,15 @@ def plan_dispatch(
     plan: list[Binding] = []
     waiting = list(queue)
 
+    def work(job: Job) -> GenerationRequest:
+        batch = (batches or {}).get(job)
+        return batch.request if batch is not None else job.request
+
     def bind(job: Job, slot: Slot, why: str = "") -> None:
         model = job.spec.id
         load_s = 0.0 if slot.model == model else estimates.load_s(model, model in slot.cached)
         plan.append(Binding(job, slot, why if slot.model != model else ""))
-        holds[slot.index], free_at[slot.index] = model, now + load_s + estimates.job_s(model, job.request)
+        holds[slot.index], free_at[slot.index] = model, now + load_s + estimates.job_s(model, work(job))
         idle.remove(slot)
         waiting.remove(job)
 
@@ -260,7 +268,7 @@ def plan_dispatch(
             swap = estimates.load_words(model, cached)
         worth_waiting = swap_s is not None and wait_s < swap_s
         if worth_waiting and not crowded:
-            free_at[soonest] += estimates.job_s(model, job.request)
+            free_at[soonest] += estimates.job_s(model, work(job))
             held.append(job)
             return
         door = f"; {crowded} more wait for a place in the queue" if worth_waiting else ""  # the idle slot works
@@ -292,28 +300,61 @@ def plan_dispatch(
 
 
 def room_in_s(sequence: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float,
-              limit: int) -> float | None:
+              limit: int, calls: Calls | None = None) -> float | None:
     """Seconds until one more job fits under a ``limit`` of ``backlog``, when the jobs of ``sequence``
     (the queue, then any waiting for a place) are ahead of it; None when no slot is up.
 
-    Plays the busy slots forward: each time the first one frees it takes the next job, which
-    leaves the queue and so makes a place.
+    Plays the slots forward (``_played``): each call that starts takes its jobs out of the queue, so
+    makes places; with batching (``calls``) a call takes every job of its batch at once.
     """
-    ready = [slot for slot in slots if slot.state == SlotState.READY and not slot.unreachable]
+    ready = _ready(slots)
     if not ready:
         return None
-    idle = sum(1 for slot in ready if slot.available)
-    needed = len(sequence) - idle - limit + 1  # jobs that must leave the queue first
-    frees = [(now + estimates.remaining_s(slot, now), slot.index, slot.next_model) for slot in ready if slot.busy]
-    if needed <= 0 or not frees:
+    leaves = [at for at, batch in _played(sequence, ready, estimates, now, calls) for _ in batch.jobs]
+    needed = len(sequence) - limit + 1  # jobs that must leave the queue first
+    if needed <= 0 or len(leaves) < needed:  # (fewer: no busy slot takes the rest, the idle ones took theirs)
         return 0.0
+    return max(0.0, leaves[needed - 1] - now)
+
+
+def starts_in_s(sequence: Sequence[Job], slots: Sequence[Slot], estimates: Estimates, now: float,
+                calls: Calls | None = None) -> list[float] | None:
+    """Seconds until each job of ``sequence`` (the line in the order its jobs start) should start: when
+    its call starts, the slots played forward (``_played``); None when no slot is up."""
+    ready = _ready(slots)
+    if not ready:
+        return None
+    starts = {job.id: max(0.0, at - now) for at, batch in _played(sequence, ready, estimates, now, calls)
+              for job in batch.jobs}
+    return [starts.get(job.id, 0.0) for job in sequence]  # none busy to take it: an idle slot's
+
+
+def _ready(slots: Sequence[Slot]) -> list[Slot]:
+    return [slot for slot in slots if slot.state == SlotState.READY and not slot.unreachable]
+
+
+def _played(sequence: Sequence[Job], ready: Sequence[Slot], estimates: Estimates, now: float,
+            calls: Calls | None) -> Iterator[tuple[float, Batch]]:
+    """The calls the slots will run ``sequence`` as (``calls``: batches, else a job a call), in order,
+    each with when it should start: the idle slots take the first ones now, then each time the first
+    busy slot frees it takes the next (a swap first if it holds another model), for as long as the
+    call's estimate (a batch's: its images in one call). Calls that no busy slot is there to take
+    (every slot idle) are left out."""
+    batches = calls(sequence) if calls is not None else [Batch((job,)) for job in sequence]
+    idle = sum(1 for slot in ready if slot.available)
+    frees = [(now + estimates.remaining_s(slot, now), slot.index, slot.next_model) for slot in ready if slot.busy]
     heapq.heapify(frees)
-    at = now
-    for job in sequence[idle:idle + needed]:
+    for number, batch in enumerate(batches):
+        if number < idle:
+            yield now, batch
+            continue
+        if not frees:
+            return
         at, index, model = heapq.heappop(frees)
-        load_s = 0.0 if model == job.spec.id else estimates.load_s(job.spec.id)
-        heapq.heappush(frees, (at + load_s + estimates.job_s(job.spec.id, job.request), index, job.spec.id))
-    return max(0.0, at - now)
+        lead = batch.lead.spec.id
+        load_s = 0.0 if model == lead else estimates.load_s(lead)
+        heapq.heappush(frees, (at + load_s + estimates.job_s(lead, batch.request), index, lead))
+        yield at, batch
 
 
 def backlog(queue: Sequence[Job], slots: Sequence[Slot]) -> int:

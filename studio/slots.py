@@ -38,7 +38,7 @@ from typing import Any
 
 from studio.admission import Admission, Line, Verdict
 from studio.backend import BackendStatus, Observer, SlotState
-from studio.batching import gather
+from studio.batching import calls, gather
 from studio.catalog import Catalog, ModelSpec
 from studio.config import Settings
 from studio.devices import cpu_threads, preload_plan, resolve_devices
@@ -46,7 +46,7 @@ from studio.errors import JobCancelled, JobTimeout, QueueFull, StudioError, Work
 from studio.jobs import ANONYMOUS, Job
 from studio.owners import tally
 from studio.protocol import CancelJob, Done, Failed, FromWorker, Preview, Ready, Stage, StartFailed, Step, Stop
-from studio.routing import STARVATION_S, Estimates, backlog, plan_dispatch, room_in_s
+from studio.routing import STARVATION_S, Estimates, backlog, plan_dispatch, room_in_s, starts_in_s
 from studio.schemas import GenerationRequest
 from studio.speed import EngineOptions
 from studio.turns import OwnerLimit, Turns
@@ -91,9 +91,12 @@ class SlotManager:
         self._queue: list[Job] = []
         self.admission = Admission.from_settings(settings)  # --max-queue, --queue-wait, --load-timeout
         self.turns = Turns(settings, self.estimates)  # fair share, --max-running-per-user
+        # Queued jobs as the slots will run them (compatible ones as one call): what the estimates play forward.
+        self._calls = lambda jobs: calls(jobs, settings.batch_window_ms / 1000, settings.max_batch)
         self.owner_limit = OwnerLimit(  # the download phase joins it: one count with the jobs waiting for downloads
             lambda: settings.max_queue_per_user, jobs=lambda: self._queue, lock=self._cond,
-            starts_in_s=lambda owner: self.turns.owner_place_in_s(owner, self._queue, self._slots, time.monotonic()))
+            starts_in_s=lambda owner: self.turns.owner_place_in_s(owner, self._queue, self._slots, time.monotonic(),
+                                                                self._calls))
         self.admission.rules.append(self.owner_limit)
         self._seq = itertools.count()
         self._observers: list[Observer] = []
@@ -272,7 +275,8 @@ class SlotManager:
         batches, self._wake_at = gather(offered, now, self.settings.batch_window_ms / 1000, self.settings.max_batch)
         by_lead = {batch.lead: batch for batch in batches}  # routing places each batch by its first member
         for job, slot, why in plan_dispatch(list(by_lead), self._slots, self.estimates, now, self.starvation_s,
-                                            [job for job in due if job in by_lead], crowded=len(self.admission.room)):
+                                            [job for job in due if job in by_lead], crowded=len(self.admission.room),
+                                            batches=by_lead):
             if why:
                 log.info("slot %d (%s) loads %s for job %s (holds %s): %s",
                          slot.index, slot.device, job.spec.id, job.id[:8], slot.model or "nothing", why)
@@ -290,8 +294,8 @@ class SlotManager:
         from the same estimates as Retry-After; absent while no slot is up to estimate from)."""
         now = time.monotonic()
         line = [*self.turns.line(self._queue, now), *self.admission.room]
-        self.admission.announce(
-            line, lambda position: room_in_s(line[:position + 1], self._slots, self.estimates, now, limit=1))
+        starts = starts_in_s(line, self._slots, self.estimates, now, self._calls)
+        self.admission.announce(line, lambda position: None if starts is None else starts[position])
 
     def _cancel(self, job: Job, error: StudioError, now: float) -> bool:
         if job.ending:
@@ -377,7 +381,7 @@ class SlotManager:
             room_s = self.owner_limit.place_in_s(job.owner, line)  # its owner's own jobs, wherever they wait
         else:
             room_s = room_in_s([*self._queue, *self.admission.room], self._slots, self.estimates, now,
-                               self.settings.max_queue)
+                               self.settings.max_queue, self._calls)
         return self.admission.refusal(job, line, room_s)
 
     def _expire_waiting_room(self, now: float) -> None:

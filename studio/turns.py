@@ -28,7 +28,7 @@ from typing import ClassVar
 from studio.admission import Line
 from studio.fairshare import FairShare
 from studio.jobs import Job
-from studio.routing import Estimates, Slot, room_in_s
+from studio.routing import Calls, Estimates, Slot, starts_in_s
 
 
 class OwnerLimit:
@@ -136,13 +136,16 @@ class Turns:
         """``job`` left the queue without running."""
         self.fair.forget(job, key_of=_key)
 
-    def owner_place_in_s(self, owner: str, queue: Sequence[Job], slots: Sequence[Slot], now: float) -> float | None:
-        """When the first of ``owner``'s queued jobs should start (so that the owner has a place again)."""
+    def owner_place_in_s(self, owner: str, queue: Sequence[Job], slots: Sequence[Slot], now: float,
+                         calls: Calls | None = None) -> float | None:
+        """When the first of ``owner``'s queued jobs should start (so that the owner has a place again);
+        ``calls``: how the slots will group the queue into calls (batching), else a job a call."""
         line = self.line(queue, now)
         first = next((index for index, job in enumerate(line) if job.owner == owner), None)
         if first is None:
             return 0.0
-        return room_in_s(line[:first + 1], slots, self.estimates, now, limit=1)
+        starts = starts_in_s(line, slots, self.estimates, now, calls)
+        return None if starts is None else starts[first]
 
     def _cost(self, job: Job) -> float:
         return self.estimates.job_s(job.spec.id, job.request)

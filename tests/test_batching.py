@@ -7,18 +7,21 @@ The pure tests turn ``Family.batches`` on for SDXL themselves, so they hold whic
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 
-from studio.batching import Batch, batch_key, gather
+from studio.backend import SlotState
+from studio.batching import Batch, batch_key, calls, gather
 from studio.catalog import load_catalog
 from studio.config import DEFAULT_MAX_BATCH, Settings
 from studio.families import FAMILIES
 from studio.jobs import Job
 from studio.protocol import RunBatch, RunJob
-from studio.routing import Estimates
+from studio.routing import Estimates, Slot, plan_dispatch, room_in_s, starts_in_s
 from studio.schemas import GenerationRequest, LoraUse
 from studio.turns import Turns
+from studio.workerslot import WorkerSlot
 
 BASE, TURBO, PIXART = "sdxl-base", "sdxl-turbo", "pixart-sigma"
 NOW = 1000.0
@@ -177,6 +180,64 @@ def test_members_end_one_by_one_and_share_the_call_by_images(presets, sdxl_batch
     assert batch.member(one.id) is one
     assert batch.end(one) is False and batch.member(one.id) is None
     assert batch.end(three) is True and batch.running == {}
+
+
+# ---------------------------------------------------------------- estimates: a batch is one call
+
+
+def one_and_eight_images(presets) -> Estimates:
+    """SDXL measured at 1 s for one image and 3 s for one call of eight."""
+    estimates, one = Estimates(), queued(presets).request
+    estimates.record_run(BASE, one, 1.0)
+    estimates.record_run(BASE, one.model_copy(update={"num_images": 8}), 3.0)
+    return estimates
+
+
+def running(jobs: list[Job], slot_type=Slot):
+    """A slot that began generating ``jobs[0]`` (with a ``WorkerSlot``, all of ``jobs`` as one batch) just now."""
+    slot = slot_type(0, "cpu", state=SlotState.READY, model=BASE, job=jobs[0], phase="generating",
+                     phase_since=NOW, generating_at=NOW)
+    if isinstance(slot, WorkerSlot):
+        slot.batch = Batch(jobs)
+    return slot
+
+
+def test_queued_jobs_that_will_run_as_one_call_are_estimated_as_one(presets, sdxl_batches):
+    """Behind a slot busy for 1 s: eight compatible jobs all start when it frees and take one call of
+    eight images (3 s), not eight calls of one; the next eight start after that one call."""
+    estimates, slot = one_and_eight_images(presets), running([queued(presets, seed=99)])
+    eight = [queued(presets, seed=i, seq=i) for i in range(8)]
+    sixteen = eight + [queued(presets, seed=i, seq=i) for i in range(8, 16)]
+    on = functools.partial(calls, window_s=WINDOW_S, max_images=8)
+    assert starts_in_s(eight, [slot], estimates, NOW, on) == [pytest.approx(1.0)] * 8
+    assert room_in_s(eight, [slot], estimates, NOW, limit=1, calls=on) == pytest.approx(1.0)
+    assert room_in_s(sixteen, [slot], estimates, NOW, limit=1, calls=on) == pytest.approx(1.0 + 3.0)
+    assert room_in_s(sixteen, [slot], estimates, NOW, limit=9, calls=on) == pytest.approx(1.0)  # 8 leave at once
+    # Without a window (or without ``calls``) every job is a call of its own, as before batching.
+    off = functools.partial(calls, window_s=0.0, max_images=8)
+    for alone in (off, None):
+        assert starts_in_s(eight, [slot], estimates, NOW, alone) == [pytest.approx(1.0 + i) for i in range(8)]
+        assert room_in_s(sixteen, [slot], estimates, NOW, limit=1, calls=alone) == pytest.approx(1.0 + 15)
+        assert room_in_s(sixteen, [slot], estimates, NOW, limit=9, calls=alone) == pytest.approx(1.0 + 7)
+
+
+def test_a_running_batch_s_time_left_counts_all_its_images(presets, sdxl_batches):
+    estimates, eight = one_and_eight_images(presets), [queued(presets, seed=i, seq=i) for i in range(8)]
+    assert estimates.remaining_s(running(eight, WorkerSlot), NOW + 0.5) == pytest.approx(3.0 - 0.5)
+    assert estimates.remaining_s(running(eight[:1], WorkerSlot), NOW + 0.5) == pytest.approx(1.0 - 0.5)
+
+
+def test_a_batch_bound_in_a_plan_keeps_its_slot_for_the_whole_call(presets, sdxl_batches):
+    """A job of the batch's model behind it waits for that slot only if the whole call (3 s) ends
+    before a swap (2 s) would: it does not, so the other idle slot loads the model."""
+    estimates, eight = one_and_eight_images(presets), [queued(presets, seed=i, seq=i) for i in range(8)]
+    estimates.record_load(BASE, 2.0)
+    later = queued(presets, seq=8, width=768, height=768)  # another size: another call
+    holder, other = Slot(0, "cpu", state=SlotState.READY, model=BASE), Slot(1, "cpu", state=SlotState.READY)
+    plan = plan_dispatch([eight[0], later], [holder, other], estimates, NOW, batches={eight[0]: Batch(eight)})
+    assert [(binding.job, binding.slot) for binding in plan] == [(eight[0], holder), (later, other)]
+    lead_only = plan_dispatch([eight[0], later], [holder, other], estimates, NOW)  # 1 s: worth the wait
+    assert [(binding.job, binding.slot) for binding in lead_only] == [(eight[0], holder)]
 
 
 def test_the_bench_reads_percentiles_by_nearest_rank_and_prints_both_sides():
