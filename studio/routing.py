@@ -140,9 +140,10 @@ class Estimates:
         if units > 0:
             self._unit_s[model_id] = self._blend(self._unit_s.get(model_id), seconds / units)
 
-    def record_tail(self, model_id: str, seconds: float) -> None:
-        """The time from a job's last step to its result."""
-        self._tail_s[model_id] = self._blend(self._tail_s.get(model_id), seconds)
+    def record_tail(self, model_id: str, seconds: float, images: int = 1) -> None:
+        """The time from a call's last step to its result, kept per image (each is decoded and encoded):
+        a batch's tail then tells a single job's, and the other way round."""
+        self._tail_s[model_id] = self._blend(self._tail_s.get(model_id), seconds / max(1, images))
 
     def remaining_s(self, slot: Slot, now: float) -> float:
         """How long until the busy ``slot`` finishes its job: from its live steps once it has two
@@ -154,7 +155,7 @@ class Estimates:
         if slot.step >= 2 and slot.total > 0 and slot.first_step_at is not None and slot.last_step_at is not None:
             per_step = (slot.last_step_at - slot.first_step_at) / (slot.step - 1)
             steps_s = per_step * max(0, slot.total - slot.step) - (now - slot.last_step_at)
-            return max(0.0, steps_s) + self._tail_s.get(model, 0.0)
+            return max(0.0, steps_s) + self._tail_s.get(model, 0.0) * slot.work.num_images
         if slot.generating_at is None and (slot.phase == "loading" or slot.model != model):  # a swap first
             swap_s = self.load_s(model, cached=model in slot.cached)
             return max(0.0, swap_s - (now - slot.phase_since)) + self.job_s(model, slot.work)

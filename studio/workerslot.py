@@ -210,7 +210,7 @@ class WorkerSlot(Slot):
         if self.generating_at is not None:
             estimates.record_run(job.spec.id, request, now - self.generating_at)
         if self.last_step_at is not None:
-            estimates.record_tail(job.spec.id, now - self.last_step_at)
+            estimates.record_tail(job.spec.id, now - self.last_step_at, request.num_images)
 
     # -- its death and restart -----------------------------------------------------------------
 

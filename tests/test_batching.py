@@ -225,6 +225,13 @@ def test_a_running_batch_s_time_left_counts_all_its_images(presets, sdxl_batches
     estimates, eight = one_and_eight_images(presets), [queued(presets, seed=i, seq=i) for i in range(8)]
     assert estimates.remaining_s(running(eight, WorkerSlot), NOW + 0.5) == pytest.approx(3.0 - 0.5)
     assert estimates.remaining_s(running(eight[:1], WorkerSlot), NOW + 0.5) == pytest.approx(1.0 - 0.5)
+    # Past its second step, from its live steps and the tail after them: decoding and encoding each image.
+    estimates.record_tail(BASE, 0.8, images=8)  # a batch of eight took 0.8 s from its last step
+    batch, alone = running(eight, WorkerSlot), running(eight[:1], WorkerSlot)
+    for slot in (batch, alone):
+        slot.step, slot.total, slot.first_step_at, slot.last_step_at = 2, 4, NOW + 0.2, NOW + 0.4
+    assert estimates.remaining_s(batch, NOW + 0.4) == pytest.approx(2 * 0.2 + 0.8)
+    assert estimates.remaining_s(alone, NOW + 0.4) == pytest.approx(2 * 0.2 + 0.1)
 
 
 def test_a_batch_bound_in_a_plan_keeps_its_slot_for_the_whole_call(presets, sdxl_batches):
