@@ -1,8 +1,9 @@
 """Errors of the ``/sdapi`` routes in A1111's shape, never a traceback.
 
 A refused value is a 422 with FastAPI's ``{"detail": [{"loc", "msg", "type"}]}``, whether pydantic or the
-studio refused it (``loc`` names the A1111 field). Any other failure keeps its status (401, 429 with
-Retry-After, 503, 504...) with A1111's ``{"error", "detail", "body", "errors"}``.
+studio refused it (``loc`` names the A1111 field). A method a route does not take is FastAPI's own 405
+``{"detail": "Method Not Allowed"}``. Any other failure keeps its status (401, 429 with Retry-After, 503,
+504...) with A1111's ``{"error", "detail", "body", "errors"}``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     if isinstance(exc, RequestValidationError):
         return JSONResponse({"detail": [validation_item(item) for item in exc.errors()]}, status_code=422)
     error = request_error(exc)  # unexpected ones are logged there, not shown
+    if error.status == 405:  # FastAPI's own answer, as A1111 (a FastAPI app) gives it; the Allow header says which
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405)
     if isinstance(error, InvalidRequest) or error.code == "model_not_found":
         loc = ["body", *(error.field or "body").split(".")]
         return JSONResponse({"detail": [{"loc": loc, "msg": error.message, "type": "value_error"}]}, status_code=422)
