@@ -4,8 +4,10 @@ component values that return component updates, bound to one catalog, backend an
 
 from __future__ import annotations
 
+import asyncio
 import html
 import random
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,10 +22,10 @@ from studio.errors import InvalidRequest, JobCancelled, StudioError
 from studio.history import History, owner_dir
 from studio.jobs import ANONYMOUS
 from studio.owners import address_owner
-from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, Progress, faces, parse_size
+from studio.schemas import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest, Progress, parse_size
 from studio.ui.api import ApiHandlers
 from studio.ui.controls import RANDOM_SEED, model_updates, request_value
-from studio.ui.inputs import as_int, int_or_none, path_of, refused, result_params, user_error
+from studio.ui.inputs import accepts_size, as_int, box_label, int_or_none, path_of, refused, result_params, user_error
 from studio.ui.styles import NO_STYLE, Style, load_styles
 from studio.ui.text import card_html, describe, size_hint, size_value, slots_html, status_html
 
@@ -31,6 +33,7 @@ Updates = dict[str, Any]  # a handler's answer: component updates by the compone
 SESSION_RESULTS = 24  # images kept in a browser session's results gallery
 HISTORY_SHOWN = 60
 UI_PREVIEWS = 4  # live previews of a job in the Create tab
+CANCEL_SETTLE_S = 5.0  # Cancel waits at most this long for the generate handlers to let go of their jobs
 EMPTY_PROMPT = "Type a prompt first: the grey text in the box is only an example."
 
 
@@ -257,13 +260,17 @@ class Studio(ApiHandlers):
                 "job_status": status_html("Edit mode off: Generate makes a new image.")}
 
     async def on_cancel_click(self, request: gr.Request) -> Updates:
-        """Stop this browser's jobs in their workers (queued ones leave the queue at once).
-
-        Async, so it runs on the event loop with the generate handlers that fill ``_jobs``. It also hides
-        the live preview: Gradio cancels the generate handler, which then never gets to."""
-        jobs = list(self._jobs.get(request.session_hash if request else None, ()))
+        """Stop this browser's jobs in their workers (queued ones leave the queue at once), and hide the live
+        preview (Gradio cancels the generate handler, which then never gets to). Async, on the event loop with
+        the generate handlers that fill ``_jobs``; it answers once they let go of the jobs, so that no step
+        update of theirs can come after (and cover) "Cancelled."."""
+        session = request.session_hash if request else None
+        jobs = list(self._jobs.get(session, ()))
         for job in jobs:
             job.cancel()
+        deadline = time.monotonic() + CANCEL_SETTLE_S
+        while self._jobs.get(session, set()) & set(jobs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         return {"job_status": status_html("Cancelled." if jobs else "Nothing to cancel."),
                 "live_preview": gr.Image(None, visible=False)}
 
@@ -478,21 +485,3 @@ def edit_mode(on: bool) -> Updates:
 def model_card(model_id: str) -> str:
     """The name of a model's card on the Models tab."""
     return f"card_{model_id}"
-
-
-def box_label(field: str | None) -> str | None:
-    """The label of the box that sets a request field (its ``Faces``), if a box does."""
-    try:
-        return faces(field).label
-    except KeyError:
-        return None
-
-
-def accepts_size(spec: ModelSpec, width: int, height: int) -> bool:
-    """Whether the model takes ``width``×``height`` as it is (its sizes, multiple, sides and pixels)."""
-    lim = spec.limits
-    if lim.allowed_sizes:
-        return (width, height) in lim.allowed_sizes
-    return (width % lim.size_multiple == 0 and height % lim.size_multiple == 0
-            and all(lim.min_side <= side <= lim.max_side for side in (width, height))
-            and width * height <= lim.max_pixels)

@@ -10,7 +10,8 @@ from typing import Any
 import gradio as gr
 
 from studio.errors import InvalidRequest
-from studio.schemas import GenerationRequest, JobResult
+from studio.catalog import ModelSpec
+from studio.schemas import GenerationRequest, JobResult, faces
 
 log = logging.getLogger("studio.ui")
 
@@ -77,3 +78,20 @@ def path_of(item) -> str:
         item = (item.get("image") or {}).get("path") if "image" in item else item.get("path")
     return str(item)
 
+
+def box_label(field: str | None) -> str | None:
+    """The label of the box that sets a request field (its ``Faces``), if a box does."""
+    try:
+        return faces(field).label
+    except KeyError:
+        return None
+
+
+def accepts_size(spec: ModelSpec, width: int, height: int) -> bool:
+    """Whether the model takes ``width``×``height`` as it is (its sizes, multiple, sides and pixels)."""
+    lim = spec.limits
+    if lim.allowed_sizes:
+        return (width, height) in lim.allowed_sizes
+    return (width % lim.size_multiple == 0 and height % lim.size_multiple == 0
+            and all(lim.min_side <= side <= lim.max_side for side in (width, height))
+            and width * height <= lim.max_pixels)
