@@ -129,6 +129,17 @@ async def loras(request: Request):
     return await run_in_threadpool(answers.loras, request.app.state.catalog)  # reads (and hashes) new files
 
 
+@router.post("/refresh-loras", summary="Rescan --lora-dir (A1111 API)")
+async def refresh_loras(request: Request) -> None:
+    """Reads (and hashes) the LoRA files new since the last listing; A1111 answers null."""
+    await run_in_threadpool(request.app.state.catalog.lora_listing)
+
+
+@router.post("/refresh-checkpoints", summary="Checkpoints: fixed at start here (A1111 API)")
+async def refresh_checkpoints() -> None:
+    """A no-op answering null as A1111 does: the catalog (and each worker's copy) is read once at start."""
+
+
 def empty_list(what: str):
     async def route() -> list:
         return []
