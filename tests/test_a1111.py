@@ -265,11 +265,14 @@ def test_a_lora_in_the_prompt_as_a1111_writes_it(ann):
     assert_refused(unknown, "prompt", "unknown LoRA")
 
 
-def test_refresh_routes_answer_null_as_a1111(ann):
+def test_refresh_routes_and_cmd_flags_answer_as_a1111(ann):
     """Clients POST these after adding files; A1111 answers 200 with a null body."""
     for path in ("refresh-loras", "refresh-checkpoints"):
         answer = ann.post(f"/sdapi/v1/{path}")
         assert (answer.status_code, answer.json()) == (200, None), (path, answer.text)
+    flags = ann.get("/sdapi/v1/cmd-flags")
+    assert flags.status_code == 200 and flags.json()["api"] is True and flags.json()["listen"] is False
+    assert ANN_KEY not in flags.text and BOB_KEY not in flags.text
     assert "tiny-sdxl-kohya" in {lora["name"] for lora in ann.get("/sdapi/v1/loras").json()}
 
 

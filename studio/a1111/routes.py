@@ -140,6 +140,14 @@ async def refresh_checkpoints() -> None:
     """A no-op answering null as A1111 does: the catalog (and each worker's copy) is read once at start."""
 
 
+@router.get("/cmd-flags", summary="A few of A1111's command-line flags, as true of this server (A1111 API)")
+async def cmd_flags(request: Request) -> dict:
+    """Only flags whose meaning holds here; never a key, a login or a machine path."""
+    settings = request.app.state.settings
+    return {"api": True, "nowebui": False, "listen": settings.host not in ("127.0.0.1", "localhost"),
+            "port": settings.port}
+
+
 def empty_list(what: str):
     async def route() -> list:
         return []
