@@ -6,8 +6,8 @@ throttled to ``STEP_REPORT_S``, the first and last always sent) and ``Preview`` 
 runs. It returns ``Done`` or ``Failed`` and never raises for a job's own failure: no job may take
 its worker down with it. ``run_batch`` runs compatible jobs as one call (``RunBatch``), each
 answered as if it ran alone; it sends every member's ``Done`` or ``Failed`` itself, since a member
-cancelled mid-run hears at the next step while the others go on. ``as_studio_error`` is the one mapping of a job's exception to the error
-its caller sees. The transports differ only in ``send`` and ``cancelled``.
+cancelled mid-run hears at the next step while the others go on. ``as_studio_error`` is the one
+mapping of a job's exception to the error its caller sees. The transports differ only in ``send`` and ``cancelled``.
 
 Imports no torch at module level (the parent imports the worker module to name its entry point).
 """
