@@ -375,8 +375,9 @@ def limit_gpu_memory(device: str, gib: float | None) -> None:
     target = torch.device(device)
     if not gib or target.type != "cuda" or not torch.cuda.is_available():
         return
-    total = torch.cuda.get_device_properties(target).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * memory.GIB / total), target)
+    index = target.index if target.index is not None else torch.cuda.current_device()  # the cap needs an index
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * memory.GIB / total), index)
     log.info("%s: at most %.1f GiB of %.1f GiB (--gpu-memory-gb)", device, gib, total / memory.GIB)
 
 
